@@ -1,0 +1,67 @@
+"""The one place audio is read, written and resampled (soundfile + torchaudio)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+MODEL_RATE = 16000
+
+
+class AudioError(RuntimeError):
+    """Audio could not be used; the message names the file."""
+
+
+def resample(wave: torch.Tensor, orig_rate: int, new_rate: int = MODEL_RATE) -> torch.Tensor:
+    """Resample ``wave`` (..., N) from ``orig_rate`` to ``new_rate`` with torchaudio."""
+    if orig_rate == new_rate:
+        return wave
+    return AF.resample(wave, orig_rate, new_rate)
+
+
+def read_audio(path: str | Path, offset: float = 0.0, duration: float | None = None,
+               rate: int = MODEL_RATE) -> torch.Tensor:
+    """Read a mono float32 waveform (N,) at ``rate`` Hz; multichannel audio is averaged.
+
+    Raises ``AudioError`` naming the file when it is missing, unreadable, or empty.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            file_rate = f.samplerate
+            start = int(round(offset * file_rate))
+            frames = -1 if duration is None else int(round(duration * file_rate))
+            if start:
+                f.seek(start)
+            data = f.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudioError(f"cannot read audio {path}: {e}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"audio is empty: {path} (offset={offset}, duration={duration})")
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio contains NaN/Inf samples: {path}")
+    wave = torch.from_numpy(data.mean(axis=1))
+    return resample(wave, file_rate, rate)
+
+
+def write_audio(path: str | Path, wave: torch.Tensor | np.ndarray, rate: int = MODEL_RATE) -> None:
+    """Write a mono waveform (N,) in [-1, 1]; the format follows the suffix (.flac, .wav)."""
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().cpu().numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.asarray(wave, dtype=np.float32), rate, subtype="PCM_16")
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration in seconds from the file header."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"cannot read audio header {path}: {e}") from None
+    return info.frames / info.samplerate

@@ -1,0 +1,110 @@
+"""The ``speechkit`` command: prepare, fit/validate/test, decode, score, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+LIGHTNING_VERBS = ("fit", "validate", "test")
+
+
+def _prepare(a) -> None:
+    if a.corpus != "locale":
+        raise SystemExit(f"unknown corpus {a.corpus!r}; available: locale")
+    from .corpora.locale import prepare_locale
+
+    langs = a.langs.split(",") if a.langs else None
+    kw = {"heldout": a.heldout.split(",")} if a.heldout else {}
+    summary = prepare_locale(a.out, max_utts=a.max_utts, langs=langs, workers=a.workers, **kw)
+    print(json.dumps(summary.get("counts", summary), indent=1))
+
+
+def _decode(a) -> None:
+    from .data.manifest import load_manifest
+    from .lego.brick import load_brick
+    from .metrics import error_rates
+    from .search.decode import DecodeOptions, decode_utterances
+    from .tokenizer import Tokenizer
+    from .features import FbankConfig
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, iface = load_brick(a.brick)
+    tok = Tokenizer(Path(a.brick) / "tokenizer.model")
+    fb = {k: v for k, v in iface["input"].items() if k != "kind"}
+    utts = load_manifest(a.manifest, require_audio=True)[: a.max_utts]
+    res = decode_utterances(model, tok, utts, FbankConfig(**fb), DecodeOptions(beam=a.beam, nbest=a.nbest))
+    out = Path(a.out or Path(a.brick) / f"decode-{Path(a.manifest).stem}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res))
+    er = error_rates([r["ref"] for r in res], [r["hyp"] for r in res])
+    print(json.dumps({"manifest": a.manifest, "utts": len(res), "wer": round(100 * er.wer, 2),
+                      "cer": round(100 * er.cer, 2), "hyps": str(out)}) if a.json else
+          f"{a.manifest}: {len(res)} utterances  {er}\nhypotheses → {out}")
+
+
+def _score(a) -> None:
+    from .metrics import error_rates
+
+    rows = []
+    for n, line in enumerate(open(a.hyps, encoding="utf-8"), 1):
+        try:
+            r = json.loads(line)
+            rows.append((r["ref"], r["hyp"]))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise SystemExit(f"{a.hyps}:{n}: expected a JSON object with 'ref' and 'hyp' ({e})")
+    print(error_rates([r for r, _ in rows], [h for _, h in rows]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="speechkit", description=__doc__)
+    sub = p.add_subparsers(dest="verb", required=True)
+    for verb in LIGHTNING_VERBS:
+        sub.add_parser(verb, help=f"LightningCLI {verb} (speechkit {verb} -c CONFIG --help)", add_help=False)
+    pr = sub.add_parser("prepare", help="build a corpus and its manifests")
+    pr.add_argument("corpus", help="corpus name (locale)")
+    pr.add_argument("--out", default="data/locale")
+    pr.add_argument("--max-utts", type=int, default=None)
+    pr.add_argument("--langs", default=None, help="comma-separated target languages, e.g. de,fr,ro")
+    pr.add_argument("--heldout", default=None, help="comma-separated held-out catalog prefixes")
+    pr.add_argument("--workers", type=int, default=None)
+    de = sub.add_parser("decode", help="decode a manifest with a brick and print WER/CER")
+    de.add_argument("brick")
+    de.add_argument("manifest")
+    de.add_argument("--out", default=None, help="hypotheses JSONL (default: BRICK/decode-NAME.jsonl)")
+    de.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
+    de.add_argument("--nbest", type=int, default=1)
+    de.add_argument("--max-utts", type=int, default=None)
+    de.add_argument("--threads", type=int, default=None)
+    de.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    sc = sub.add_parser("score", help="WER/CER of a hypotheses JSONL (ref/hyp per line)")
+    sc.add_argument("hyps")
+    dm = sub.add_parser("demo", help="prepare locale, train a small transducer, decode, print WER")
+    dm.add_argument("--minutes", type=float, default=None, help="training time budget")
+    dm.add_argument("--max-utts", type=int, default=None)
+    dm.add_argument("--out", default="exp/demo")
+    dm.add_argument("--config", default=None, help="training config (default: recipes/locale/conf/demo.yaml)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in LIGHTNING_VERBS:
+        from .train.cli import run_lightning
+
+        run_lightning(argv)
+        return
+    a = build_parser().parse_args(argv)
+    if a.verb == "demo":
+        from .demo import run_demo
+
+        run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
+        return
+    {"prepare": _prepare, "decode": _decode, "score": _score}[a.verb](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""LightningDataModule for speech-to-text manifests (ASR now; ST reuses it later)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from ..features import FbankConfig
+from ..metrics import normalize_text
+from ..tokenizer import Tokenizer, train_tokenizer
+from .dataset import FeatureCache, SpeechDataset, collate
+from .manifest import load_manifest
+from .sampler import BucketBatchSampler
+
+
+class SpeechDataModule(L.LightningDataModule):
+    """Manifests → bucketed batches of features and token ids.
+
+    Args:
+        train, valid, test: JSONL manifests (test optional).
+        tokenizer: sentencepiece model path; trained on the normalised training
+            transcripts with ``vocab_size`` pieces if the file does not exist yet.
+        max_frames: frames budget per training batch (input feature frames, padded).
+        cache_dir: where feature caches go ("auto": ``<manifest dir>/fbank``; None: no cache,
+            features computed on the fly in the workers).
+        max_duration: training utterances longer than this (seconds) are skipped (reported).
+        max_valid_utts: validate on the first N utterances only (None: all).
+    """
+
+    def __init__(self, train: str, valid: str, tokenizer: str, vocab_size: int = 256,
+                 test: str | None = None, max_frames: int = 20000, num_workers: int = 0,
+                 cache_dir: str | None = "auto", max_duration: float = 20.0,
+                 max_valid_utts: int | None = None, num_mel_bins: int = 80, seed: int = 0):
+        super().__init__()
+        self.paths = {"train": train, "valid": valid, "test": test}
+        self.tokenizer_path, self.vocab_size = Path(tokenizer), vocab_size
+        self.max_frames, self.num_workers, self.seed = max_frames, num_workers, seed
+        self.cache_dir, self.max_duration, self.max_valid_utts = cache_dir, max_duration, max_valid_utts
+        self.fbank = FbankConfig(num_mel_bins=num_mel_bins)
+        self.tokenizer: Tokenizer | None = None
+        self.sets: dict[str, SpeechDataset] = {}
+
+    def _utts(self, split: str):
+        path = self.paths[split]
+        utts = load_manifest(path, require_audio=True)
+        if split == "train":
+            keep = [u for u in utts if (u.duration or 0) <= self.max_duration]
+            if len(keep) < len(utts):
+                print(f"{path}: skipping {len(utts) - len(keep)} utterances longer than "
+                      f"{self.max_duration}s", file=sys.stderr)
+            utts = keep
+        if split == "valid" and self.max_valid_utts:
+            utts = utts[: self.max_valid_utts]
+        return utts
+
+    def _cache_path(self, split: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        path = Path(self.paths[split])
+        root = path.parent / "fbank" if self.cache_dir == "auto" else Path(self.cache_dir)
+        suffix = f"-first{self.max_valid_utts}" if split == "valid" and self.max_valid_utts else ""
+        return root / f"{path.stem}{suffix}-{self.fbank.num_mel_bins}.safetensors"
+
+    def prepare_data(self) -> None:
+        """Train the tokenizer if missing and build feature caches (rank 0 only)."""
+        if not self.tokenizer_path.is_file():
+            texts = [normalize_text(u.text) for u in load_manifest(self.paths["train"])]
+            print(f"training tokenizer ({self.vocab_size} pieces) → {self.tokenizer_path}",
+                  file=sys.stderr)
+            train_tokenizer(texts, self.tokenizer_path, self.vocab_size)
+        for split in ("train", "valid", "test"):
+            if self.paths[split] and self._cache_path(split) is not None:
+                FeatureCache.load_or_build(self._utts(split), self.fbank, self._cache_path(split),
+                                           workers=max(self.num_workers, 1))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.tokenizer = Tokenizer(self.tokenizer_path)
+        if self.tokenizer.vocab_size != self.vocab_size:
+            raise ValueError(f"data.vocab_size={self.vocab_size} but tokenizer {self.tokenizer_path} "
+                             f"has {self.tokenizer.vocab_size} pieces")
+        for split in ("train", "valid", "test"):
+            if split in self.sets or not self.paths[split]:
+                continue
+            utts = self._utts(split)
+            cache_path = self._cache_path(split)
+            cache = None if cache_path is None else FeatureCache.load_or_build(
+                utts, self.fbank, cache_path, workers=max(self.num_workers, 1))
+            self.sets[split] = SpeechDataset(utts, self.tokenizer, self.fbank, cache,
+                                             source=self.paths[split])
+
+    def cmvn_stats(self, max_utts: int = 2000) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Sum, sum of squares and frame count over the first ``max_utts`` training utterances."""
+        ds = self.sets["train"]
+        total = torch.zeros(self.fbank.num_mel_bins, dtype=torch.float64)
+        total_sq, count = total.clone(), 0
+        for i in range(min(max_utts, len(ds))):
+            x = ds[i][0].double()
+            total += x.sum(0)
+            total_sq += (x**2).sum(0)
+            count += x.shape[0]
+        return total.float(), total_sq.float(), count
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.sets[split]
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer and shuffle else (1, 0)
+        sampler = BucketBatchSampler(ds.lengths(), self.max_frames, shuffle=shuffle, seed=self.seed,
+                                     num_replicas=replicas, rank=rank)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.sets:
+            raise ValueError("no test manifest was given (data.test)")
+        return self._loader("test", shuffle=False)

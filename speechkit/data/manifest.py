@@ -1,0 +1,134 @@
+"""JSONL manifests: one utterance per line, validated on load.
+
+Every record carries an explicit ``kind`` and ``version`` so that later formats can
+be told apart. Errors always name the file and the 1-based line number.
+
+Example line::
+
+    {"kind": "utterance", "version": 1, "id": "locale-0001", "audio": "wav/0001.flac",
+     "duration": 2.31, "text": "File not found", "lang": "en",
+     "translation": {"de": "Datei nicht gefunden"}, "speaker": "en-us+m3",
+     "domain": "coreutils", "words": [["File", 0.05, 0.31], ...]}
+
+Relative ``audio`` paths are resolved against the manifest's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KIND = "utterance"
+VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest line is malformed; the message starts with ``file:line:``."""
+
+
+@dataclass
+class Utterance:
+    """One manifest record. ``audio`` is None for text-only records (MT, LM)."""
+
+    id: str
+    text: str
+    audio: str | None = None
+    offset: float = 0.0
+    duration: float | None = None
+    lang: str = "en"
+    translation: dict[str, str] = field(default_factory=dict)
+    speaker: str | None = None
+    domain: str | None = None
+    words: list[list] | None = None  # [[word, start_s, end_s], ...] ground-truth word times
+    kind: str = KIND
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        order = ["kind", "version", "id"]
+        return json.dumps({k: d[k] for k in order} | {k: v for k, v in d.items() if k not in order},
+                          ensure_ascii=False)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Utterance)}
+
+
+def _check(rec: dict, where: str, require_audio: bool) -> Utterance:
+    if not isinstance(rec, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    unknown = sorted(set(rec) - set(_FIELDS))
+    if unknown:
+        raise ManifestError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_FIELDS)}")
+    for key in ("id", "text"):
+        if key not in rec:
+            raise ManifestError(f"{where}: missing required key '{key}'")
+    if rec.get("kind", KIND) != KIND:
+        raise ManifestError(f"{where}: kind is {rec['kind']!r}, expected {KIND!r}")
+    if rec.get("version", VERSION) > VERSION:
+        raise ManifestError(f"{where}: version {rec['version']} is newer than supported ({VERSION})")
+    if not isinstance(rec["id"], str) or not rec["id"]:
+        raise ManifestError(f"{where}: 'id' must be a non-empty string")
+    if not isinstance(rec["text"], str) or not rec["text"].strip():
+        raise ManifestError(f"{where}: empty transcript for utterance {rec['id']!r}")
+    if require_audio and not rec.get("audio"):
+        raise ManifestError(f"{where}: utterance {rec['id']!r} has no 'audio' path")
+    dur = rec.get("duration")
+    if dur is not None and (not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur <= 0):
+        raise ManifestError(f"{where}: 'duration' must be a positive number, got {dur!r}")
+    off = rec.get("offset", 0.0)
+    if not isinstance(off, (int, float)) or off < 0:
+        raise ManifestError(f"{where}: 'offset' must be a non-negative number, got {off!r}")
+    if not isinstance(rec.get("translation", {}), dict):
+        raise ManifestError(f"{where}: 'translation' must be an object {{lang: text}}")
+    return Utterance(**rec)
+
+
+def load_manifest(path: str | Path, require_audio: bool = False) -> list[Utterance]:
+    """Read and validate a JSONL manifest; audio paths become absolute.
+
+    Raises ``ManifestError`` naming ``path:line`` for bad JSON, unknown or missing keys,
+    empty transcripts, bad durations and duplicate ids; ``FileNotFoundError`` if absent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    utts, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{where}: invalid JSON ({e.msg})") from None
+            u = _check(rec, where, require_audio)
+            if u.id in seen:
+                raise ManifestError(f"{where}: duplicate id {u.id!r} (first on line {seen[u.id]})")
+            seen[u.id] = lineno
+            if u.audio and not Path(u.audio).is_absolute():
+                u.audio = str((path.parent / u.audio).resolve())
+            utts.append(u)
+    if not utts:
+        raise ManifestError(f"{path}: manifest is empty")
+    return utts
+
+
+def save_manifest(utts: list[Utterance], path: str | Path, relative_to: str | Path | None = None) -> None:
+    """Write records as JSONL (atomically); audio paths are made relative to ``relative_to``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = Path(relative_to or path.parent).resolve()
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for u in utts:
+            if u.audio and Path(u.audio).is_absolute():
+                try:
+                    u = dataclasses.replace(u, audio=str(Path(u.audio).relative_to(base)))
+                except ValueError:
+                    pass
+            f.write(u.to_json() + "\n")
+    tmp.replace(path)

@@ -1,0 +1,60 @@
+"""Scoring: WER/CER with jiwer, BLEU/chrF with sacrebleu, and the one text normaliser."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import jiwer
+
+_KEEP = re.compile(r"[^\w' ]+")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, NFKC, punctuation to spaces (apostrophes inside words kept), squeeze spaces.
+
+    This is what the ASR models are trained to produce and what WER is computed on.
+    """
+    text = unicodedata.normalize("NFKC", text).lower().replace("_", " ")
+    text = _KEEP.sub(" ", text)
+    text = " ".join(w.strip("'") for w in text.split())
+    return _SPACES.sub(" ", text).strip()
+
+
+@dataclass
+class ErrorRates:
+    wer: float
+    cer: float
+    words: int
+    substitutions: int
+    deletions: int
+    insertions: int
+
+    def __str__(self) -> str:
+        return (f"WER {100 * self.wer:.2f}% (S={self.substitutions} D={self.deletions} "
+                f"I={self.insertions} N={self.words})  CER {100 * self.cer:.2f}%")
+
+
+def error_rates(refs: list[str], hyps: list[str], normalize: bool = True) -> ErrorRates:
+    """Corpus-level WER and CER over paired references and hypotheses (jiwer)."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    if normalize:
+        refs = [normalize_text(r) for r in refs]
+        hyps = [normalize_text(h) for h in hyps]
+    keep = [i for i, r in enumerate(refs) if r]
+    if len(keep) < len(refs):
+        raise ValueError(f"{len(refs) - len(keep)} reference(s) are empty after normalisation")
+    w = jiwer.process_words(refs, hyps)
+    c = jiwer.process_characters(refs, hyps)
+    n = w.hits + w.substitutions + w.deletions
+    return ErrorRates(w.wer, c.cer, n, w.substitutions, w.deletions, w.insertions)
+
+
+def bleu_chrf(refs: list[str], hyps: list[str]) -> tuple[float, float]:
+    """Corpus BLEU and chrF (sacrebleu defaults)."""
+    import sacrebleu
+
+    return (sacrebleu.corpus_bleu(hyps, [refs]).score, sacrebleu.corpus_chrf(hyps, [refs]).score)

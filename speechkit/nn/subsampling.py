@@ -1,0 +1,53 @@
+"""Front ends that reduce the frame rate of (B, T, F) features before the encoder body."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..lego.brick import Brick
+
+
+class FrameStack(Brick):
+    """Stack ``stack`` consecutive frames and project: (B, T, F) → (B, T // stack, D).
+
+    The cheapest front end on CPU: one matrix multiply per output frame. A partial
+    group at the end of an utterance is dropped, so padded frames never enter a valid
+    output frame.
+    """
+
+    def __init__(self, input_dim: int = 80, dim: int = 256, stack: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.stack = stack
+        self.proj = nn.Linear(stack * input_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        b, t, f = x.shape
+        t2 = t // self.stack
+        x = x[:, : t2 * self.stack].reshape(b, t2, self.stack * f)  # (B, T', stack*F)
+        return self.drop(self.norm(self.proj(x))), lengths // self.stack
+
+
+class Conv2dSubsampling(Brick):
+    """Two 3×3 stride-2 convolutions (4× in time), the usual conformer front end.
+
+    (B, T, F) → (B, T', D) with T' = ((T - 1) // 2 - 1) // 2. Slower than FrameStack
+    on CPU; kept as an option and for comparison.
+    """
+
+    def __init__(self, input_dim: int = 80, dim: int = 256, channels: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, 2), nn.SiLU(),
+                                  nn.Conv2d(channels, channels, 3, 2), nn.SiLU())
+        f2 = ((input_dim - 1) // 2 - 1) // 2
+        self.proj = nn.Linear(channels * f2, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.conv(x.unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = y.shape
+        y = self.proj(y.permute(0, 2, 1, 3).reshape(b, t, c * f))  # (B, T', C*F') → (B, T', D)
+        return self.drop(y), torch.div(torch.div(lengths - 1, 2, rounding_mode="floor") - 1, 2,
+                                       rounding_mode="floor")

@@ -1,0 +1,39 @@
+"""LightningCLI glue: ``speechkit fit|validate|test -c config.yaml``.
+
+Configs name a task (LightningModule) and a datamodule by ``class_path``; the model
+inside the task is a tree of bricks in the same ``class_path``/``init_args`` form, so
+the ``model:`` section of a recipe config is exactly a brick's ``config.yaml``.
+Resume a killed run with ``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningCLI
+
+
+class SpeechkitCLI(LightningCLI):
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("threads"):
+            torch.set_num_threads(cfg.threads)
+        # Checkpoints go to <default_root_dir>/checkpoints unless a config says otherwise,
+        # so that `--ckpt_path last` finds the previous run's last.ckpt.
+        root = cfg.trainer.get("default_root_dir") or "."
+        for cb in cfg.trainer.get("callbacks") or []:
+            if cb.class_path.endswith("ModelCheckpoint") and not cb.init_args.get("dirpath"):
+                cb.init_args.dirpath = f"{root}/checkpoints"
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--threads", type=int, default=None,
+                            help="torch intra-op threads (default: torch's choice)")
+
+
+def run_lightning(args: list[str]) -> SpeechkitCLI:
+    """Run a LightningCLI subcommand (fit/validate/test) with ``args``."""
+    return SpeechkitCLI(
+        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True}, args=args,
+        trainer_defaults={"use_distributed_sampler": False},
+    )

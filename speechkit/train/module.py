@@ -1,0 +1,95 @@
+"""LightningModule for speech-to-text models built from bricks."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from ..metrics import error_rates
+from ..search.transducer import greedy_search
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, cosine decay to ``floor`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SpeechTask(L.LightningModule):
+    """Trains any model with ``loss(feats, lengths, targets, target_lengths) → {'loss', ...}``.
+
+    Validation reports the losses and the greedy-search WER/CER on the validation set.
+
+    Args:
+        model: the model brick (e.g. ``speechkit.models.transducer.Transducer``).
+        lr: peak learning rate (AdamW); weight_decay: AdamW decay.
+        warmup_steps: linear warm-up; total_steps: where the cosine reaches ``lr * final_lr_ratio``
+            (None: ``trainer.estimated_stepping_batches``, or constant after warm-up when that
+            is unknown, as under ``max_time``).
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float = 2e-3, weight_decay: float = 1e-3,
+                 warmup_steps: int = 500, total_steps: int | None = None, final_lr_ratio: float = 0.05):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
+        self._val = ([], [])
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer else None
+        if dm is None or dm.tokenizer is None:
+            return
+        vocab = getattr(self.model, "vocab_size", None)
+        if vocab is not None and vocab != dm.tokenizer.vocab_size:
+            raise ValueError(f"model vocab_size={vocab} but the tokenizer {dm.tokenizer_path} has "
+                             f"{dm.tokenizer.vocab_size} pieces: set the model's vocab_size keys to match")
+        cmvn = self.model.encoder.cmvn
+        if stage == "fit" and not bool(cmvn.initialized):
+            cmvn.set_stats(*dm.cmvn_stats())
+
+    def _losses(self, batch) -> dict[str, torch.Tensor]:
+        return self.model.loss(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"])
+
+    def training_step(self, batch, batch_idx):
+        out = self._losses(batch)
+        b = batch["feats"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        out = self._losses(batch)
+        b = batch["feats"].shape[0]
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=b, sync_dist=True)
+        enc = self.model(batch["feats"], batch["feat_lens"])
+        tok = self.trainer.datamodule.tokenizer
+        self._val[1].extend(tok.decode(h) for h in greedy_search(self.model, enc))
+        self._val[0].extend(tok.decode(t[:n].tolist()) for t, n in
+                            zip(batch["targets"], batch["target_lens"]))
+
+    def on_validation_epoch_end(self) -> None:
+        refs, hyps = self._val
+        if refs:
+            er = error_rates(refs, hyps)
+            self.log_dict({"val/wer": er.wer * 100, "val/cer": er.cer * 100}, prog_bar=True)
+        self._val = ([], [])
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        total = self.total_steps
+        if total is None:
+            est = self.trainer.estimated_stepping_batches
+            total = int(est) if est and math.isfinite(est) else 0
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, self.warmup_steps, total, self.final_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from speechkit.features import SpecAugment
+from speechkit.lego.encoders import SpeechEncoder
+from speechkit.lego.interface import MarginalHead
+from speechkit.lego.transducer import Joiner, LSTMPredictor, StatelessPredictor
+from speechkit.models.transducer import Transducer
+from speechkit.nn.conformer import Conformer
+from speechkit.nn.subsampling import Conv2dSubsampling, FrameStack
+
+torch.set_num_threads(2)
+
+
+def tiny_transducer(vocab: int = 40, dim: int = 32, frontend: str = "stack", predictor: str = "stateless",
+                    seed: int = 0) -> Transducer:
+    torch.manual_seed(seed)
+    front = FrameStack(80, dim, 4) if frontend == "stack" else Conv2dSubsampling(80, dim, 8)
+    enc = SpeechEncoder(front, Conformer(dim, 2, 2, 2, 7, 0.1), MarginalHead(dim, vocab), 80,
+                        SpecAugment(time_width=5))
+    pred = StatelessPredictor(vocab, dim, 2) if predictor == "stateless" else LSTMPredictor(vocab, dim)
+    return Transducer(enc, pred, Joiner(dim, dim, vocab, dim))
+
+
+@pytest.fixture
+def model():
+    return tiny_transducer().eval()

@@ -1,0 +1,118 @@
+"""Property tests of the encoder, transducer search and brick I/O on random weights."""
+
+import pytest
+import torch
+
+from speechkit.lego.brick import BrickError, load_brick, save_brick
+from speechkit.search.transducer import beam_search, ctc_greedy, greedy_search
+
+from conftest import tiny_transducer
+
+
+@pytest.mark.parametrize("frontend", ["stack", "conv2d"])
+def test_encoder_padding_invariance(frontend):
+    m = tiny_transducer(frontend=frontend).eval()
+    torch.manual_seed(1)
+    x = torch.randn(1, 97, 80)
+    alone = m(x, torch.tensor([97]))
+    padded = torch.cat([x, 100 * torch.randn(1, 60, 80)], dim=1)  # loud garbage padding
+    other = torch.randn(1, 157, 80)
+    batch = m(torch.cat([padded, other]), torch.tensor([97, 157]))
+    n = int(alone.lengths[0])
+    assert int(batch.lengths[0]) == n
+    torch.testing.assert_close(batch.hidden[0, :n], alone.hidden[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batch.logits[0, :n], alone.logits[0], atol=1e-5, rtol=1e-4)
+    assert batch.hidden[0, n:].abs().max() == 0  # padded frames are zeroed
+
+
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+def test_greedy_batched_equals_one_by_one(predictor):
+    m = tiny_transducer(predictor=predictor, seed=3).eval()
+    # bias the joiner away from blank so the random model emits labels
+    with torch.no_grad():
+        m.joiner.out.bias[-1] -= 3.0
+    torch.manual_seed(2)
+    lens = [120, 64, 93, 40]
+    x = torch.randn(len(lens), max(lens), 80)
+    batched = greedy_search(m, m(x, torch.tensor(lens)))
+    single = [greedy_search(m, m(x[i:i + 1, :n], torch.tensor([n])))[0] for i, n in enumerate(lens)]
+    assert batched == single
+    assert sum(len(h) for h in batched) > 0
+
+
+def test_beam_search_nbest_sorted_and_beam1_matches_greedy_when_one_label_per_frame():
+    m = tiny_transducer(seed=5).eval()
+    torch.manual_seed(4)
+    x = torch.randn(2, 80, 80)
+    enc = m(x, torch.tensor([80, 60]))
+    nb = beam_search(m, enc, beam=4, nbest=3)
+    for hyps in nb:
+        assert 1 <= len(hyps) <= 3
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({h.tokens for h in hyps}) == len(hyps)  # merged: no duplicates
+    one = beam_search(m, enc, beam=1)
+    greedy = greedy_search(m, enc, max_symbols=1)
+    assert [list(h[0].tokens) for h in one] == greedy
+
+
+def test_ctc_greedy_collapses_repeats_and_blanks():
+    from speechkit.lego.interface import Encoded
+
+    v = 3  # blank = 3
+    path = torch.tensor([[0, 0, 3, 0, 1, 1, 3, 3, 2]])
+    logits = torch.nn.functional.one_hot(path, v + 1).float()
+    assert ctc_greedy(Encoded(logits, torch.tensor([9]), logits)) == [[0, 0, 1, 2]]
+    assert ctc_greedy(Encoded(logits, torch.tensor([4]), logits)) == [[0, 0]]
+    assert ctc_greedy(Encoded(logits, torch.tensor([2]), logits)) == [[0]]
+
+
+def test_brick_save_load_identical_outputs(tmp_path, model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.encoder.cmvn.set_stats(torch.randn(80) * 50, torch.rand(80) * 1e4 + 3000, 50)
+    save_brick(model, tmp_path / "b", {"kind": "test"})
+    loaded, iface = load_brick(tmp_path / "b")
+    assert iface["kind"] == "test"
+    assert not (tmp_path / "b").joinpath("weights.pt").exists()
+    x, n = torch.randn(2, 90, 80), torch.tensor([90, 70])
+    a, b = model(x, n), loaded(x, n)
+    assert torch.equal(a.hidden, b.hidden) and torch.equal(a.logits, b.logits)
+    assert greedy_search(model, a) == greedy_search(loaded, b)
+    assert bool(loaded.encoder.cmvn.initialized)
+
+
+def test_brick_refuses_foreign_class_and_mismatched_weights(tmp_path, model):
+    d = save_brick(model, tmp_path / "b", {"kind": "test"})
+    cfg = (d / "config.yaml").read_text()
+    (d / "config.yaml").write_text(cfg.replace("speechkit.models.transducer.Transducer", "os.system", 1))
+    with pytest.raises(BrickError, match="outside"):
+        load_brick(d)
+    (d / "config.yaml").write_text(cfg.replace("layers: 2", "layers: 3", 1))
+    with pytest.raises(BrickError, match="weights do not match"):
+        load_brick(d)
+
+
+def test_transducer_loss_decreases_on_one_batch():
+    m = tiny_transducer(seed=1).train()
+    torch.manual_seed(0)
+    x, n = torch.randn(3, 100, 80), torch.tensor([100, 90, 70])
+    y, yl = torch.randint(0, 40, (3, 6)), torch.tensor([6, 5, 4])
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+    first = None
+    for _ in range(30):
+        loss = m.loss(x, n, y, yl)["loss"]
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+
+
+def test_mismatched_vocab_parts_are_refused():
+    from speechkit.lego.transducer import Joiner
+    from speechkit.models.transducer import Transducer
+
+    m = tiny_transducer()
+    with pytest.raises(ValueError, match="disagree"):
+        Transducer(m.encoder, m.predictor, Joiner(32, 32, 41, 32))
