@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,13 +48,12 @@ class Utterance:
     version: int = VERSION
 
     def to_json(self) -> str:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        order = ["kind", "version", "id"]
-        return json.dumps({k: d[k] for k in order} | {k: v for k, v in d.items() if k not in order},
-                          ensure_ascii=False)
+        d = {k: getattr(self, k) for k in _ORDER}
+        return json.dumps({k: v for k, v in d.items() if v is not None}, ensure_ascii=False)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Utterance)}
+_ORDER = ["kind", "version", "id"] + [k for k in _FIELDS if k not in ("kind", "version", "id")]
 
 
 def _check(rec: dict, where: str, require_audio: bool) -> Utterance:
@@ -126,9 +126,6 @@ def save_manifest(utts: list[Utterance], path: str | Path, relative_to: str | Pa
     with open(tmp, "w", encoding="utf-8") as f:
         for u in utts:
             if u.audio and Path(u.audio).is_absolute():
-                try:
-                    u = dataclasses.replace(u, audio=str(Path(u.audio).relative_to(base)))
-                except ValueError:
-                    pass
+                u = dataclasses.replace(u, audio=os.path.relpath(u.audio, base))
             f.write(u.to_json() + "\n")
     tmp.replace(path)
