@@ -25,3 +25,13 @@ def tiny_transducer(vocab: int = 40, dim: int = 32, frontend: str = "stack", pre
 @pytest.fixture
 def model():
     return tiny_transducer().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A real locale corpus of 80 messages (espeak speech), built once per test session."""
+    from speechkit.corpora.locale import prepare_locale
+
+    out = tmp_path_factory.mktemp("locale")
+    prepare_locale(out, max_utts=80, langs=["de"], workers=1, progress=False)
+    return out

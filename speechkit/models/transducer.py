@@ -41,18 +41,22 @@ class Transducer(Brick):
         """Encode features (B, T, F) → Encoded; search runs on the result."""
         return self.encoder(feats, lengths)
 
-    def loss(self, feats: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor
-             ) -> dict[str, Tensor]:
-        """feats (B, T, F), targets (B, U) padded with anything → {'loss', 'rnnt', 'ctc'}."""
+    def loss(self, feats: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """feats (B, T, F), targets (B, U) padded with anything → {'loss', 'rnnt', 'ctc'}.
+
+        Terms named in ``skip`` are not computed (a CTC-only warm-up skips the costly
+        (B, T, U+1, V+1) transducer lattice).
+        """
         enc = self.encoder(feats, lengths)
         b = feats.shape[0]
         out = {}
-        if self.rnnt_weight:
+        if self.rnnt_weight and "rnnt" not in skip:
             pred = self.predictor(targets)  # (B, U+1, P)
             logits = self.joiner(enc.hidden[:, :, None], pred[:, None])  # (B, T, U+1, V+1)
             out["rnnt"] = AF.rnnt_loss(logits.float(), targets.int(), enc.lengths.int(),
                                        target_lengths.int(), blank=self.blank, reduction="sum") / b
-        if self.ctc_weight:
+        if self.ctc_weight and "ctc" not in skip:
             out["ctc"] = ctc_loss(enc, targets, target_lengths) / b
         out["loss"] = (self.rnnt_weight * out.get("rnnt", 0.0)
                        + self.ctc_weight * out.get("ctc", 0.0))

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from ..metrics import error_rates
-from ..search.transducer import greedy_search
+from ..search.transducer import ctc_greedy, greedy_search
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -24,7 +24,8 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
 class SpeechTask(L.LightningModule):
     """Trains any model with ``loss(feats, lengths, targets, target_lengths) → {'loss', ...}``.
 
-    Validation reports the losses and the greedy-search WER/CER on the validation set.
+    Validation reports the losses, the greedy-search WER/CER and the greedy CTC WER of the
+    marginal head on the validation set.
 
     Args:
         model: the model brick (e.g. ``speechkit.models.transducer.Transducer``).
@@ -32,15 +33,19 @@ class SpeechTask(L.LightningModule):
         warmup_steps: linear warm-up; total_steps: where the cosine reaches ``lr * final_lr_ratio``
             (None: ``trainer.estimated_stepping_batches``, or constant after warm-up when that
             is unknown, as under ``max_time``).
+        loss_start_steps: per loss term, the training step from which it is used, e.g.
+            ``{"rnnt": 1500}`` trains the encoder with CTC alone first (see recipes/locale/README.md).
     """
 
     def __init__(self, model: torch.nn.Module, lr: float = 2e-3, weight_decay: float = 1e-3,
-                 warmup_steps: int = 500, total_steps: int | None = None, final_lr_ratio: float = 0.05):
+                 warmup_steps: int = 500, total_steps: int | None = None, final_lr_ratio: float = 0.05,
+                 loss_start_steps: dict[str, int] | None = None):
         super().__init__()
         self.model = model
+        self.loss_start_steps = dict(loss_start_steps or {})
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
-        self._val = ([], [])
+        self._val = ([], [], [])
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer else None
@@ -54,11 +59,13 @@ class SpeechTask(L.LightningModule):
         if stage == "fit" and not bool(cmvn.initialized):
             cmvn.set_stats(*dm.cmvn_stats())
 
-    def _losses(self, batch) -> dict[str, torch.Tensor]:
-        return self.model.loss(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"])
+    def _losses(self, batch, skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+        return self.model.loss(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"],
+                               skip=skip)
 
     def training_step(self, batch, batch_idx):
-        out = self._losses(batch)
+        skip = frozenset(k for k, s in self.loss_start_steps.items() if self.global_step < s)
+        out = self._losses(batch, skip)
         b = batch["feats"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
@@ -70,16 +77,20 @@ class SpeechTask(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=b, sync_dist=True)
         enc = self.model(batch["feats"], batch["feat_lens"])
         tok = self.trainer.datamodule.tokenizer
-        self._val[1].extend(tok.decode(h) for h in greedy_search(self.model, enc))
-        self._val[0].extend(tok.decode(t[:n].tolist()) for t, n in
-                            zip(batch["targets"], batch["target_lens"]))
+        refs, hyps, ctc_hyps = self._val
+        refs.extend(tok.decode(t[:n].tolist()) for t, n in zip(batch["targets"], batch["target_lens"]))
+        hyps.extend(tok.decode(h) for h in greedy_search(self.model, enc))
+        if enc.logits is not None:
+            ctc_hyps.extend(tok.decode(h) for h in ctc_greedy(enc))
 
     def on_validation_epoch_end(self) -> None:
-        refs, hyps = self._val
+        refs, hyps, ctc_hyps = self._val
         if refs:
             er = error_rates(refs, hyps)
             self.log_dict({"val/wer": er.wer * 100, "val/cer": er.cer * 100}, prog_bar=True)
-        self._val = ([], [])
+        if ctc_hyps:
+            self.log("val/ctc_wer", error_rates(refs, ctc_hyps).wer * 100)
+        self._val = ([], [], [])
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2]

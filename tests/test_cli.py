@@ -1,0 +1,85 @@
+"""The command line end to end, in subprocesses: fit → decode, and kill → resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+CONF = Path(__file__).parent / "fixtures" / "tiny.yaml"
+
+
+def _cmd(*args):
+    return [sys.executable, "-m", "speechkit.cli", *map(str, args)]
+
+
+def _fit_args(corpus: Path, root: Path, *extra):
+    asr = corpus / "asr"
+    return _cmd("fit", "-c", CONF, f"--trainer.default_root_dir={root}",
+                f"--data.init_args.train={asr / 'train.jsonl'}", f"--data.init_args.valid={asr / 'dev.jsonl'}",
+                f"--data.init_args.test={asr / 'test.jsonl'}", f"--data.init_args.tokenizer={root / 'tok.model'}",
+                "--trainer.enable_progress_bar=false", *extra)
+
+
+def _run(cmd, **kw):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert p.returncode == 0, f"{' '.join(map(str, cmd))}\nSTDOUT:{p.stdout[-3000:]}\nSTDERR:{p.stderr[-3000:]}"
+    return p
+
+
+def test_fit_then_decode_through_the_cli(tiny_corpus, tmp_path):
+    root = tmp_path / "exp"
+    _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=12"))
+    brick = root / "brick"
+    for name in ("config.yaml", "weights.safetensors", "interface.json", "tokenizer.model"):
+        assert (brick / name).is_file(), name
+    iface = json.loads((brick / "interface.json").read_text())
+    assert iface["global_step"] == 12 and iface["input"]["kind"] == "fbank"
+    assert list(root.glob("lightning_logs/version_*/config.yaml")), "resolved config not saved"
+    test = tiny_corpus / "asr" / "test.jsonl"
+    p = _run(_cmd("decode", brick, test, "--out", tmp_path / "hyps.jsonl", "--json", "--beam", "2"))
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    n = sum(1 for _ in open(test))
+    assert summary["utts"] == n and 0 <= summary["wer"]
+    rows = [json.loads(x) for x in open(tmp_path / "hyps.jsonl")]
+    assert len(rows) == n and {"id", "ref", "hyp"} <= set(rows[0])
+    p = _run(_cmd("score", tmp_path / "hyps.jsonl"))
+    assert f"WER {summary['wer']:.2f}%" in p.stdout
+
+
+def test_wrong_config_key_is_named(tiny_corpus, tmp_path):
+    p = subprocess.run(_fit_args(tiny_corpus, tmp_path, "--model.init_args.lrr=1"),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "lrr" in p.stderr
+
+
+def test_killed_run_resumes_from_last_checkpoint(tiny_corpus, tmp_path):
+    root = tmp_path / "exp"
+    proc = subprocess.Popen(_fit_args(tiny_corpus, root, "--trainer.max_steps=100000",
+                                      "--model.init_args.total_steps=40"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    last = root / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.is_file() and any(root.glob("checkpoints/*step=1[05]*.ckpt")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up, like a node failure
+    proc.wait()
+    assert last.is_file()
+    p = _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=40", "--model.init_args.total_steps=40",
+                       "--ckpt_path=last"))
+    assert "Restored all states from the checkpoint" in p.stderr + p.stdout
+    iface = json.loads((root / "brick" / "interface.json").read_text())
+    assert iface["global_step"] == 40
+    # the resolved config of the resumed run names the same model
+    cfgs = sorted(root.glob("lightning_logs/version_*/config.yaml"))
+    assert len(cfgs) == 2
+    a, b = (yaml.safe_load(c.read_text())["model"] for c in cfgs)
+    assert a == b
