@@ -22,13 +22,14 @@ def _prepare(a) -> None:
 
 
 def _decode(a) -> None:
+    import torch
+
     from .data.manifest import load_manifest
+    from .features import FbankConfig
     from .lego.brick import load_brick
     from .metrics import error_rates
     from .search.decode import DecodeOptions, decode_utterances
     from .tokenizer import Tokenizer
-    from .features import FbankConfig
-    import torch
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -55,7 +56,7 @@ def _score(a) -> None:
             r = json.loads(line)
             rows.append((r["ref"], r["hyp"]))
         except (json.JSONDecodeError, KeyError) as e:
-            raise SystemExit(f"{a.hyps}:{n}: expected a JSON object with 'ref' and 'hyp' ({e})")
+            raise SystemExit(f"{a.hyps}:{n}: expected a JSON object with 'ref' and 'hyp' ({e})") from None
     print(error_rates([r for r, _ in rows], [h for _, h in rows]))
 
 

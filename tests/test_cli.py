@@ -19,15 +19,17 @@ def _cmd(*args):
 
 def _fit_args(corpus: Path, root: Path, *extra):
     asr = corpus / "asr"
+    data = "--data.init_args."
     return _cmd("fit", "-c", CONF, f"--trainer.default_root_dir={root}",
-                f"--data.init_args.train={asr / 'train.jsonl'}", f"--data.init_args.valid={asr / 'dev.jsonl'}",
-                f"--data.init_args.test={asr / 'test.jsonl'}", f"--data.init_args.tokenizer={root / 'tok.model'}",
+                f"{data}train={asr / 'train.jsonl'}", f"{data}valid={asr / 'dev.jsonl'}",
+                f"{data}test={asr / 'test.jsonl'}", f"{data}tokenizer={root / 'tok.model'}",
                 "--trainer.enable_progress_bar=false", *extra)
 
 
 def _run(cmd, **kw):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
-    assert p.returncode == 0, f"{' '.join(map(str, cmd))}\nSTDOUT:{p.stdout[-3000:]}\nSTDERR:{p.stderr[-3000:]}"
+    assert p.returncode == 0, (f"{' '.join(map(str, cmd))}\n"
+                               f"STDOUT:{p.stdout[-3000:]}\nSTDERR:{p.stderr[-3000:]}")
     return p
 
 

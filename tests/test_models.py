@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import tiny_transducer
 
 from speechkit.lego.brick import BrickError, load_brick, save_brick
 from speechkit.search.transducer import beam_search, ctc_greedy, greedy_search
-
-from conftest import tiny_transducer
 
 
 @pytest.mark.parametrize("frontend", ["stack", "conv2d"])
@@ -116,3 +115,29 @@ def test_mismatched_vocab_parts_are_refused():
     m = tiny_transducer()
     with pytest.raises(ValueError, match="disagree"):
         Transducer(m.encoder, m.predictor, Joiner(32, 32, 41, 32))
+
+
+def test_skipped_loss_terms_are_not_computed():
+    m = tiny_transducer(seed=2).train()
+    x, n = torch.randn(2, 64, 80), torch.tensor([64, 50])
+    y, yl = torch.randint(0, 40, (2, 4)), torch.tensor([4, 3])
+    out = m.loss(x, n, y, yl, skip=frozenset({"rnnt"}))
+    assert set(out) == {"ctc", "loss"}
+    torch.testing.assert_close(out["loss"], m.ctc_weight * out["ctc"])
+    out["loss"].backward()
+    assert all(p.grad is None for p in m.predictor.parameters())  # the transducer was not run
+
+
+def test_every_preset_in_the_catalogue_builds():
+    from pathlib import Path
+
+    import yaml
+
+    from speechkit.lego.brick import build
+
+    presets = sorted((Path(__file__).parent.parent / "modules").rglob("*.yaml"))
+    assert presets
+    for p in presets:
+        brick = build(yaml.safe_load(p.read_text()), where=str(p))
+        enc = brick(torch.randn(1, 64, 80), torch.tensor([64]))
+        assert enc.logits.shape[-1] == brick.vocab_size + 1

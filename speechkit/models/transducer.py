@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
