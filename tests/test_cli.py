@@ -51,6 +51,10 @@ def test_fit_then_decode_through_the_cli(tiny_corpus, tmp_path):
     assert len(rows) == n and {"id", "ref", "hyp"} <= set(rows[0])
     p = _run(_cmd("score", tmp_path / "hyps.jsonl"))
     assert f"WER {summary['wer']:.2f}%" in p.stdout
+    test_cmd = _fit_args(tiny_corpus, root, f"--ckpt_path={root / 'checkpoints' / 'last.ckpt'}")
+    test_cmd[test_cmd.index("fit")] = "test"
+    p = _run(test_cmd)
+    assert "test/wer" in p.stdout and "test/ctc" in p.stdout
 
 
 def test_wrong_config_key_is_named(tiny_corpus, tmp_path):

@@ -24,8 +24,8 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
 class SpeechTask(L.LightningModule):
     """Trains any model with ``loss(feats, lengths, targets, target_lengths) → {'loss', ...}``.
 
-    Validation reports the losses, the greedy-search WER/CER and the greedy CTC WER of the
-    marginal head on the validation set.
+    Validation and test report the losses, the greedy-search WER/CER and the greedy CTC WER
+    of the marginal head (``speechkit test -c CONFIG --ckpt_path …`` scores ``data.test``).
 
     Args:
         model: the model brick (e.g. ``speechkit.models.transducer.Transducer``).
@@ -71,10 +71,10 @@ class SpeechTask(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return out["loss"]
 
-    def validation_step(self, batch, batch_idx):
+    def _eval_step(self, batch, stage: str) -> None:
         out = self._losses(batch)
         b = batch["feats"].shape[0]
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=b, sync_dist=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in out.items()}, batch_size=b, sync_dist=True)
         enc = self.model(batch["feats"], batch["feat_lens"])
         tok = self.trainer.datamodule.tokenizer
         refs, hyps, ctc_hyps = self._val
@@ -83,14 +83,26 @@ class SpeechTask(L.LightningModule):
         if enc.logits is not None:
             ctc_hyps.extend(tok.decode(h) for h in ctc_greedy(enc))
 
-    def on_validation_epoch_end(self) -> None:
+    def _eval_end(self, stage: str) -> None:
         refs, hyps, ctc_hyps = self._val
         if refs:
             er = error_rates(refs, hyps)
-            self.log_dict({"val/wer": er.wer * 100, "val/cer": er.cer * 100}, prog_bar=True)
+            self.log_dict({f"{stage}/wer": er.wer * 100, f"{stage}/cer": er.cer * 100}, prog_bar=True)
         if ctc_hyps:
-            self.log("val/ctc_wer", error_rates(refs, ctc_hyps).wer * 100)
+            self.log(f"{stage}/ctc_wer", error_rates(refs, ctc_hyps).wer * 100)
         self._val = ([], [], [])
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
 
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2]
