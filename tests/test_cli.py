@@ -41,6 +41,7 @@ def test_fit_then_decode_through_the_cli(tiny_corpus, tmp_path):
         assert (brick / name).is_file(), name
     iface = json.loads((brick / "interface.json").read_text())
     assert iface["global_step"] == 12 and iface["input"]["kind"] == "fbank"
+    assert 0 < iface["length_ratio"]["p5"] <= iface["length_ratio"]["median"] <= iface["length_ratio"]["p95"]
     assert list(root.glob("lightning_logs/version_*/config.yaml")), "resolved config not saved"
     test = tiny_corpus / "asr" / "test.jsonl"
     p = _run(_cmd("decode", brick, test, "--out", tmp_path / "hyps.jsonl", "--json", "--beam", "2"))

@@ -32,6 +32,10 @@ class SpeechEncoder(Brick):
     def vocab_size(self) -> int | None:
         return None if self.head is None else self.head.vocab_size
 
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Frames out for ``lengths`` feature frames in (B,) → (B,)."""
+        return self.frontend.output_lengths(lengths)
+
     def forward(self, feats: Tensor, lengths: Tensor) -> Encoded:
         if feats.shape[-1] != self.input_dim:
             raise ValueError(f"expected features with {self.input_dim} dims, got {feats.shape[-1]}")

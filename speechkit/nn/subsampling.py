@@ -23,11 +23,14 @@ class FrameStack(Brick):
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return lengths // self.stack
+
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         b, t, f = x.shape
         t2 = t // self.stack
         x = x[:, : t2 * self.stack].reshape(b, t2, self.stack * f)  # (B, T', stack*F)
-        return self.drop(self.norm(self.proj(x))), lengths // self.stack
+        return self.drop(self.norm(self.proj(x))), self.output_lengths(lengths)
 
 
 class Conv2dSubsampling(Brick):
@@ -45,9 +48,11 @@ class Conv2dSubsampling(Brick):
         self.proj = nn.Linear(channels * f2, dim)
         self.drop = nn.Dropout(dropout)
 
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return torch.div(torch.div(lengths - 1, 2, rounding_mode="floor") - 1, 2, rounding_mode="floor")
+
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         y = self.conv(x.unsqueeze(1))  # (B, C, T', F')
         b, c, t, f = y.shape
         y = self.proj(y.permute(0, 2, 1, 3).reshape(b, t, c * f))  # (B, T', C*F') → (B, T', D)
-        return self.drop(y), torch.div(torch.div(lengths - 1, 2, rounding_mode="floor") - 1, 2,
-                                       rounding_mode="floor")
+        return self.drop(y), self.output_lengths(lengths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from ..lego.brick import save_brick
 
@@ -25,6 +26,21 @@ class ExportBrick(L.Callback):
         dm = trainer.datamodule
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "brick")
         interface = {"kind": type(pl_module.model).__name__, "input": dm.fbank.to_dict(),
-                     "global_step": trainer.global_step}
+                     "global_step": trainer.global_step,
+                     "length_ratio": length_ratio(pl_module.model.encoder, dm.sets["train"])}
         save_brick(pl_module.model, out, interface, tokenizer=dm.tokenizer)
         print(f"brick written to {out}")
+
+
+def length_ratio(encoder, dataset) -> dict[str, float]:
+    """Encoder output frames per target token over a training set: 5th/50th/95th percentile and mean.
+
+    Recorded in interface.json so that a decoder reused on another encoder can check (and
+    a length controller can adjust) the ratio it was trained with.
+    """
+    frames = encoder.output_lengths(torch.tensor(dataset.lengths())).float()
+    tokens = torch.tensor([len(t) for t in dataset.targets]).float()
+    r = frames / tokens
+    q = torch.quantile(r, torch.tensor([0.05, 0.5, 0.95]))
+    return {"p5": round(float(q[0]), 3), "median": round(float(q[1]), 3), "p95": round(float(q[2]), 3),
+            "mean": round(float(r.mean()), 3)}
