@@ -101,7 +101,7 @@ def test_transducer_loss_decreases_on_one_batch():
     first = None
     for _ in range(30):
         loss = m.loss(x, n, y, yl)["loss"]
-        first = first if first is not None else loss.item()
+        first = first if first is not None else loss.detach().item()
         opt.zero_grad()
         loss.backward()
         opt.step()
