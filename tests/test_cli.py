@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
-CONF = Path(__file__).parent / "fixtures" / "tiny.yaml"
+HERE = Path(__file__).parent
+DEMO = HERE.parent / "recipes" / "locale" / "conf" / "demo.yaml"
+CONFS = ("-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml")  # the demo recipe, shrunk
 
 
 def _cmd(*args):
@@ -20,7 +22,7 @@ def _cmd(*args):
 def _fit_args(corpus: Path, root: Path, *extra):
     asr = corpus / "asr"
     data = "--data.init_args."
-    return _cmd("fit", "-c", CONF, f"--trainer.default_root_dir={root}",
+    return _cmd("fit", *CONFS, f"--trainer.default_root_dir={root}",
                 f"{data}train={asr / 'train.jsonl'}", f"{data}valid={asr / 'dev.jsonl'}",
                 f"{data}test={asr / 'test.jsonl'}", f"{data}tokenizer={root / 'tok.model'}",
                 "--trainer.enable_progress_bar=false", *extra)
