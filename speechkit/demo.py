@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "recipes" / "locale" / "conf" / "demo.yaml"
 
 
@@ -39,7 +37,6 @@ def run_demo(minutes: float | None = None, max_utts: int | None = None, out: str
     cfg = Path(config) if config else DEFAULT_CONFIG
     if not cfg.is_file():
         raise SystemExit(f"demo config not found: {cfg} (run from a clone of the speechkit repo)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     _stage(1, f"locale corpus → {data}", t0)
     prepare_locale(data, max_utts=max_utts)
 
