@@ -24,24 +24,14 @@ def _prepare(a) -> None:
 def _decode(a) -> None:
     import torch
 
-    from .data.manifest import load_manifest
-    from .features import FbankConfig
-    from .lego.brick import load_brick
-    from .metrics import error_rates
-    from .search.decode import DecodeOptions, decode_utterances
-    from .tokenizer import Tokenizer
+    from .search.decode import DecodeOptions, decode_manifest
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, iface = load_brick(a.brick)
-    tok = Tokenizer(Path(a.brick) / "tokenizer.model")
-    fb = {k: v for k, v in iface["input"].items() if k != "kind"}
-    utts = load_manifest(a.manifest, require_audio=True)[: a.max_utts]
-    res = decode_utterances(model, tok, utts, FbankConfig(**fb), DecodeOptions(beam=a.beam, nbest=a.nbest))
+    res, er = decode_manifest(a.brick, a.manifest, DecodeOptions(beam=a.beam, nbest=a.nbest), a.max_utts)
     out = Path(a.out or Path(a.brick) / f"decode-{Path(a.manifest).stem}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res))
-    er = error_rates([r["ref"] for r in res], [r["hyp"] for r in res])
     print(json.dumps({"manifest": a.manifest, "utts": len(res), "wer": round(100 * er.wer, 2),
                       "cer": round(100 * er.cer, 2), "hyps": str(out)}) if a.json else
           f"{a.manifest}: {len(res)} utterances  {er}\nhypotheses → {out}")

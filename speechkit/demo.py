@@ -22,15 +22,12 @@ def _stage(n: int, text: str, t0: float) -> None:
 
 def run_demo(minutes: float | None = None, max_utts: int | None = None, out: str = "exp/demo",
              config: str | None = None, data: str = "data/locale") -> dict:
-    """``data`` must be where the config's manifests live (demo.yaml: data/locale)."""
-    """Run the demo; returns {'wer', 'cer', 'seconds'}."""
+    """Run the demo; returns {'wer', 'cer', 'seconds'}.
+
+    ``data`` must be where the config's manifests live (demo.yaml: data/locale).
+    """
     from .corpora.locale import prepare_locale
-    from .data.manifest import load_manifest
-    from .features import FbankConfig
-    from .lego.brick import load_brick
-    from .metrics import error_rates
-    from .search.decode import DecodeOptions, decode_utterances
-    from .tokenizer import Tokenizer
+    from .search.decode import decode_manifest
     from .train.cli import run_lightning
 
     t0 = time.time()
@@ -41,7 +38,6 @@ def run_demo(minutes: float | None = None, max_utts: int | None = None, out: str
     prepare_locale(data, max_utts=max_utts)
 
     _stage(2, f"training ({cfg})", t0)
-    asr = Path(data) / "asr"
     args = ["fit", "-c", str(cfg), f"--trainer.default_root_dir={out}"]
     if minutes:
         secs = int(minutes * 60)
@@ -53,12 +49,7 @@ def run_demo(minutes: float | None = None, max_utts: int | None = None, out: str
 
     _stage(3, "decoding the test split with the exported brick", t0)
     brick = Path(out) / "brick"
-    model, iface = load_brick(brick)
-    tok = Tokenizer(brick / "tokenizer.model")
-    fb = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
-    utts = load_manifest(asr / "test.jsonl", require_audio=True)
-    res = decode_utterances(model, tok, utts, fb, DecodeOptions())
-    er = error_rates([r["ref"] for r in res], [r["hyp"] for r in res])
+    res, er = decode_manifest(brick, Path(data) / "asr" / "test.jsonl")
     secs = time.time() - t0
     print("\nexamples (reference → hypothesis):")
     for r in random.Random(0).sample(res, min(8, len(res))):

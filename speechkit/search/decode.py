@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..data.dataset import SpeechDataset, collate
-from ..data.manifest import Utterance
+from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
 from ..features import FbankConfig
+from ..lego.brick import load_brick
+from ..metrics import ErrorRates, error_rates
 from ..tokenizer import Tokenizer
 from .transducer import beam_search, greedy_search
 
@@ -55,3 +58,14 @@ def decode_utterances(model, tokenizer: Tokenizer, utts: list[Utterance], fbank:
     if opts.progress:
         print(file=sys.stderr)
     return results
+
+
+def decode_manifest(brick: str | Path, manifest: str | Path, opts: DecodeOptions = DecodeOptions(),
+                    max_utts: int | None = None) -> tuple[list[dict], ErrorRates]:
+    """Load a brick (model, tokenizer, fbank settings) and decode a manifest → (results, WER/CER)."""
+    model, iface = load_brick(brick)
+    tok = Tokenizer(Path(brick) / "tokenizer.model")
+    fbank = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
+    utts = load_manifest(manifest, require_audio=True)[:max_utts]
+    res = decode_utterances(model, tok, utts, fbank, opts)
+    return res, error_rates([r["ref"] for r in res], [r["hyp"] for r in res])
