@@ -47,8 +47,12 @@ class Transducer(Brick):
         Terms named in ``skip`` are not computed (a CTC-only warm-up skips the costly
         (B, T, U+1, V+1) transducer lattice).
         """
-        enc = self.encoder(feats, lengths)
-        b = feats.shape[0]
+        return self.encoded_loss(self.encoder(feats, lengths), targets, target_lengths, skip)
+
+    def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
+                     skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """``loss`` from an already computed encoder output (evaluation reuses it for search)."""
+        b = targets.shape[0]
         out = {}
         if self.rnnt_weight and "rnnt" not in skip:
             pred = self.predictor(targets)  # (B, U+1, P)

@@ -22,7 +22,8 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 class SpeechTask(L.LightningModule):
-    """Trains any model with ``loss(feats, lengths, targets, target_lengths) → {'loss', ...}``.
+    """Trains any model with ``loss(feats, lengths, targets, target_lengths) → {'loss', ...}``
+    whose ``forward`` returns ``Encoded`` and which offers ``encoded_loss(enc, targets, lengths)``.
 
     Validation and test report the losses, the greedy-search WER/CER and the greedy CTC WER
     of the marginal head (``speechkit test -c CONFIG --ckpt_path …`` scores ``data.test``).
@@ -59,23 +60,20 @@ class SpeechTask(L.LightningModule):
         if stage == "fit" and not bool(cmvn.initialized):
             cmvn.set_stats(*dm.cmvn_stats())
 
-    def _losses(self, batch, skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
-        return self.model.loss(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"],
-                               skip=skip)
-
     def training_step(self, batch, batch_idx):
         skip = frozenset(k for k, s in self.loss_start_steps.items() if self.global_step < s)
-        out = self._losses(batch, skip)
+        out = self.model.loss(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"],
+                              skip=skip)
         b = batch["feats"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return out["loss"]
 
     def _eval_step(self, batch, stage: str) -> None:
-        out = self._losses(batch)
+        enc = self.model(batch["feats"], batch["feat_lens"])  # once, for the losses and the search
+        out = self.model.encoded_loss(enc, batch["targets"], batch["target_lens"])
         b = batch["feats"].shape[0]
         self.log_dict({f"{stage}/{k}": v for k, v in out.items()}, batch_size=b, sync_dist=True)
-        enc = self.model(batch["feats"], batch["feat_lens"])
         tok = self.trainer.datamodule.tokenizer
         refs, hyps, ctc_hyps = self._val
         refs.extend(tok.decode(t[:n].tolist()) for t, n in zip(batch["targets"], batch["target_lens"]))
