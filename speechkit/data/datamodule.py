@@ -73,9 +73,12 @@ class SpeechDataModule(L.LightningDataModule):
                   file=sys.stderr)
             train_tokenizer(texts, self.tokenizer_path, self.vocab_size)
         for split in ("train", "valid", "test"):
-            if self.paths[split] and self._cache_path(split) is not None:
-                FeatureCache.load_or_build(self._utts(split), self.fbank, self._cache_path(split),
-                                           workers=max(self.num_workers, 1))
+            path = self._cache_path(split) if self.paths[split] else None
+            if path is None:
+                continue
+            utts = self._utts(split)
+            if not FeatureCache.matches(utts, self.fbank, path):  # setup() loads it
+                FeatureCache.load_or_build(utts, self.fbank, path, workers=max(self.num_workers, 1))
 
     def setup(self, stage: str | None = None) -> None:
         self.tokenizer = Tokenizer(self.tokenizer_path)

@@ -61,17 +61,22 @@ class FeatureCache:
         return {"ids": json.dumps([u.id for u in utts]), "fbank": json.dumps(cfg.to_dict())}
 
     @classmethod
+    def matches(cls, utts: list[Utterance], cfg: FbankConfig, path: str | Path) -> bool:
+        """Whether ``path`` holds the features of exactly these utterances and settings (header only)."""
+        if not Path(path).is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() == cls._meta(utts, cfg)
+
+    @classmethod
     def load_or_build(cls, utts: list[Utterance], cfg: FbankConfig, path: str | Path,
                       workers: int = 2, progress: bool = True) -> FeatureCache:
         path = Path(path)
-        meta = cls._meta(utts, cfg)
-        if path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                if f.metadata() == meta:
-                    t = load_file(str(path))
-                    return cls(t["feats"], t["offsets"])
+        if cls.matches(utts, cfg, path):
+            t = load_file(str(path))
+            return cls(t["feats"], t["offsets"])
         feats = []
         loader = DataLoader(_Featurize(utts, cfg), batch_size=None, num_workers=workers)
         t0 = time.time()
@@ -82,7 +87,7 @@ class FeatureCache:
         offsets = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)
         cache = cls(torch.cat(feats), offsets)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"feats": cache.feats, "offsets": cache.offsets}, str(path), metadata=meta)
+        save_file({"feats": cache.feats, "offsets": cache.offsets}, str(path), metadata=cls._meta(utts, cfg))
         return cache
 
 
