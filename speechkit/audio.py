@@ -58,10 +58,10 @@ def write_audio(path: str | Path, wave: torch.Tensor | np.ndarray, rate: int = M
     sf.write(str(path), np.asarray(wave, dtype=np.float32), rate, subtype="PCM_16")
 
 
-def audio_duration(path: str | Path) -> float:
-    """Duration in seconds from the file header."""
+def audio_info(path: str | Path) -> tuple[int, int]:
+    """(frames, sample rate) from the file header; ``AudioError`` names an unreadable file."""
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"cannot read audio header {path}: {e}") from None
-    return info.frames / info.samplerate
+    return info.frames, info.samplerate

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechkit.audio import MODEL_RATE, resample, write_audio
+from speechkit.audio import MODEL_RATE, AudioError, audio_info, resample, write_audio
 from speechkit.data.manifest import VERSION, Utterance, save_manifest
 from speechkit.metrics import normalize_text
 
@@ -292,17 +292,23 @@ def voice_for(h: int) -> tuple[str, int, int]:
     return voice, rate, pitch
 
 
+_HOP = MODEL_RATE // 100  # 10 ms
+
+
+def _frame_rms(wave: np.ndarray) -> np.ndarray:
+    """RMS of each whole 10 ms frame of ``wave`` (a partial last frame is ignored)."""
+    n = len(wave) // _HOP
+    return np.sqrt((wave[: n * _HOP].reshape(n, _HOP) ** 2).mean(axis=1))
+
+
 def _trim_end(wave: np.ndarray, start: float, end: float, threshold: float) -> float:
     """Move ``end`` back to the last 10 ms frame in [start, end] whose RMS exceeds threshold."""
-    hop = MODEL_RATE // 100
-    seg = wave[int(start * MODEL_RATE):int(end * MODEL_RATE)]
-    n = len(seg) // hop
-    if n == 0:
+    rms = _frame_rms(wave[int(start * MODEL_RATE):int(end * MODEL_RATE)])
+    if len(rms) == 0:
         return end
-    rms = np.sqrt((seg[: n * hop].reshape(n, hop) ** 2).mean(axis=1))
     loud = np.flatnonzero(rms > threshold)
     last = loud[-1] + 1 if len(loud) else 1
-    return min(end, start + last * hop / MODEL_RATE)
+    return min(end, start + last * _HOP / MODEL_RATE)
 
 
 def word_times(text: str, events: list, wave: np.ndarray) -> tuple[list[list], int]:
@@ -323,9 +329,8 @@ def word_times(text: str, events: list, wave: np.ndarray) -> tuple[list[list], i
     heads = sorted(starts) or [0]
     heads[0] = 0  # words before the first event join the first group, which starts at 0
     starts[0] = starts.get(0, 0.0)
-    frame = MODEL_RATE // 100
-    n = len(wave) // frame
-    peak = np.sqrt((wave[: n * frame].reshape(n, frame) ** 2).mean(axis=1)).max() if n else 0.0
+    rms = _frame_rms(wave)
+    peak = rms.max() if len(rms) else 0.0
     words, prev = [], 0.0
     for a, nxt in zip(heads, heads[1:] + [len(spans)]):
         start = max(starts[a], prev)
@@ -367,8 +372,6 @@ def _synth_one(task: tuple) -> dict:
 
 def _load_cache(path: Path, msgs: list[Message], audio_dir: Path) -> dict[str, dict]:
     """Cached results whose text and speaker still match and whose FLAC header is sane."""
-    import soundfile as sf
-
     cache = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -384,10 +387,10 @@ def _load_cache(path: Path, msgs: list[Message], audio_dir: Path) -> dict[str, d
         if not rec or rec.get("text") != m.text or rec.get("speaker") != f"{voice}/r{rate}/p{pitch}":
             continue
         try:
-            info = sf.info(str(audio_dir / f"{m.id}.flac"))
-        except (sf.LibsndfileError, RuntimeError):
+            header = audio_info(audio_dir / f"{m.id}.flac")
+        except AudioError:
             continue
-        if info.frames == rec["frames"] and info.samplerate == MODEL_RATE:
+        if header == (rec["frames"], MODEL_RATE):
             valid[m.id] = rec
     return valid
 
