@@ -1,4 +1,4 @@
-"""The ``speechkit`` command: prepare, fit/validate/test, decode, score, demo."""
+"""The ``speechkit`` command: prepare, fit/validate/test, decode, score, compose, demo."""
 
 from __future__ import annotations
 
@@ -28,17 +28,18 @@ def _decode(a) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    res, er = decode_manifest(a.brick, a.manifest, DecodeOptions(beam=a.beam, nbest=a.nbest), a.max_utts)
+    target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
+    res, sc = decode_manifest(a.brick, a.manifest, DecodeOptions(beam=a.beam, nbest=a.nbest), a.max_utts,
+                              target_lang=target)
     out = Path(a.out or Path(a.brick) / f"decode-{Path(a.manifest).stem}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res))
-    print(json.dumps({"manifest": a.manifest, "utts": len(res), "wer": round(100 * er.wer, 2),
-                      "cer": round(100 * er.cer, 2), "hyps": str(out)}) if a.json else
-          f"{a.manifest}: {len(res)} utterances  {er}\nhypotheses → {out}")
+    print(json.dumps({"manifest": a.manifest, "utts": len(res), **sc.to_dict(), "hyps": str(out)})
+          if a.json else f"{a.manifest}: {len(res)} utterances  {sc}\nhypotheses → {out}")
 
 
 def _score(a) -> None:
-    from .metrics import error_rates
+    from .metrics import score
 
     rows = []
     for n, line in enumerate(open(a.hyps, encoding="utf-8"), 1):
@@ -47,7 +48,17 @@ def _score(a) -> None:
             rows.append((r["ref"], r["hyp"]))
         except (json.JSONDecodeError, KeyError) as e:
             raise SystemExit(f"{a.hyps}:{n}: expected a JSON object with 'ref' and 'hyp' ({e})") from None
-    print(error_rates([r for r, _ in rows], [h for _, h in rows]))
+    sc = score([r for r, _ in rows], [h for _, h in rows])
+    print(json.dumps(sc.to_dict()) if a.json else sc)
+
+
+def _compose(a) -> None:
+    from .lego.compose import compose, save_composed
+
+    model, interface = compose(a.encoders, a.decoder, alpha=a.alpha, allow_hidden=a.allow_hidden)
+    out = save_composed(model, interface, a.out)
+    print(json.dumps({"brick": str(out), "length_ratio": interface["length_ratio"]}) if a.json else
+          f"composed {' → '.join(a.encoders)} → decoder of {a.decoder}\nbrick written to {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--langs", default=None, help="comma-separated target languages, e.g. de,fr,ro")
     pr.add_argument("--heldout", default=None, help="comma-separated held-out catalog prefixes")
     pr.add_argument("--workers", type=int, default=None)
-    de = sub.add_parser("decode", help="decode a manifest with a brick and print WER/CER")
+    de = sub.add_parser("decode", help="decode a manifest with a brick; print WER/CER and BLEU/chrF")
     de.add_argument("brick")
     de.add_argument("manifest")
     de.add_argument("--out", default=None, help="hypotheses JSONL (default: BRICK/decode-NAME.jsonl)")
@@ -70,9 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--nbest", type=int, default=1)
     de.add_argument("--max-utts", type=int, default=None)
     de.add_argument("--threads", type=int, default=None)
+    de.add_argument("--target-lang", default=None,
+                    help="reference: 'text' (transcript) or a translation language (default: the brick's)")
     de.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    sc = sub.add_parser("score", help="WER/CER of a hypotheses JSONL (ref/hyp per line)")
+    sc = sub.add_parser("score", help="WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)")
     sc.add_argument("hyps")
+    sc.add_argument("--json", action="store_true", help="print one JSON line")
+    co = sub.add_parser("compose", help="join encoder brick(s) with the decoder of another brick")
+    co.add_argument("encoders", nargs="+", help="encoder bricks, first to last (DIR, or DIR#N: stage N "
+                    "of a chain)")
+    co.add_argument("--decoder", required=True, help="the brick whose decoder side is reused")
+    co.add_argument("--out", required=True, help="directory of the composed brick")
+    co.add_argument("--alpha", type=float, default=None,
+                    help="set the last length controller's alpha (default: adjusted only when the "
+                    "length ratio is outside the decoder's recorded range)")
+    co.add_argument("--allow-hidden", action="store_true",
+                    help="join a decoder that reads hidden states (monolithic; the control experiment)")
+    co.add_argument("--json", action="store_true")
     dm = sub.add_parser("demo", help="prepare locale, train a small transducer, decode, print WER")
     dm.add_argument("--minutes", type=float, default=None, help="training time budget")
     dm.add_argument("--max-utts", type=int, default=None)
@@ -89,12 +114,21 @@ def main(argv: list[str] | None = None) -> None:
         run_lightning(argv)
         return
     a = build_parser().parse_args(argv)
+    from .lego.brick import BrickError
+
+    try:
+        _run(a)
+    except BrickError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _run(a) -> None:
     if a.verb == "demo":
         from .demo import run_demo
 
         run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
         return
-    {"prepare": _prepare, "decode": _decode, "score": _score}[a.verb](a)
+    {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose}[a.verb](a)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,35 @@ def bleu_chrf(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     import sacrebleu
 
     return (sacrebleu.corpus_bleu(hyps, [refs]).score, sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
+@dataclass
+class Scores:
+    """Every text metric of one hypothesis set: WER/CER (jiwer) and BLEU/chrF (sacrebleu)."""
+
+    errors: ErrorRates
+    bleu: float
+    chrf: float
+
+    @property
+    def wer(self) -> float:
+        return self.errors.wer
+
+    @property
+    def cer(self) -> float:
+        return self.errors.cer
+
+    def to_dict(self) -> dict[str, float]:
+        return {"wer": round(100 * self.wer, 2), "cer": round(100 * self.cer, 2),
+                "bleu": round(self.bleu, 2), "chrf": round(self.chrf, 2)}
+
+    def __str__(self) -> str:
+        return f"{self.errors}  BLEU {self.bleu:.2f}  chrF {self.chrf:.2f}"
+
+
+def score(refs: list[str], hyps: list[str]) -> Scores:
+    """WER/CER and BLEU/chrF of normalised references and hypotheses (``normalize_text``)."""
+    er = error_rates(refs, hyps)
+    bleu, chrf = bleu_chrf([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])
+    return Scores(er, bleu, chrf)
+

@@ -92,3 +92,45 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_corpus, tmp_path):
     assert len(cfgs) == 2
     a, b = (yaml.safe_load(c.read_text())["model"] for c in cfgs)
     assert a == b
+
+
+MT = HERE.parent / "recipes" / "locale" / "conf" / "lego" / "mt_de_en.yaml"
+
+
+def test_mt_fit_decode_bleu_and_compose_through_the_cli(tiny_corpus, tmp_path):
+    mt, root, data = tiny_corpus / "mt" / "de-en", tmp_path / "mt", "--data.init_args."
+    _run(_cmd("fit", "-c", MT, "-c", HERE / "fixtures" / "tiny_mt.yaml", f"--trainer.default_root_dir={root}",
+              f"{data}train={mt / 'train.jsonl'}", f"{data}valid={mt / 'dev.jsonl'}",
+              f"{data}test={mt / 'test.jsonl'}",
+              f"{data}tokenizer={tmp_path / 'en.model'}", f"{data}source_tokenizer={tmp_path / 'de.model'}",
+              "--trainer.enable_progress_bar=false"))
+    brick = root / "brick"
+    iface = json.loads((brick / "interface.json").read_text())
+    assert iface["input"]["kind"] == "text" and iface["target_lang"] == "en"
+    assert (brick / "source_tokenizer.model").is_file()
+    test = mt / "test.jsonl"
+    p = _run(_cmd("decode", brick, test, "--json", "--beam", "3", "--out", tmp_path / "mt.jsonl"))
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["utts"] == sum(1 for _ in open(test))
+    assert 0 <= summary["bleu"] <= 100 and "chrf" in summary
+    refs = [json.loads(x)["ref"] for x in open(tmp_path / "mt.jsonl")]
+    english = {json.loads(x)["id"]: json.loads(x)["translation"]["en"] for x in open(test)}
+    assert refs[0].split()[0] in english[json.loads(open(test).readline())["id"]].lower()
+    p = _run(_cmd("score", tmp_path / "mt.jsonl", "--json"))
+    assert json.loads(p.stdout)["bleu"] == summary["bleu"]
+
+    _run(_cmd("compose", brick, "--decoder", brick, "--out", tmp_path / "self"))
+    p = _run(_cmd("decode", tmp_path / "self", test, "--json", "--beam", "3",
+                  "--out", tmp_path / "self.jsonl"))
+    assert open(tmp_path / "self.jsonl").read() == open(tmp_path / "mt.jsonl").read()
+    alpha = _run(_cmd("compose", brick, "--decoder", brick, "--out", tmp_path / "x", "--alpha", "2.0"))
+    assert "brick written" in alpha.stdout
+    other = tmp_path / "other"  # the same brick speaking another vocabulary is refused, naming both
+    subprocess.run(["cp", "-r", str(brick), str(other)], check=True)
+    (other / "interface.json").write_text(json.dumps({**iface, "tokenizer": {**iface["tokenizer"],
+                                                      "fingerprint": "0123456789abcdef"}}))
+    p = subprocess.run(_cmd("compose", other, "--decoder", brick, "--out", tmp_path / "bad"),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "0123456789abcdef" in p.stderr
+    assert iface["tokenizer"]["fingerprint"] in p.stderr
+    assert not (tmp_path / "bad").exists()

@@ -134,10 +134,19 @@ def test_every_preset_in_the_catalogue_builds():
     import yaml
 
     from speechkit.lego.brick import build
+    from speechkit.lego.interface import Encoded
 
     presets = sorted((Path(__file__).parent.parent / "modules").rglob("*.yaml"))
-    assert presets
+    assert len(presets) >= 6
     for p in presets:
-        brick = build(yaml.safe_load(p.read_text()), where=str(p))
-        enc = brick(torch.randn(1, 64, 80), torch.tensor([64]))
-        assert enc.logits.shape[-1] == brick.vocab_size + 1
+        brick = build(yaml.safe_load(p.read_text()), where=str(p)).eval()
+        if p.parent.name == "decoders":  # reads marginals of its vocabulary, emits V+1 logits per step
+            marg = torch.randn(1, 12, brick.vocab_size + 1)
+            mem, n = brick.memory(Encoded(torch.zeros(1, 12, 1), torch.tensor([12]), marg))
+            assert brick(mem, n, torch.tensor([[brick.eos, 3, 4]])).shape == (1, 3, brick.vocab_size + 1)
+            continue
+        inputs = {"fbank": torch.randn(1, 64, 80), "tokens": torch.randint(0, 100, (1, 16)),
+                  "marginals": torch.randn(1, 16, 129)}[brick.input_kind]
+        enc = brick(inputs, torch.tensor([inputs.shape[1]]))
+        assert enc.logits.shape[-1] == brick.vocab_size + 1, p
+        assert enc.lengths.tolist() == brick.output_lengths(torch.tensor([inputs.shape[1]])).tolist()

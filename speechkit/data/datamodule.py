@@ -1,4 +1,4 @@
-"""LightningDataModule for speech-to-text manifests (ASR now; ST reuses it later)."""
+"""LightningDataModule for manifests: speech → text (ASR, ST) and text → text (MT)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,24 @@ from torch.utils.data import DataLoader
 from ..features import FbankConfig
 from ..metrics import normalize_text
 from ..tokenizer import Tokenizer, train_tokenizer
-from .dataset import FeatureCache, SpeechDataset, collate
+from .dataset import FeatureCache, SpeechDataset, TextDataset, collate, target_texts
 from .manifest import load_manifest
 from .sampler import BucketBatchSampler
 
 
 class SpeechDataModule(L.LightningDataModule):
-    """Manifests → bucketed batches of features and token ids.
+    """Manifests → bucketed batches of inputs (features or source token ids) and target token ids.
 
     Args:
         train, valid, test: JSONL manifests (test optional).
-        tokenizer: sentencepiece model path; trained on the normalised training
-            transcripts with ``vocab_size`` pieces if the file does not exist yet.
-        max_frames: frames budget per training batch (input feature frames, padded).
+        tokenizer: the interface (target) sentencepiece model; trained on the normalised
+            training targets with ``vocab_size`` pieces if the file does not exist yet.
+        target_lang: None: targets are the transcripts (``text``, ASR); a language code:
+            targets are the ``translation[target_lang]`` of each utterance (MT, ST).
+        source_tokenizer: given, the inputs are the utterances' ``text`` encoded with this
+            sentencepiece model (MT; trained with ``source_vocab_size`` pieces if missing);
+            None, the inputs are fbank features of the audio.
+        max_frames: budget per training batch in padded input frames (speech) or source tokens (text).
         cache_dir: where feature caches go ("auto": ``<manifest dir>/fbank``; None: no cache,
             features computed on the fly in the workers).
         max_duration: training utterances longer than this (seconds) are skipped (reported).
@@ -34,8 +39,14 @@ class SpeechDataModule(L.LightningDataModule):
     def __init__(self, train: str, valid: str, tokenizer: str, vocab_size: int = 256,
                  test: str | None = None, max_frames: int = 20000, num_workers: int = 0,
                  cache_dir: str | None = "auto", max_duration: float = 20.0,
-                 max_valid_utts: int | None = None, num_mel_bins: int = 80, seed: int = 0):
+                 max_valid_utts: int | None = None, num_mel_bins: int = 80, seed: int = 0,
+                 target_lang: str | None = None, source_tokenizer: str | None = None,
+                 source_vocab_size: int = 512):
         super().__init__()
+        self.target_lang = target_lang
+        self.source_tokenizer_path = Path(source_tokenizer) if source_tokenizer else None
+        self.source_vocab_size = source_vocab_size
+        self.source_tokenizer: Tokenizer | None = None
         self.paths = {"train": train, "valid": valid, "test": test}
         self.tokenizer_path, self.vocab_size = Path(tokenizer), vocab_size
         self.max_frames, self.num_workers, self.seed = max_frames, num_workers, seed
@@ -46,8 +57,8 @@ class SpeechDataModule(L.LightningDataModule):
 
     def _utts(self, split: str):
         path = self.paths[split]
-        utts = load_manifest(path, require_audio=True)
-        if split == "train":
+        utts = load_manifest(path, require_audio=self.source_tokenizer_path is None)
+        if split == "train" and self.source_tokenizer_path is None:
             keep = [u for u in utts if (u.duration or 0) <= self.max_duration]
             if len(keep) < len(utts):
                 print(f"{path}: skipping {len(utts) - len(keep)} utterances longer than "
@@ -57,8 +68,14 @@ class SpeechDataModule(L.LightningDataModule):
             utts = utts[: self.max_valid_utts]
         return utts
 
+    def input_info(self) -> dict:
+        """What the model reads, for a brick's interface.json."""
+        if self.source_tokenizer is not None:
+            return {"kind": "text", **self.source_tokenizer.info()}
+        return {"kind": "fbank", **self.fbank.to_dict()}
+
     def _cache_path(self, split: str) -> Path | None:
-        if self.cache_dir is None:
+        if self.cache_dir is None or self.source_tokenizer_path is not None:
             return None
         path = Path(self.paths[split])
         root = path.parent / "fbank" if self.cache_dir == "auto" else Path(self.cache_dir)
@@ -67,11 +84,15 @@ class SpeechDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Train the tokenizer if missing and build feature caches (rank 0 only)."""
+        train = load_manifest(self.paths["train"])
         if not self.tokenizer_path.is_file():
-            texts = [normalize_text(u.text) for u in load_manifest(self.paths["train"])]
-            print(f"training tokenizer ({self.vocab_size} pieces) → {self.tokenizer_path}",
-                  file=sys.stderr)
-            train_tokenizer(texts, self.tokenizer_path, self.vocab_size)
+            print(f"training tokenizer ({self.vocab_size} pieces) → {self.tokenizer_path}", file=sys.stderr)
+            train_tokenizer(target_texts(train, self.target_lang, self.paths["train"]), self.tokenizer_path,
+                            self.vocab_size)
+        src = self.source_tokenizer_path
+        if src is not None and not src.is_file():
+            print(f"training source tokenizer ({self.source_vocab_size} pieces) → {src}", file=sys.stderr)
+            train_tokenizer([normalize_text(u.text) for u in train], src, self.source_vocab_size)
         for split in ("train", "valid", "test"):
             path = self._cache_path(split) if self.paths[split] else None
             if path is None:
@@ -85,15 +106,21 @@ class SpeechDataModule(L.LightningDataModule):
         if self.tokenizer.vocab_size != self.vocab_size:
             raise ValueError(f"data.vocab_size={self.vocab_size} but tokenizer {self.tokenizer_path} "
                              f"has {self.tokenizer.vocab_size} pieces")
+        if self.source_tokenizer_path is not None:
+            self.source_tokenizer = Tokenizer(self.source_tokenizer_path)
         for split in ("train", "valid", "test"):
             if split in self.sets or not self.paths[split]:
                 continue
             utts = self._utts(split)
+            if self.source_tokenizer is not None:
+                self.sets[split] = TextDataset(utts, self.tokenizer, self.source_tokenizer, self.target_lang,
+                                               source=self.paths[split])
+                continue
             cache_path = self._cache_path(split)
             cache = None if cache_path is None else FeatureCache.load_or_build(
                 utts, self.fbank, cache_path, workers=max(self.num_workers, 1))
             self.sets[split] = SpeechDataset(utts, self.tokenizer, self.fbank, cache,
-                                             source=self.paths[split])
+                                             source=self.paths[split], target_lang=self.target_lang)
 
     def cmvn_stats(self, max_utts: int = 2000) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Sum, sum of squares and frame count over the first ``max_utts`` training utterances."""

@@ -1,4 +1,5 @@
-"""Speech datasets: utterances → (features, token ids), with an optional feature cache.
+"""Datasets: utterances → (features or source token ids, target token ids), with an optional
+feature cache.
 
 The cache is one safetensors file per manifest (fp16 features concatenated along
 time, plus offsets); its metadata records the utterance ids and the fbank settings,
@@ -91,23 +92,40 @@ class FeatureCache:
         return cache
 
 
+def target_texts(utts: list[Utterance], target_lang: str | None, source: str) -> list[str]:
+    """The normalised target of each utterance: its transcript (``target_lang`` None) or its
+    translation into ``target_lang``. Missing or empty targets raise a ValueError naming the utterance."""
+    out = []
+    for u in utts:
+        raw = u.text if target_lang is None else (u.translation or {}).get(target_lang)
+        if raw is None:
+            raise ValueError(f"{source}: utterance {u.id!r} has no {target_lang!r} translation")
+        text = normalize_text(raw)
+        if not text:
+            what = "transcript" if target_lang is None else f"{target_lang!r} translation"
+            raise ValueError(f"{source}: utterance {u.id!r} has an empty {what} after normalisation "
+                             f"(text={raw!r})")
+        out.append(text)
+    return out
+
+
+def tokenize(texts: list[str], tokenizer: Tokenizer) -> list[Tensor]:
+    return [torch.tensor(tokenizer.encode(t), dtype=torch.long) for t in texts]
+
+
 class SpeechDataset(Dataset):
     """Items are (features (T, F), token ids (U,), index).
 
-    Transcripts are normalised (``metrics.normalize_text``) before tokenisation; an
-    utterance whose transcript is empty after that raises a ValueError naming it.
+    Targets are the transcripts (or the ``target_lang`` translations: speech translation),
+    normalised (``metrics.normalize_text``) before tokenisation; an utterance whose target
+    is empty after that raises a ValueError naming it.
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: Tokenizer, cfg: FbankConfig,
-                 cache: FeatureCache | None = None, source: str = "manifest"):
+                 cache: FeatureCache | None = None, source: str = "manifest", target_lang: str | None = None):
         self.utts, self.tok, self.cfg, self.cache = utts, tokenizer, cfg, cache
-        self.targets = []
-        for u in utts:
-            ids = tokenizer.encode(normalize_text(u.text))
-            if not ids:
-                raise ValueError(f"{source}: utterance {u.id!r} has an empty transcript "
-                                 f"after normalisation (text={u.text!r})")
-            self.targets.append(torch.tensor(ids, dtype=torch.long))
+        self.refs = target_texts(utts, target_lang, source)
+        self.targets = tokenize(self.refs, tokenizer)
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -124,12 +142,37 @@ class SpeechDataset(Dataset):
         return x, self.targets[i], i
 
 
+class TextDataset(Dataset):
+    """Items are (source token ids (T,), target token ids (U,), index): machine translation.
+
+    The source is the utterance's ``text`` (normalised, encoded with ``source_tokenizer``);
+    the target is its ``target_lang`` translation in the interface vocabulary.
+    """
+
+    def __init__(self, utts: list[Utterance], tokenizer: Tokenizer, source_tokenizer: Tokenizer,
+                 target_lang: str | None, source: str = "manifest"):
+        self.utts, self.tok = utts, tokenizer
+        self.refs = target_texts(utts, target_lang, source)
+        self.targets = tokenize(self.refs, tokenizer)
+        self.sources = tokenize(target_texts(utts, None, source), source_tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def lengths(self) -> list[int]:
+        return [len(s) for s in self.sources]
+
+    def __getitem__(self, i: int):
+        return self.sources[i], self.targets[i], i
+
+
 def collate(items) -> dict[str, Tensor]:
-    """Pad a list of dataset items → feats (B, T, F), feat_lens (B,), targets (B, U), target_lens, index."""
-    feats, targets, index = zip(*items)
+    """Pad dataset items → inputs (B, T, F) features or (B, T) token ids, input_lens (B,),
+    targets (B, U), target_lens (B,), index (B,)."""
+    inputs, targets, index = zip(*items)
     return {
-        "feats": torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
-        "feat_lens": torch.tensor([f.shape[0] for f in feats]),
+        "inputs": torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True),
+        "input_lens": torch.tensor([f.shape[0] for f in inputs]),
         "targets": torch.nn.utils.rnn.pad_sequence(targets, batch_first=True),
         "target_lens": torch.tensor([t.shape[0] for t in targets]),
         "index": torch.tensor(index),

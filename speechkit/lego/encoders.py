@@ -28,6 +28,8 @@ class SpeechEncoder(Brick):
         self.frontend, self.body, self.head = frontend, body, head
         self.input_dim = input_dim
 
+    input_kind = "fbank"
+
     @property
     def vocab_size(self) -> int | None:
         return None if self.head is None else self.head.vocab_size
@@ -45,3 +47,87 @@ class SpeechEncoder(Brick):
         x, lengths = self.frontend(x, lengths)
         h = self.body(x, lengths)
         return Encoded(h, lengths, None if self.head is None else self.head(h))
+
+
+class SequenceEncoder(Brick):
+    """Front end → [body] → [length controller → post] → marginal head, for token or marginal inputs.
+
+    - a *text encoder* (MT source side): ``frontend`` = ``TokenEmbedding``; an upsampling
+      ``LengthController`` (alpha 2–3) gives the CTC head room for the target sequence.
+    - a *middle encoder* (marginals in, marginals out): ``frontend`` = an ingestor
+      (``WEmb``/``BeamConv``) reading the previous brick's logits (B, T, V+1).
+
+    Args:
+        frontend: ``(inputs, lengths) → (x (B, T, D), lengths)``.
+        body: ``(x, lengths) → x`` before length control, or None.
+        length: a ``LengthController`` or None (lengths unchanged).
+        post: ``(x, lengths) → x`` after length control, or None.
+        head: the marginal head (mandatory for LegoNN bricks; None for the monolithic baseline).
+    """
+
+    def __init__(self, frontend: nn.Module, body: nn.Module | None = None, length: nn.Module | None = None,
+                 post: nn.Module | None = None, head: MarginalHead | None = None):
+        super().__init__()
+        self.frontend, self.body, self.length, self.post, self.head = frontend, body, length, post, head
+
+    @property
+    def vocab_size(self) -> int | None:
+        return None if self.head is None else self.head.vocab_size
+
+    @property
+    def input_kind(self) -> str:
+        return self.frontend.input_kind
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        return lengths if self.length is None else self.length.output_lengths(lengths)
+
+    def forward(self, inputs: Tensor, lengths: Tensor) -> Encoded:
+        x, lengths = self.frontend(inputs, lengths)
+        if self.body is not None:
+            x = self.body(x, lengths)
+        if self.length is not None:
+            x, lengths = self.length(x, lengths)
+            if self.post is not None:
+                x = self.post(x, lengths)
+        return Encoded(x, lengths, None if self.head is None else self.head(x))
+
+
+class Chain(Brick):
+    """Encoder bricks in sequence: the first reads the inputs, each next one reads the previous
+    brick's marginal logits (B, T, V+1). Returns the last ``Encoded``; the earlier ones are in
+    ``.previous`` (each interface gets its own CTC loss during training).
+    """
+
+    def __init__(self, bricks: list[nn.Module]):
+        super().__init__()
+        if not bricks:
+            raise ValueError("a chain needs at least one brick")
+        self.bricks = nn.ModuleList(bricks)
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.bricks[-1].vocab_size
+
+    @property
+    def input_kind(self) -> str:
+        return self.bricks[0].input_kind
+
+    @property
+    def cmvn(self):
+        return getattr(self.bricks[0], "cmvn", None)
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        for b in self.bricks:
+            lengths = b.output_lengths(lengths)
+        return lengths
+
+    def forward(self, inputs: Tensor, lengths: Tensor) -> Encoded:
+        outs: list[Encoded] = []
+        for i, brick in enumerate(self.bricks):
+            if i:
+                if outs[-1].logits is None:
+                    raise ValueError(f"chain brick {i - 1} has no marginal head; brick {i} cannot read it")
+                inputs, lengths = outs[-1].logits, outs[-1].lengths
+            outs.append(brick(inputs, lengths))
+        last = outs[-1]
+        return Encoded(last.hidden, last.lengths, last.logits, tuple(outs[:-1]))

@@ -6,8 +6,7 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from ..lego.brick import Brick
-from ..lego.encoders import SpeechEncoder
-from ..lego.interface import Encoded, ctc_loss
+from ..lego.interface import Encoded, interface_ctc, interface_logits
 from ..lego.transducer import Joiner
 
 
@@ -16,16 +15,21 @@ class Transducer(Brick):
 
     loss = rnnt_weight · RNNT (torchaudio) + ctc_weight · CTC(marginal head), both summed
     over the batch and divided by the batch size.
+
+    With an ``ingestor`` (``WEmb``/``BeamConv``) this is the LegoNN transducer: the joiner
+    reads the ingested marginals instead of the encoder's hidden states, so the
+    (ingestor, predictor, joiner) decoder can be reused with any encoder of the same
+    vocabulary. Without one (default) the joiner reads ``Encoded.hidden``.
     """
 
-    def __init__(self, encoder: SpeechEncoder, predictor: nn.Module, joiner: Joiner,
-                 ctc_weight: float = 0.3, rnnt_weight: float = 1.0):
+    def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner,
+                 ctc_weight: float = 0.3, rnnt_weight: float = 1.0, ingestor: nn.Module | None = None):
         super().__init__()
         vocabs = {"encoder head": encoder.vocab_size, "predictor": predictor.vocab_size,
-                  "joiner": joiner.vocab_size}
+                  "joiner": joiner.vocab_size, "ingestor": getattr(ingestor, "vocab_size", None)}
         if len({v for v in vocabs.values() if v is not None}) != 1:
             raise ValueError(f"vocabulary sizes of the parts disagree: {vocabs}")
-        self.encoder, self.predictor, self.joiner = encoder, predictor, joiner
+        self.encoder, self.predictor, self.joiner, self.ingestor = encoder, predictor, joiner, ingestor
         self.ctc_weight, self.rnnt_weight = ctc_weight, rnnt_weight
 
     @property
@@ -36,18 +40,25 @@ class Transducer(Brick):
     def blank(self) -> int:
         return self.joiner.vocab_size
 
-    def forward(self, feats: Tensor, lengths: Tensor) -> Encoded:
+    def forward(self, inputs: Tensor, lengths: Tensor) -> Encoded:
         """Encode features (B, T, F) → Encoded; search runs on the result."""
-        return self.encoder(feats, lengths)
+        return self.encoder(inputs, lengths)
 
-    def loss(self, feats: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+    def decoder_input(self, enc: Encoded) -> Encoded:
+        """What the joiner reads: the ingested marginals (LegoNN) or the encoder's hidden states."""
+        if self.ingestor is None:
+            return enc
+        hidden, lengths = self.ingestor(interface_logits(enc), enc.lengths)
+        return Encoded(hidden, lengths)
+
+    def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
              skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """feats (B, T, F), targets (B, U) padded with anything → {'loss', 'rnnt', 'ctc'}.
+        """inputs (B, T, F) or (B, T), targets (B, U) padded with anything → {'loss', 'rnnt', 'ctc'}.
 
         Terms named in ``skip`` are not computed (a CTC-only warm-up skips the costly
         (B, T, U+1, V+1) transducer lattice).
         """
-        return self.encoded_loss(self.encoder(feats, lengths), targets, target_lengths, skip)
+        return self.encoded_loss(self.encoder(inputs, lengths), targets, target_lengths, skip)
 
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
                      skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
@@ -56,11 +67,12 @@ class Transducer(Brick):
         out = {}
         if self.rnnt_weight and "rnnt" not in skip:
             pred = self.predictor(targets)  # (B, U+1, P)
-            logits = self.joiner(enc.hidden[:, :, None], pred[:, None])  # (B, T, U+1, V+1)
-            out["rnnt"] = AF.rnnt_loss(logits.float(), targets.int(), enc.lengths.int(),
+            dec = self.decoder_input(enc)
+            logits = self.joiner(dec.hidden[:, :, None], pred[:, None])  # (B, T, U+1, V+1)
+            out["rnnt"] = AF.rnnt_loss(logits.float(), targets.int(), dec.lengths.int(),
                                        target_lengths.int(), blank=self.blank, reduction="sum") / b
         if self.ctc_weight and "ctc" not in skip:
-            out["ctc"] = ctc_loss(enc, targets, target_lengths) / b
+            out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
         out["loss"] = (self.rnnt_weight * out.get("rnnt", 0.0)
                        + self.ctc_weight * out.get("ctc", 0.0))
         return out

@@ -1,4 +1,4 @@
-"""Batch decoding of a manifest with a transducer brick."""
+"""Batch decoding of a manifest with a brick (transducer or attention decoder; speech or text input)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.dataset import SpeechDataset, collate
+from ..data.dataset import SpeechDataset, TextDataset, collate
 from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
 from ..features import FbankConfig
-from ..lego.brick import load_brick
-from ..metrics import ErrorRates, error_rates
+from ..lego.brick import BrickError, load_brick
+from ..metrics import Scores, score
 from ..tokenizer import Tokenizer
-from .transducer import beam_search, greedy_search
+from .attention import attention_beam_search
+from .transducer import Hypothesis, beam_search, greedy_search
 
 
 @dataclass(frozen=True)
@@ -29,43 +30,73 @@ class DecodeOptions:
     progress: bool = True
 
 
+def search(model, enc, beam: int = 1, nbest: int = 1) -> list[list[Hypothesis]]:
+    """Search an encoded batch with whatever decoder ``model`` has → per utterance an N-best list.
+
+    Attention decoders: batched beam search (beam 1 = greedy). Transducers: batched greedy
+    (beam 1, score None) or modified beam search.
+    """
+    if hasattr(model, "decoder") and hasattr(model.decoder, "teacher_forcing"):
+        return attention_beam_search(model, enc, max(beam, 1), max(nbest, 1))
+    if beam <= 1:
+        return [[Hypothesis(tuple(h), None)] for h in greedy_search(model, enc)]
+    return beam_search(model, enc, beam, max(nbest, 1))
+
+
 @torch.no_grad()
-def decode_utterances(model, tokenizer: Tokenizer, utts: list[Utterance], fbank: FbankConfig,
-                      opts: DecodeOptions = DecodeOptions(), cache=None) -> list[dict]:
-    """Decode ``utts`` → one dict per utterance (manifest order): id, ref, hyp, [nbest]."""
+def decode_dataset(model, ds: SpeechDataset | TextDataset,
+                   opts: DecodeOptions = DecodeOptions()) -> list[dict]:
+    """Decode a dataset → one dict per utterance (manifest order): id, ref, hyp, [nbest].
+
+    ``ref`` is the normalised target (transcript or translation) the model was trained on.
+    """
     model.eval()
-    ds = SpeechDataset(utts, tokenizer, fbank, cache)
     sampler = BucketBatchSampler(ds.lengths(), opts.max_frames, shuffle=False)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=opts.num_workers)
-    results: list[dict | None] = [None] * len(utts)
+    results: list[dict | None] = [None] * len(ds)
     t0, done = time.time(), 0
     for batch in loader:
-        enc = model(batch["feats"], batch["feat_lens"])
-        if opts.beam <= 1:
-            hyps = [[(h, None)] for h in greedy_search(model, enc)]
-        else:
-            hyps = [[(h.tokens, h.score) for h in nb]
-                    for nb in beam_search(model, enc, opts.beam, max(opts.nbest, 1))]
-        for i, nb in zip(batch["index"].tolist(), hyps):
-            u = utts[i]
-            r = {"id": u.id, "ref": u.text, "hyp": tokenizer.decode(list(nb[0][0]))}
+        enc = model(batch["inputs"], batch["input_lens"])
+        for i, nb in zip(batch["index"].tolist(), search(model, enc, opts.beam, opts.nbest)):
+            r = {"id": ds.utts[i].id, "ref": ds.refs[i], "hyp": ds.tok.decode(list(nb[0].tokens))}
             if opts.nbest > 1:
-                r["nbest"] = [{"hyp": tokenizer.decode(list(t)), "score": s} for t, s in nb]
+                r["nbest"] = [{"hyp": ds.tok.decode(list(h.tokens)), "score": h.score} for h in nb]
             results[i] = r
-        done += len(hyps)
+        done += len(batch["index"])
         if opts.progress:
-            print(f"\r  decoded {done}/{len(utts)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
+            print(f"\r  decoded {done}/{len(ds)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
     if opts.progress:
         print(file=sys.stderr)
     return results
 
 
-def decode_manifest(brick: str | Path, manifest: str | Path, opts: DecodeOptions = DecodeOptions(),
-                    max_utts: int | None = None) -> tuple[list[dict], ErrorRates]:
-    """Load a brick (model, tokenizer, fbank settings) and decode a manifest → (results, WER/CER)."""
-    model, iface = load_brick(brick)
+def brick_dataset(brick: str | Path, iface: dict, utts: list[Utterance], target_lang: str | None,
+                  source: str = "manifest") -> SpeechDataset | TextDataset:
+    """The dataset a brick reads: fbank features with its settings, or text with its source tokenizer."""
     tok = Tokenizer(Path(brick) / "tokenizer.model")
-    fbank = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
-    utts = load_manifest(manifest, require_audio=True)[:max_utts]
-    res = decode_utterances(model, tok, utts, fbank, opts)
-    return res, error_rates([r["ref"] for r in res], [r["hyp"] for r in res])
+    inp = iface["input"]
+    if inp.get("kind") == "text":
+        src_tok = Tokenizer(Path(brick) / "source_tokenizer.model")
+        if src_tok.fingerprint != inp["fingerprint"]:
+            raise BrickError(f"{brick}/source_tokenizer.model has fingerprint {src_tok.fingerprint}, "
+                             f"interface.json says {inp['fingerprint']}")
+        return TextDataset(utts, tok, src_tok, target_lang, source=source)
+    fbank = FbankConfig(**{k: v for k, v in inp.items() if k != "kind"})
+    return SpeechDataset(utts, tok, fbank, source=source, target_lang=target_lang)
+
+
+def decode_manifest(brick: str | Path, manifest: str | Path, opts: DecodeOptions = DecodeOptions(),
+                    max_utts: int | None = None,
+                    target_lang: str | None = "brick") -> tuple[list[dict], Scores]:
+    """Load a brick and decode a manifest → (results, scores).
+
+    ``target_lang``: the reference is the transcript (None) or the translation into that
+    language; "brick" (default) uses the ``target_lang`` recorded in the brick's interface.json.
+    """
+    model, iface = load_brick(brick)
+    if target_lang == "brick":
+        target_lang = iface.get("target_lang")
+    text_input = iface["input"].get("kind") == "text"
+    utts = load_manifest(manifest, require_audio=not text_input)[:max_utts]
+    res = decode_dataset(model, brick_dataset(brick, iface, utts, target_lang, str(manifest)), opts)
+    return res, score([r["ref"] for r in res], [r["hyp"] for r in res])

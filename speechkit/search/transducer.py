@@ -29,6 +29,7 @@ def greedy_search(model, enc: Encoded, max_symbols: int = 3) -> list[list[int]]:
     evolves independently of the others, so batched = one-by-one.
     """
     pred, join, blank = model.predictor, model.joiner, model.blank
+    enc = model.decoder_input(enc)
     b, t_max, _ = enc.hidden.shape
     enc_proj = join.enc_proj(enc.hidden)  # (B, T, J)
     start = torch.full((b,), blank, dtype=torch.long, device=enc.hidden.device)
@@ -58,6 +59,7 @@ def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) ->
     Hypotheses reaching the same label sequence are merged (log-sum-exp of scores).
     Returns, per utterance, up to ``nbest`` (default ``beam``) hypotheses, best first.
     """
+    enc = model.decoder_input(enc)
     return [_beam_one(model, enc.hidden[i, : int(enc.lengths[i])], beam, nbest or beam)
             for i in range(enc.hidden.shape[0])]
 

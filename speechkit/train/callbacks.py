@@ -25,15 +25,18 @@ class ExportBrick(L.Callback):
             return
         dm = trainer.datamodule
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "brick")
-        interface = {"kind": type(pl_module.model).__name__, "input": dm.fbank.to_dict(),
-                     "global_step": trainer.global_step,
+        interface = {"kind": type(pl_module.model).__name__, "input": dm.input_info(),
+                     "input_kind": getattr(pl_module.model.encoder, "input_kind", "fbank"),
+                     "target_lang": dm.target_lang, "global_step": trainer.global_step,
                      "length_ratio": length_ratio(pl_module.model.encoder, dm.sets["train"])}
         save_brick(pl_module.model, out, interface, tokenizer=dm.tokenizer)
+        if dm.source_tokenizer is not None:
+            dm.source_tokenizer.save(out / "source_tokenizer.model")
         print(f"brick written to {out}")
 
 
 def length_ratio(encoder, dataset) -> dict[str, float]:
-    """Encoder output frames per target token over a training set: 5th/50th/95th percentile and mean.
+    """Encoder output frames (K) per target token (U) over a training set: 5th/50th/95th percentile and mean.
 
     Recorded in interface.json so that a decoder reused on another encoder can check (and
     a length controller can adjust) the ratio it was trained with.

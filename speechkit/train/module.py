@@ -1,4 +1,4 @@
-"""LightningModule for speech-to-text models built from bricks."""
+"""LightningModule for sequence models built from bricks (ASR, MT, ST, chains)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import math
 import lightning as L
 import torch
 
-from ..metrics import error_rates
-from ..search.transducer import ctc_greedy, greedy_search
+from ..lego.brick import BrickError, load_brick
+from ..metrics import bleu_chrf, error_rates
+from ..search.decode import search
+from ..search.transducer import ctc_greedy
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -22,11 +24,12 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 class SpeechTask(L.LightningModule):
-    """Trains any model with ``loss(feats, lengths, targets, target_lengths) → {'loss', ...}``
+    """Trains any model with ``loss(inputs, lengths, targets, target_lengths) → {'loss', ...}``
     whose ``forward`` returns ``Encoded`` and which offers ``encoded_loss(enc, targets, lengths)``.
 
-    Validation and test report the losses, the greedy-search WER/CER and the greedy CTC WER
-    of the marginal head (``speechkit test -c CONFIG --ckpt_path …`` scores ``data.test``).
+    Validation and test report the losses, the greedy-search WER/CER and BLEU/chrF, and the
+    greedy CTC WER of the (last) marginal head (``speechkit test -c CONFIG --ckpt_path …``
+    scores ``data.test``).
 
     Args:
         model: the model brick (e.g. ``speechkit.models.transducer.Transducer``).
@@ -36,13 +39,22 @@ class SpeechTask(L.LightningModule):
             is unknown, as under ``max_time``).
         loss_start_steps: per loss term, the training step from which it is used, e.g.
             ``{"rnnt": 1500}`` trains the encoder with CTC alone first (see recipes/locale/README.md).
+        init_from: per submodule of ``model`` ("" = the whole model), a brick directory to
+            copy weights from, optionally ``DIR#attr.path`` for a part of that brick, e.g.
+            ``{"encoder": "exp/asr/brick#encoder"}``. Shapes must match exactly.
+        freeze: submodules of ``model`` whose parameters are not trained (e.g. ``["encoder"]``).
     """
 
     def __init__(self, model: torch.nn.Module, lr: float = 2e-3, weight_decay: float = 1e-3,
                  warmup_steps: int = 500, total_steps: int | None = None, final_lr_ratio: float = 0.05,
-                 loss_start_steps: dict[str, int] | None = None):
+                 loss_start_steps: dict[str, int] | None = None, init_from: dict[str, str] | None = None,
+                 freeze: list[str] | None = None):
         super().__init__()
         self.model = model
+        for name, src in (init_from or {}).items():
+            load_part(model, name, src)
+        for name in freeze or []:
+            model.get_submodule(name).requires_grad_(False)
         self.loss_start_steps = dict(loss_start_steps or {})
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
@@ -56,28 +68,28 @@ class SpeechTask(L.LightningModule):
         if vocab is not None and vocab != dm.tokenizer.vocab_size:
             raise ValueError(f"model vocab_size={vocab} but the tokenizer {dm.tokenizer_path} has "
                              f"{dm.tokenizer.vocab_size} pieces: set the model's vocab_size keys to match")
-        cmvn = self.model.encoder.cmvn
-        if stage == "fit" and not bool(cmvn.initialized):
+        cmvn = getattr(self.model.encoder, "cmvn", None)
+        if stage == "fit" and cmvn is not None and not bool(cmvn.initialized):
             cmvn.set_stats(*dm.cmvn_stats())
 
     def training_step(self, batch, batch_idx):
         skip = frozenset(k for k, s in self.loss_start_steps.items() if self.global_step < s)
-        out = self.model.loss(batch["feats"], batch["feat_lens"], batch["targets"], batch["target_lens"],
+        out = self.model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
                               skip=skip)
-        b = batch["feats"].shape[0]
+        b = batch["inputs"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return out["loss"]
 
     def _eval_step(self, batch, stage: str) -> None:
-        enc = self.model(batch["feats"], batch["feat_lens"])  # once, for the losses and the search
+        enc = self.model(batch["inputs"], batch["input_lens"])  # once, for the losses and the search
         out = self.model.encoded_loss(enc, batch["targets"], batch["target_lens"])
-        b = batch["feats"].shape[0]
+        b = batch["inputs"].shape[0]
         self.log_dict({f"{stage}/{k}": v for k, v in out.items()}, batch_size=b, sync_dist=True)
         tok = self.trainer.datamodule.tokenizer
         refs, hyps, ctc_hyps = self._val
         refs.extend(tok.decode(t[:n].tolist()) for t, n in zip(batch["targets"], batch["target_lens"]))
-        hyps.extend(tok.decode(h) for h in greedy_search(self.model, enc))
+        hyps.extend(tok.decode(list(nb[0].tokens)) for nb in search(self.model, enc))
         if enc.logits is not None:
             ctc_hyps.extend(tok.decode(h) for h in ctc_greedy(enc))
 
@@ -85,7 +97,9 @@ class SpeechTask(L.LightningModule):
         refs, hyps, ctc_hyps = self._val
         if refs:
             er = error_rates(refs, hyps)
+            bleu, chrf = bleu_chrf(refs, hyps)
             self.log_dict({f"{stage}/wer": er.wer * 100, f"{stage}/cer": er.cer * 100}, prog_bar=True)
+            self.log_dict({f"{stage}/bleu": bleu, f"{stage}/chrf": chrf})
         if ctc_hyps:
             self.log(f"{stage}/ctc_wer", error_rates(refs, ctc_hyps).wer * 100)
         self._val = ([], [], [])
@@ -114,3 +128,15 @@ class SpeechTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, self.warmup_steps, total, self.final_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def load_part(model: torch.nn.Module, name: str, src: str) -> None:
+    """Copy the weights of brick ``src`` (``DIR`` or ``DIR#attr.path``) into submodule ``name``."""
+    directory, _, attr = src.partition("#")
+    brick, _ = load_brick(directory)
+    part = brick.get_submodule(attr) if attr else brick
+    target = model.get_submodule(name)
+    try:
+        target.load_state_dict(part.state_dict())
+    except RuntimeError as e:
+        raise BrickError(f"init_from {name or '<model>'!r} ← {src}: the parts do not match ({e})") from None

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# LegoNN experiments on the locale corpus (recipes/locale/RESULTS.md, "LegoNN" section).
+#   bash recipes/locale/lego.sh train [NAME...]  # trains the models (default: all) that have no brick yet
+#   bash recipes/locale/lego.sh compose   # zero-shot compositions (+ the fine-tuning run)
+#   bash recipes/locale/lego.sh eval      # decodes everything → exp/lego/results.jsonl
+# Needs `speechkit prepare locale` and the foundation's full ASR brick (exp/locale/full/brick).
+# THREADS=1 trains with one thread (leaves a core free; RESULTS.md says which was used).
+set -euo pipefail
+THREADS=${THREADS:-2}
+C=recipes/locale/conf/lego
+X=exp/lego
+
+fit() {  # fit ROOT CONFIG... : train unless ROOT/brick exists (resumes a killed run)
+  local root=$1; shift
+  [ -f "$root/brick/weights.safetensors" ] && { echo "have $root/brick"; return; }
+  local resume=(); [ -f "$root/checkpoints/last.ckpt" ] && resume=(--ckpt_path last)
+  speechkit fit "${@/#/--config=}" --trainer.default_root_dir="$root" --threads "$THREADS" "${resume[@]}" 2>&1 | tr '\r' '\n' \
+    | grep -v "it/s" > "$root.log" || { tail -20 "$root.log"; exit 1; }
+}
+fit_configs() { local root=$1; shift; mkdir -p "$(dirname "$root")"; fit "$root" "$@"; }
+
+configs() {  # the config files of each model
+  case $1 in
+    mt_de_en) echo $C/mt_de_en.yaml ;;
+    mt_ro_en) echo $C/mt_de_en.yaml $C/mt_ro_en.yaml ;;
+    asr) echo $C/asr.yaml ;;
+    mt_de_en_beamconv) echo $C/mt_de_en.yaml $C/beamconv.yaml ;;
+    mono_de_en) echo $C/mt_de_en.yaml $C/monolithic.yaml ;;
+    mono_ro_en) echo $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/monolithic.yaml ;;
+    chain) echo $C/asr.yaml $C/chain.yaml ;;
+    *) echo "unknown model $1" >&2; exit 2 ;;
+  esac
+}
+MODELS="mt_de_en mt_ro_en asr mt_de_en_beamconv mono_de_en mono_ro_en chain"
+
+train() {  # train [NAME...]: the named models (default: all), one after the other
+  for m in ${@:-$MODELS}; do
+    fit_configs $X/$m $(configs $m)
+  done
+}
+
+compose() {
+  local o=$X/compose
+  speechkit compose $X/mt_ro_en/brick --decoder $X/mt_de_en/brick --out $o/ro_enc+de_dec
+  speechkit compose $X/mt_ro_en/brick --decoder $X/mt_de_en_beamconv/brick --out $o/ro_enc+de_beamconv
+  speechkit compose $X/asr/brick --decoder $X/mt_de_en/brick --out $o/asr_enc+de_dec
+  speechkit compose $X/asr/brick --decoder $X/mt_de_en_beamconv/brick --out $o/asr_enc+de_beamconv
+  speechkit compose $X/asr/brick "$X/chain/brick#1" --decoder $X/mt_de_en/brick --out $o/asr_enc+mid+de_dec
+  speechkit compose $X/mono_ro_en/brick --decoder $X/mono_de_en/brick --allow-hidden --out $o/mono_ro_enc+de_dec
+  fit_configs $X/finetune_ro_de $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/finetune.yaml
+}
+
+decode() {  # decode NAME BRICK MANIFEST [args]
+  local name=$1 brick=$2 manifest=$3; shift 3
+  echo "{\"name\": \"$name\", \"result\": $(speechkit decode "$brick" "$manifest" --json --out "$X/hyps/$name.jsonl" "$@")}" \
+    | tee -a $X/results.jsonl
+}
+
+eval_all() {
+  local ro=data/locale/mt/ro-en/test.jsonl de=data/locale/mt/de-en/test.jsonl asr=data/locale/asr/test.jsonl
+  mkdir -p $X/hyps
+  for b in 1 4; do
+    decode "de-en b$b" $X/mt_de_en/brick $de --beam $b
+    decode "ro-en b$b" $X/mt_ro_en/brick $ro --beam $b
+    decode "ro-enc+de-dec b$b" $X/compose/ro_enc+de_dec $ro --beam $b
+    decode "ro-enc+de-beamconv b$b" $X/compose/ro_enc+de_beamconv $ro --beam $b
+    decode "ro-de finetuned b$b" $X/finetune_ro_de/brick $ro --beam $b
+    decode "asr b$b" $X/asr/brick $asr --beam $b
+    decode "asr-enc+de-dec b$b" $X/compose/asr_enc+de_dec $asr --beam $b
+    decode "asr-enc+de-beamconv b$b" $X/compose/asr_enc+de_beamconv $asr --beam $b
+    decode "asr-enc+mid+de-dec b$b" $X/compose/asr_enc+mid+de_dec $asr --beam $b
+    decode "chain-own b$b" $X/chain/brick $asr --beam $b
+    decode "mono-de-en b$b" $X/mono_de_en/brick $de --beam $b
+    decode "mono-ro-en b$b" $X/mono_ro_en/brick $ro --beam $b
+    decode "mono ro-enc+de-dec b$b" $X/compose/mono_ro_enc+de_dec $ro --beam $b
+  done
+}
+
+case "${1:-all}" in
+  train) shift; train "$@" ;; compose) compose ;; eval) eval_all ;;
+  all) train; compose; eval_all ;;
+  *) echo "usage: $0 [train|compose|eval|all]"; exit 2 ;;
+esac

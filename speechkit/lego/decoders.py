@@ -1,0 +1,80 @@
+"""Decoder bricks that read an ``Encoded``: the Transformer attention decoder.
+
+A LegoNN decoder starts with an ingestor (``WEmb``/``BeamConv``) over the encoder's
+marginals, so it can be reused with any encoder speaking its vocabulary. With
+``ingestor=None`` it reads the encoder's hidden states (the classic, non-swappable
+path kept as the baseline).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.transformer import padding_mask, sinusoids
+from .brick import Brick
+from .interface import Encoded, interface_logits
+
+
+class AttentionDecoder(Brick):
+    """Autoregressive Transformer decoder over the interface vocabulary.
+
+    Output ids: ``0 .. V-1`` pieces and ``V`` = end of sentence; ``V`` is also the
+    start symbol fed first (the same id as the CTC blank, which never appears in text).
+
+    Args:
+        vocab_size: V; dim: D; layers, heads, ffn_mult, dropout: the Transformer.
+        ingestor: reads marginals (B, K, V+1) → memory (B, K, D); None = classic path.
+        memory_dim: width of ``Encoded.hidden`` on the classic path (projected to D if different).
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 256, layers: int = 3, heads: int = 4, ffn_mult: int = 4,
+                 dropout: float = 0.1, ingestor: nn.Module | None = None, memory_dim: int | None = None):
+        super().__init__()
+        self.vocab_size, self.dim = vocab_size, dim
+        if ingestor is not None and getattr(ingestor, "vocab_size", vocab_size) != vocab_size:
+            raise ValueError(f"ingestor vocab_size={ingestor.vocab_size} != decoder vocab_size={vocab_size}")
+        self.ingestor = ingestor
+        self.memory_proj = nn.Linear(memory_dim, dim) if memory_dim and memory_dim != dim else None
+        self.embed = nn.Embedding(vocab_size + 1, dim)
+        self.layers = nn.ModuleList(
+            nn.TransformerDecoderLayer(dim, heads, ffn_mult * dim, dropout, batch_first=True, norm_first=True)
+            for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, vocab_size + 1)
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def eos(self) -> int:
+        return self.vocab_size
+
+    def memory(self, enc: Encoded) -> tuple[Tensor, Tensor]:
+        """The sequence cross-attention reads: (B, K, D), lengths (B,)."""
+        if self.ingestor is not None:
+            return self.ingestor(interface_logits(enc), enc.lengths)
+        h = enc.hidden if self.memory_proj is None else self.memory_proj(enc.hidden)
+        if h.shape[-1] != self.dim:
+            raise ValueError(f"encoder width {h.shape[-1]} != decoder width {self.dim} (set memory_dim)")
+        return h, enc.lengths
+
+    def forward(self, memory: Tensor, memory_lengths: Tensor, prev: Tensor) -> Tensor:
+        """memory (B, K, D), memory_lengths (B,), prev tokens (B, L) starting with V → logits (B, L, V+1)."""
+        length = prev.shape[1]
+        pos = sinusoids(torch.arange(length, device=prev.device), self.dim)
+        x = self.dropout(self.embed(prev) * self.dim**0.5 + pos)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=prev.device), 1)
+        mem_pad = padding_mask(memory_lengths, memory.shape[1])
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask=causal, memory_key_padding_mask=mem_pad)
+        return self.out(self.norm(x))
+
+    def teacher_forcing(self, targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """targets (B, U) → decoder inputs ``[V, y1..yU]`` (B, U+1) and outputs ``[y1..yU, V]``
+        (B, U+1) with -100 (ignored) after the end of each row."""
+        b, u = targets.shape
+        start = torch.full((b, 1), self.eos, dtype=targets.dtype, device=targets.device)
+        inp = torch.cat([start, targets], 1)
+        pos = torch.arange(u + 1, device=targets.device)[None]
+        out = torch.cat([targets, start], 1).masked_fill(pos > target_lengths[:, None], -100)
+        out = out.masked_fill(pos == target_lengths[:, None], self.eos)
+        return inp, out

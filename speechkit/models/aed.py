@@ -1,0 +1,66 @@
+"""Attention encoder-decoder (AED) models: any encoder brick + ``AttentionDecoder``.
+
+The LegoNN model of METHODS.md §1: ``loss = ce_weight · CE(decoder) + ctc_weight · Σ CTC(interfaces)``,
+1.0 / 1.0 by default. Used for MT (text encoder), ASR (speech encoder) and chains.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..lego.brick import Brick
+from ..lego.decoders import AttentionDecoder
+from ..lego.interface import Encoded, interface_ctc
+
+
+class AttentionModel(Brick):
+    """encoder (speech, text, middle or ``Chain``) → ``AttentionDecoder``.
+
+    Args:
+        encoder: maps (inputs, lengths) → ``Encoded`` with marginal logits over the decoder's vocabulary.
+        decoder: the attention decoder (with an ingestor: LegoNN; without: classic baseline).
+        ctc_weight: weight of the interface CTC (0 for a monolithic baseline without a head).
+        ce_weight: weight of the decoder cross-entropy; label_smoothing: of that cross-entropy.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: AttentionDecoder, ctc_weight: float = 1.0,
+                 ce_weight: float = 1.0, label_smoothing: float = 0.1):
+        super().__init__()
+        enc_vocab = getattr(encoder, "vocab_size", None)
+        if enc_vocab is not None and enc_vocab != decoder.vocab_size:
+            raise ValueError(f"encoder head vocab_size={enc_vocab} != decoder "
+                             f"vocab_size={decoder.vocab_size}")
+        self.encoder, self.decoder = encoder, decoder
+        self.ctc_weight, self.ce_weight, self.label_smoothing = ctc_weight, ce_weight, label_smoothing
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
+
+    @property
+    def blank(self) -> int:
+        return self.decoder.vocab_size
+
+    def forward(self, inputs: Tensor, lengths: Tensor) -> Encoded:
+        return self.encoder(inputs, lengths)
+
+    def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """inputs (B, T, F) or (B, T), targets (B, U) → {'loss', 'ce', 'ctc'} (per utterance)."""
+        return self.encoded_loss(self.encoder(inputs, lengths), targets, target_lengths, skip)
+
+    def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
+                     skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        b = targets.shape[0]
+        out = {}
+        if self.ce_weight and "ce" not in skip:
+            mem, mem_lens = self.decoder.memory(enc)
+            inp, tgt = self.decoder.teacher_forcing(targets, target_lengths)
+            logits = self.decoder(mem, mem_lens, inp)  # (B, U+1, V+1)
+            out["ce"] = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
+                                        label_smoothing=self.label_smoothing, reduction="sum") / b
+        if self.ctc_weight and "ctc" not in skip:
+            out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
+        out["loss"] = self.ce_weight * out.get("ce", 0.0) + self.ctc_weight * out.get("ctc", 0.0)
+        return out
