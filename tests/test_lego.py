@@ -234,3 +234,18 @@ def test_compose_chain_with_middle_stage(tmp_path):
         compose([str(a), f"{chain}#5"], str(b))
     with pytest.raises(BrickError, match="not marginals"):
         compose([str(a), str(a)], str(b))
+
+
+def test_init_from_copies_a_part_of_a_brick_and_freeze_stops_training(tmp_path):
+    from speechkit.train.module import SpeechTask
+
+    tok = _tok(tmp_path / "en.model", "abcdefghijklmnopqr")
+    src = _brick(aed(seed=1).eval(), tmp_path / "src", tok)
+    task = SpeechTask(aed(seed=2), init_from={"encoder": f"{src}#encoder"}, freeze=["encoder"])
+    loaded, _ = load_brick(src)
+    for (name, a), b in zip(task.model.encoder.state_dict().items(), loaded.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not any(p.requires_grad for p in task.model.encoder.parameters())
+    assert all(p.requires_grad for p in task.model.decoder.parameters())
+    with pytest.raises(BrickError, match="do not match"):
+        SpeechTask(aed(text_encoder(src_vocab=31)), init_from={"encoder": f"{src}#encoder"})

@@ -28,6 +28,7 @@ configs() {  # the config files of each model
     mono_de_en) echo $C/mt_de_en.yaml $C/monolithic.yaml ;;
     mono_ro_en) echo $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/monolithic.yaml ;;
     chain) echo $C/asr.yaml $C/chain.yaml ;;
+    mt_en_de) echo $C/mt_de_en.yaml $C/mt_en_de.yaml ;;
     *) echo "unknown model $1" >&2; exit 2 ;;
   esac
 }

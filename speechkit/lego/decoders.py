@@ -37,6 +37,7 @@ class AttentionDecoder(Brick):
         self.ingestor = ingestor
         self.memory_proj = nn.Linear(memory_dim, dim) if memory_dim and memory_dim != dim else None
         self.embed = nn.Embedding(vocab_size + 1, dim)
+        nn.init.normal_(self.embed.weight, std=dim**-0.5)  # × sqrt(D) in forward: unit scale
         self.layers = nn.ModuleList(
             nn.TransformerDecoderLayer(dim, heads, ffn_mult * dim, dropout, batch_first=True, norm_first=True)
             for _ in range(layers))

@@ -110,6 +110,8 @@ class WEmb(_Ingestor):
         super().__init__()
         self._setup(vocab_size, dim, layers, heads, ffn_mult, dropout)
         self.embed = nn.Conv1d(vocab_size + 1, dim, kernel_size, padding=kernel_size // 2, bias=False)
+        # P @ E with unit-scale rows of E, so content is as loud as the positions added to it
+        nn.init.normal_(self.embed.weight, std=kernel_size**-0.5)
 
     def forward(self, logits: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """logits (B, K, V+1) of the previous brick, lengths (B,) → memory (B, K, D), lengths."""

@@ -6,6 +6,8 @@ The LegoNN model of METHODS.md §1: ``loss = ce_weight · CE(decoder) + ctc_weig
 
 from __future__ import annotations
 
+import warnings
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,6 +33,9 @@ class AttentionModel(Brick):
         if enc_vocab is not None and enc_vocab != decoder.vocab_size:
             raise ValueError(f"encoder head vocab_size={enc_vocab} != decoder "
                              f"vocab_size={decoder.vocab_size}")
+        if decoder.ingestor is not None and not ctc_weight:
+            warnings.warn("a LegoNN decoder trained without the interface CTC (ctc_weight=0): "
+                          "its bricks will not swap (METHODS.md §1: the CTC loss is mandatory)", stacklevel=2)
         self.encoder, self.decoder = encoder, decoder
         self.ctc_weight, self.ce_weight, self.label_smoothing = ctc_weight, ce_weight, label_smoothing
 

@@ -59,6 +59,7 @@ class TokenEmbedding(Brick):
         super().__init__()
         self.vocab_size, self.dim = vocab_size, dim
         self.embed = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.embed.weight, std=dim**-0.5)  # × sqrt(D) below: unit scale, like the positions
         self.dropout = nn.Dropout(dropout)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
