@@ -32,7 +32,7 @@ configs() {  # the config files of each model
     *) echo "unknown model $1" >&2; exit 2 ;;
   esac
 }
-MODELS="mt_de_en mt_ro_en asr mt_de_en_beamconv mono_de_en mono_ro_en chain"
+MODELS="mt_de_en mt_ro_en asr mt_de_en_beamconv mono_de_en mono_ro_en chain mt_en_de"
 
 train() {  # train [NAME...]: the named models (default: all), one after the other
   for m in ${@:-$MODELS}; do
@@ -53,28 +53,32 @@ compose() {
 
 decode() {  # decode NAME BRICK MANIFEST [args]
   local name=$1 brick=$2 manifest=$3; shift 3
-  echo "{\"name\": \"$name\", \"result\": $(speechkit decode "$brick" "$manifest" --json --out "$X/hyps/$name.jsonl" "$@")}" \
+  echo "{\"name\": \"$name\", \"result\": $(speechkit decode "$brick" "$manifest" --json --threads "$THREADS" --out "$X/hyps/$name.jsonl" "$@")}" \
     | tee -a $X/results.jsonl
 }
 
-eval_all() {
+eval_all() {  # greedy for everything; beam 4 for the MT rows as well
   local ro=data/locale/mt/ro-en/test.jsonl de=data/locale/mt/de-en/test.jsonl asr=data/locale/asr/test.jsonl
   mkdir -p $X/hyps
   for b in 1 4; do
     decode "de-en b$b" $X/mt_de_en/brick $de --beam $b
+    decode "de-en-beamconv b$b" $X/mt_de_en_beamconv/brick $de --beam $b
     decode "ro-en b$b" $X/mt_ro_en/brick $ro --beam $b
     decode "ro-enc+de-dec b$b" $X/compose/ro_enc+de_dec $ro --beam $b
     decode "ro-enc+de-beamconv b$b" $X/compose/ro_enc+de_beamconv $ro --beam $b
     decode "ro-de finetuned b$b" $X/finetune_ro_de/brick $ro --beam $b
-    decode "asr b$b" $X/asr/brick $asr --beam $b
-    decode "asr-enc+de-dec b$b" $X/compose/asr_enc+de_dec $asr --beam $b
-    decode "asr-enc+de-beamconv b$b" $X/compose/asr_enc+de_beamconv $asr --beam $b
-    decode "asr-enc+mid+de-dec b$b" $X/compose/asr_enc+mid+de_dec $asr --beam $b
-    decode "chain-own b$b" $X/chain/brick $asr --beam $b
     decode "mono-de-en b$b" $X/mono_de_en/brick $de --beam $b
     decode "mono-ro-en b$b" $X/mono_ro_en/brick $ro --beam $b
     decode "mono ro-enc+de-dec b$b" $X/compose/mono_ro_enc+de_dec $ro --beam $b
+    if [ -d $X/mt_en_de/brick ]; then
+      decode "en-de b$b" $X/mt_en_de/brick data/locale/mt/en-de/test.jsonl --beam $b
+    fi
   done
+  decode "asr b1" $X/asr/brick $asr
+  decode "asr-enc+de-dec b1" $X/compose/asr_enc+de_dec $asr
+  decode "asr-enc+de-beamconv b1" $X/compose/asr_enc+de_beamconv $asr
+  decode "chain-own b1" $X/chain/brick $asr
+  decode "asr-enc+mid+de-dec b1" $X/compose/asr_enc+mid+de_dec $asr
 }
 
 case "${1:-all}" in

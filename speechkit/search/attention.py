@@ -39,7 +39,9 @@ def attention_beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None 
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     done = [False] * b
     for step in range(max(max_len)):
-        logp = dec(mem, mem_lens, tokens)[:, -1].float().log_softmax(-1)  # (B·beam, V+1)
+        live = (~torch.tensor(done, device=dev)).repeat_interleave(beam)  # rows of unfinished utterances
+        logp = torch.full((b * beam, dec.vocab_size + 1), float("-inf"), device=dev)
+        logp[live] = dec(mem[live], mem_lens[live], tokens[live])[:, -1].float().log_softmax(-1)
         width = logp.shape[-1]
         cand = (scores.view(-1, 1) + logp).view(b, beam * width)
         top_s, top_i = cand.topk(min(2 * beam, cand.shape[1]), dim=-1)
