@@ -84,14 +84,15 @@ class SpeechDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Train the tokenizer if missing and build feature caches (rank 0 only)."""
-        train = load_manifest(self.paths["train"])
         if not self.tokenizer_path.is_file():
             print(f"training tokenizer ({self.vocab_size} pieces) → {self.tokenizer_path}", file=sys.stderr)
+            train = load_manifest(self.paths["train"])
             train_tokenizer(target_texts(train, self.target_lang, self.paths["train"]), self.tokenizer_path,
                             self.vocab_size)
         src = self.source_tokenizer_path
         if src is not None and not src.is_file():
             print(f"training source tokenizer ({self.source_vocab_size} pieces) → {src}", file=sys.stderr)
+            train = load_manifest(self.paths["train"])
             train_tokenizer([normalize_text(u.text) for u in train], src, self.source_vocab_size)
         for split in ("train", "valid", "test"):
             path = self._cache_path(split) if self.paths[split] else None

@@ -21,6 +21,7 @@ brick of a three-brick model: ``exp/lego/chain/brick#1``).
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,23 +85,17 @@ def _controllers(encoders: list[nn.Module]) -> list[LengthController]:
 def _adjust_length(parts: list[_Part], dec: _Part, alpha: float | None, log) -> dict | None:
     """Estimate the composed encoder's frames-per-token ratio, compare it with the range the
     decoder was trained on, and set the last length controller's alpha → the estimated ratios."""
-    ratio = parts[0].interface.get("length_ratio")
-    controllers = _controllers([p.module for p in parts[1:]]) or _controllers([parts[0].module])
-    later = _controllers([p.module for p in parts[1:]])
-    if ratio is None:
-        log(f"note: {parts[0].spec} records no length ratio; the length range is not checked")
-        if alpha is not None and controllers:
-            controllers[-1].set_alpha(alpha)
-        return None
-    scale = 1.0
-    for c in later:
-        scale *= c.alpha
-    want = dec.interface.get("length_ratio")
+    later = _controllers([p.module for p in parts[1:]])  # each scales the first brick's ratio
+    controllers = later or _controllers([parts[0].module])
+    if alpha is not None and not controllers:
+        raise BrickError("--alpha given but no brick of the encoder side has a length controller")
+    scale = math.prod(c.alpha for c in later)
+    ratio, want = parts[0].interface.get("length_ratio"), dec.interface.get("length_ratio")
     if alpha is not None:
-        if not controllers:
-            raise BrickError("--alpha given but no brick of the encoder side has a length controller")
         scale *= alpha / controllers[-1].alpha
         controllers[-1].set_alpha(alpha)
+    elif ratio is None:
+        log(f"note: {parts[0].spec} records no length ratio; the length range is not checked")
     elif want and not want["p5"] <= ratio["median"] * scale <= want["p95"]:
         have = ratio["median"] * scale
         msg = (f"warning: the encoder side gives {have:.2f} positions per target token (median) but "
@@ -112,7 +107,7 @@ def _adjust_length(parts: list[_Part], dec: _Part, alpha: float | None, log) -> 
             controllers[-1].set_alpha(new)
         else:
             log(f"{msg}; no length controller to adjust")
-    return {k: round(v * scale, 3) for k, v in ratio.items()}
+    return None if ratio is None else {k: round(v * scale, 3) for k, v in ratio.items()}
 
 
 def compose(encoders: list[str], decoder: str, alpha: float | None = None, allow_hidden: bool = False,

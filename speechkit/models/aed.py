@@ -11,12 +11,12 @@ import warnings
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lego.brick import Brick
 from ..lego.decoders import AttentionDecoder
 from ..lego.interface import Encoded, interface_ctc
+from .base import EncoderDecoderModel
 
 
-class AttentionModel(Brick):
+class AttentionModel(EncoderDecoderModel):
     """encoder (speech, text, middle or ``Chain``) → ``AttentionDecoder``.
 
     Args:
@@ -47,16 +47,9 @@ class AttentionModel(Brick):
     def blank(self) -> int:
         return self.decoder.vocab_size
 
-    def forward(self, inputs: Tensor, lengths: Tensor) -> Encoded:
-        return self.encoder(inputs, lengths)
-
-    def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
-             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """inputs (B, T, F) or (B, T), targets (B, U) → {'loss', 'ce', 'ctc'} (per utterance)."""
-        return self.encoded_loss(self.encoder(inputs, lengths), targets, target_lengths, skip)
-
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
                      skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+        """Losses of an encoded batch, targets (B, U) → {'loss', 'ce', 'ctc'} (per utterance)."""
         b = targets.shape[0]
         out = {}
         if self.ce_weight and "ce" not in skip:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from ..lego.brick import Brick
 from ..lego.interface import Encoded, interface_ctc, interface_logits
 from ..lego.transducer import Joiner
+from .base import EncoderDecoderModel
 
 
-class Transducer(Brick):
+class Transducer(EncoderDecoderModel):
     """RNN-T over the interface vocabulary, with the LegoNN marginal head trained by CTC.
 
     loss = rnnt_weight · RNNT (torchaudio) + ctc_weight · CTC(marginal head), both summed
@@ -40,10 +40,6 @@ class Transducer(Brick):
     def blank(self) -> int:
         return self.joiner.vocab_size
 
-    def forward(self, inputs: Tensor, lengths: Tensor) -> Encoded:
-        """Encode features (B, T, F) → Encoded; search runs on the result."""
-        return self.encoder(inputs, lengths)
-
     def decoder_input(self, enc: Encoded) -> Encoded:
         """What the joiner reads: the ingested marginals (LegoNN) or the encoder's hidden states."""
         if self.ingestor is None:
@@ -51,18 +47,10 @@ class Transducer(Brick):
         hidden, lengths = self.ingestor(interface_logits(enc), enc.lengths)
         return Encoded(hidden, lengths)
 
-    def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
-             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """inputs (B, T, F) or (B, T), targets (B, U) padded with anything → {'loss', 'rnnt', 'ctc'}.
-
-        Terms named in ``skip`` are not computed (a CTC-only warm-up skips the costly
-        (B, T, U+1, V+1) transducer lattice).
-        """
-        return self.encoded_loss(self.encoder(inputs, lengths), targets, target_lengths, skip)
-
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
                      skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """``loss`` from an already computed encoder output (evaluation reuses it for search)."""
+        """Losses of an encoded batch → {'loss', 'rnnt', 'ctc'}. Terms named in ``skip`` are not
+        computed (a CTC-only warm-up skips the costly (B, T, U+1, V+1) transducer lattice)."""
         b = targets.shape[0]
         out = {}
         if self.rnnt_weight and "rnnt" not in skip:

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from ..lego.brick import BrickError, load_brick
-from ..metrics import bleu_chrf, error_rates
+from ..metrics import error_rates, score
 from ..search.decode import search
 from ..search.transducer import ctc_greedy
 
@@ -96,10 +96,9 @@ class SpeechTask(L.LightningModule):
     def _eval_end(self, stage: str) -> None:
         refs, hyps, ctc_hyps = self._val
         if refs:
-            er = error_rates(refs, hyps)
-            bleu, chrf = bleu_chrf(refs, hyps)
-            self.log_dict({f"{stage}/wer": er.wer * 100, f"{stage}/cer": er.cer * 100}, prog_bar=True)
-            self.log_dict({f"{stage}/bleu": bleu, f"{stage}/chrf": chrf})
+            sc = score(refs, hyps)
+            self.log_dict({f"{stage}/wer": sc.wer * 100, f"{stage}/cer": sc.cer * 100}, prog_bar=True)
+            self.log_dict({f"{stage}/bleu": sc.bleu, f"{stage}/chrf": sc.chrf})
         if ctc_hyps:
             self.log(f"{stage}/ctc_wer", error_rates(refs, ctc_hyps).wer * 100)
         self._val = ([], [], [])
