@@ -24,13 +24,16 @@ def _prepare(a) -> None:
 def _decode(a) -> None:
     import torch
 
-    from .search.decode import DecodeOptions, decode_manifest
+    from .search.decode import DecodeOptions, cascade_manifest, decode_manifest
 
     if a.threads:
         torch.set_num_threads(a.threads)
     target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
-    res, sc = decode_manifest(a.brick, a.manifest, DecodeOptions(beam=a.beam, nbest=a.nbest), a.max_utts,
-                              target_lang=target)
+    opts = DecodeOptions(beam=a.beam, nbest=a.nbest)
+    if a.then:
+        res, sc = cascade_manifest(a.brick, a.then, a.manifest, opts, a.max_utts, target_lang=target)
+    else:
+        res, sc = decode_manifest(a.brick, a.manifest, opts, a.max_utts, target_lang=target)
     out = Path(a.out or Path(a.brick) / f"decode-{Path(a.manifest).stem}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res))
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--threads", type=int, default=None)
     de.add_argument("--target-lang", default=None,
                     help="reference: 'text' (transcript) or a translation language (default: the brick's)")
+    de.add_argument("--then", default=None, metavar="MT_BRICK",
+                    help="cascade: translate BRICK's transcripts with this text brick (scores translations)")
     de.add_argument("--json", action="store_true", help="print one JSON line instead of text")
     sc = sub.add_parser("score", help="WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)")
     sc.add_argument("hyps")

@@ -134,3 +134,64 @@ def test_mt_fit_decode_bleu_and_compose_through_the_cli(tiny_corpus, tmp_path):
     assert p.returncode != 0 and "0123456789abcdef" in p.stderr
     assert iface["tokenizer"]["fingerprint"] in p.stderr
     assert not (tmp_path / "bad").exists()
+
+
+STAST_CONF = HERE.parent / "recipes" / "locale" / "conf" / "stast"
+
+
+def test_stast_fit_decode_and_cascade_through_the_cli(tiny_corpus, tmp_path, monkeypatch):
+    st, mt, data = tiny_corpus / "st" / "en-de", tiny_corpus / "mt" / "en-de", "--data.init_args."
+    de, en = f"{data}tokenizer={tmp_path / 'de.model'}", tmp_path / "en.model"
+    split = lambda d: [f"{data}{s}={d / f'{n}.jsonl'}" for s, n in  # noqa: E731
+                       (("train", "train"), ("valid", "dev"), ("test", "test"))]
+    root = tmp_path / "stast"
+    p = _run(_cmd("fit", "-c", STAST_CONF / "stast_en_de.yaml", "-c", HERE / "fixtures" / "tiny_stast.yaml",
+                  f"--trainer.default_root_dir={root}", *split(st), de, f"{data}transcript_tokenizer={en}",
+                  "--trainer.enable_progress_bar=false"))
+    metrics = (next(root.glob("lightning_logs/version_*/metrics.csv"))).read_text().splitlines()[0]
+    for term in ("train/st", "train/mt", "train/ctc", "train/adapt", "val/bleu"):
+        assert term in metrics, term
+    brick = root / "brick"
+    assert json.loads((brick / "interface.json").read_text())["target_lang"] == "de"
+    assert (brick / "transcript_tokenizer.model").is_file()
+    test, n = st / "test.jsonl", sum(1 for _ in open(st / "test.jsonl"))
+    p = _run(_cmd("decode", brick, test, "--json", "--beam", "2", "--out", tmp_path / "st.jsonl"))
+    assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == n
+    german = {json.loads(x)["id"]: json.loads(x)["translation"]["de"] for x in open(test)}
+    row = json.loads(open(tmp_path / "st.jsonl").readline())
+    assert row["ref"].split()[0] in german[row["id"]].lower()
+
+    # the cascade: an ASR brick's transcripts translated by an MT brick
+    _run(_cmd("fit", "-c", STAST_CONF / "mt_en_de.yaml", "-c", HERE / "fixtures" / "tiny_mt_en_de.yaml",
+              f"--trainer.default_root_dir={tmp_path / 'mt'}", *split(mt), de, f"{data}source_tokenizer={en}",
+              "--trainer.enable_progress_bar=false"))
+    _run(_fit_args(tiny_corpus, tmp_path / "asr", "--trainer.max_steps=12"))
+    asr_brick, mt_brick = tmp_path / "asr" / "brick", tmp_path / "mt" / "brick"
+    _run(_cmd("decode", asr_brick, test, "--out", tmp_path / "asr.jsonl"))
+    p = _run(_cmd("decode", asr_brick, test, "--then", mt_brick, "--json",
+                  "--out", tmp_path / "cascade.jsonl"))
+    rows = [json.loads(x) for x in open(tmp_path / "cascade.jsonl")]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == n == len(rows)
+    assert [r["asr"] for r in rows] == [json.loads(x)["hyp"] for x in open(tmp_path / "asr.jsonl")]
+    assert all(r["ref"] == german_ref for r, german_ref in zip(rows, (json.loads(x)["ref"] for x in
+                                                                       open(tmp_path / "st.jsonl"))))
+    # the second stage is the MT brick on the first stage's transcripts (a tiny ASR says nothing yet,
+    # so the first stage is replaced by the true transcripts, one of them empty)
+    import speechkit.search.decode as sd
+
+    lines = [json.loads(x) for x in open(test)]
+    said = [u["text"] for u in lines]
+    said[1] = ""
+    monkeypatch.setattr(sd, "decode_manifest", lambda *a, **k: ([{"hyp": t} for t in said], None))
+    rows, _ = sd.cascade_manifest(asr_brick, mt_brick, test)
+    monkeypatch.undo()
+    assert [r["asr"] for r in rows] == said and rows[1]["hyp"] == ""
+    text = tmp_path / "text.jsonl"
+    keys = ("kind", "version", "id", "text", "translation")
+    text.write_text("".join(json.dumps({k: u[k] for k in keys}) + "\n" for u in lines[:1] + lines[2:]))
+    _run(_cmd("decode", mt_brick, text, "--out", tmp_path / "mt_on_text.jsonl"))
+    assert [r["hyp"] for i, r in enumerate(rows) if i != 1] == [json.loads(x)["hyp"] for x in
+                                                                  open(tmp_path / "mt_on_text.jsonl")]
+    p = subprocess.run(_cmd("decode", asr_brick, test, "--then", asr_brick), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode != 0 and "must read text" in p.stderr

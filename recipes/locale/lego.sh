@@ -10,14 +10,7 @@ THREADS=${THREADS:-2}
 C=recipes/locale/conf/lego
 X=exp/lego
 
-fit() {  # fit ROOT CONFIG... : train unless ROOT/brick exists (resumes a killed run)
-  local root=$1; shift
-  [ -f "$root/brick/weights.safetensors" ] && { echo "have $root/brick"; return; }
-  local resume=(); [ -f "$root/checkpoints/last.ckpt" ] && resume=(--ckpt_path last)
-  speechkit fit "${@/#/--config=}" --trainer.default_root_dir="$root" --threads "$THREADS" "${resume[@]}" 2>&1 | tr '\r' '\n' \
-    | grep -v "it/s" > "$root.log" || { tail -20 "$root.log"; exit 1; }
-}
-fit_configs() { local root=$1; shift; mkdir -p "$(dirname "$root")"; fit "$root" "$@"; }
+source "$(dirname "$0")/lib.sh"
 
 configs() {  # the config files of each model
   case $1 in
@@ -29,6 +22,8 @@ configs() {  # the config files of each model
     mono_ro_en) echo $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/monolithic.yaml ;;
     chain) echo $C/asr.yaml $C/chain.yaml ;;
     mt_en_de) echo $C/mt_de_en.yaml $C/mt_en_de.yaml ;;
+    mt_de_en_long) echo $C/mt_de_en.yaml $C/long.yaml ;;
+    mt_ro_en_long) echo $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/long.yaml ;;
     *) echo "unknown model $1" >&2; exit 2 ;;
   esac
 }
@@ -36,7 +31,7 @@ MODELS="mt_de_en mt_ro_en asr mt_de_en_beamconv mono_de_en mono_ro_en chain mt_e
 
 train() {  # train [NAME...]: the named models (default: all), one after the other
   for m in ${@:-$MODELS}; do
-    fit_configs $X/$m $(configs $m)
+    fit $X/$m $(configs $m)
   done
 }
 
@@ -48,18 +43,11 @@ compose() {
   speechkit compose $X/asr/brick --decoder $X/mt_de_en_beamconv/brick --out $o/asr_enc+de_beamconv
   speechkit compose $X/asr/brick "$X/chain/brick#1" --decoder $X/mt_de_en/brick --out $o/asr_enc+mid+de_dec
   speechkit compose $X/mono_ro_en/brick --decoder $X/mono_de_en/brick --allow-hidden --out $o/mono_ro_enc+de_dec
-  fit_configs $X/finetune_ro_de $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/finetune.yaml
-}
-
-decode() {  # decode NAME BRICK MANIFEST [args]
-  local name=$1 brick=$2 manifest=$3; shift 3
-  echo "{\"name\": \"$name\", \"result\": $(speechkit decode "$brick" "$manifest" --json --threads "$THREADS" --out "$X/hyps/$name.jsonl" "$@")}" \
-    | tee -a $X/results.jsonl
+  fit $X/finetune_ro_de $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/finetune.yaml
 }
 
 eval_all() {  # greedy for everything; beam 4 for the MT rows as well
   local ro=data/locale/mt/ro-en/test.jsonl de=data/locale/mt/de-en/test.jsonl asr=data/locale/asr/test.jsonl
-  mkdir -p $X/hyps
   for b in 1 4; do
     decode "de-en b$b" $X/mt_de_en/brick $de --beam $b
     decode "de-en-beamconv b$b" $X/mt_de_en_beamconv/brick $de --beam $b

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..features import FbankConfig
-from ..metrics import normalize_text
 from ..tokenizer import Tokenizer, train_tokenizer
 from .dataset import FeatureCache, SpeechDataset, TextDataset, collate, target_texts
 from .manifest import load_manifest
@@ -34,6 +33,9 @@ class SpeechDataModule(L.LightningDataModule):
             features computed on the fly in the workers).
         max_duration: training utterances longer than this (seconds) are skipped (reported).
         max_valid_utts: validate on the first N utterances only (None: all).
+        transcript_tokenizer: speech inputs only: batches also carry the transcripts encoded
+            with this sentencepiece model (``transcripts``, ``transcript_lens``; STAST's CTC
+            targets and MT inputs; trained with ``transcript_vocab_size`` pieces if missing).
     """
 
     def __init__(self, train: str, valid: str, tokenizer: str, vocab_size: int = 256,
@@ -41,8 +43,15 @@ class SpeechDataModule(L.LightningDataModule):
                  cache_dir: str | None = "auto", max_duration: float = 20.0,
                  max_valid_utts: int | None = None, num_mel_bins: int = 80, seed: int = 0,
                  target_lang: str | None = None, source_tokenizer: str | None = None,
-                 source_vocab_size: int = 512):
+                 source_vocab_size: int = 512, transcript_tokenizer: str | None = None,
+                 transcript_vocab_size: int = 128):
         super().__init__()
+        if transcript_tokenizer and source_tokenizer:
+            raise ValueError("transcript_tokenizer is for speech inputs; with source_tokenizer "
+                             "the inputs are text")
+        self.transcript_tokenizer_path = Path(transcript_tokenizer) if transcript_tokenizer else None
+        self.transcript_vocab_size = transcript_vocab_size
+        self.transcript_tokenizer: Tokenizer | None = None
         self.target_lang = target_lang
         self.source_tokenizer_path = Path(source_tokenizer) if source_tokenizer else None
         self.source_vocab_size = source_vocab_size
@@ -89,11 +98,12 @@ class SpeechDataModule(L.LightningDataModule):
             train = load_manifest(self.paths["train"])
             train_tokenizer(target_texts(train, self.target_lang, self.paths["train"]), self.tokenizer_path,
                             self.vocab_size)
-        src = self.source_tokenizer_path
-        if src is not None and not src.is_file():
-            print(f"training source tokenizer ({self.source_vocab_size} pieces) → {src}", file=sys.stderr)
-            train = load_manifest(self.paths["train"])
-            train_tokenizer([normalize_text(u.text) for u in train], src, self.source_vocab_size)
+        for src, size in ((self.source_tokenizer_path, self.source_vocab_size),
+                          (self.transcript_tokenizer_path, self.transcript_vocab_size)):
+            if src is not None and not src.is_file():
+                print(f"training source tokenizer ({size} pieces) → {src}", file=sys.stderr)
+                train = load_manifest(self.paths["train"], require_audio=False)
+                train_tokenizer(target_texts(train, None, self.paths["train"]), src, size)
         for split in ("train", "valid", "test"):
             path = self._cache_path(split) if self.paths[split] else None
             if path is None:
@@ -109,6 +119,12 @@ class SpeechDataModule(L.LightningDataModule):
                              f"has {self.tokenizer.vocab_size} pieces")
         if self.source_tokenizer_path is not None:
             self.source_tokenizer = Tokenizer(self.source_tokenizer_path)
+        if self.transcript_tokenizer_path is not None:
+            self.transcript_tokenizer = Tokenizer(self.transcript_tokenizer_path)
+            have = self.transcript_tokenizer.vocab_size
+            if have != self.transcript_vocab_size:
+                raise ValueError(f"data.transcript_vocab_size={self.transcript_vocab_size} but tokenizer "
+                                 f"{self.transcript_tokenizer_path} has {have} pieces")
         for split in ("train", "valid", "test"):
             if split in self.sets or not self.paths[split]:
                 continue
@@ -121,7 +137,8 @@ class SpeechDataModule(L.LightningDataModule):
             cache = None if cache_path is None else FeatureCache.load_or_build(
                 utts, self.fbank, cache_path, workers=max(self.num_workers, 1))
             self.sets[split] = SpeechDataset(utts, self.tokenizer, self.fbank, cache,
-                                             source=self.paths[split], target_lang=self.target_lang)
+                                             source=self.paths[split], target_lang=self.target_lang,
+                                             transcript_tokenizer=self.transcript_tokenizer)
 
     def cmvn_stats(self, max_utts: int = 2000) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Sum, sum of squares and frame count over the first ``max_utts`` training utterances."""

@@ -114,18 +114,23 @@ def tokenize(texts: list[str], tokenizer: Tokenizer) -> list[Tensor]:
 
 
 class SpeechDataset(Dataset):
-    """Items are (features (T, F), token ids (U,), index).
+    """Items are (features (T, F), token ids (U,), index[, transcript ids (S,)]).
 
     Targets are the transcripts (or the ``target_lang`` translations: speech translation),
     normalised (``metrics.normalize_text``) before tokenisation; an utterance whose target
-    is empty after that raises a ValueError naming it.
+    is empty after that raises a ValueError naming it. With ``transcript_tokenizer`` (speech
+    translation trained with the source transcript, e.g. STAST), items also carry the
+    transcript encoded with it.
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: Tokenizer, cfg: FbankConfig,
-                 cache: FeatureCache | None = None, source: str = "manifest", target_lang: str | None = None):
+                 cache: FeatureCache | None = None, source: str = "manifest", target_lang: str | None = None,
+                 transcript_tokenizer: Tokenizer | None = None):
         self.utts, self.tok, self.cfg, self.cache = utts, tokenizer, cfg, cache
         self.refs = target_texts(utts, target_lang, source)
         self.targets = tokenize(self.refs, tokenizer)
+        self.transcripts = None if transcript_tokenizer is None else tokenize(
+            target_texts(utts, None, source), transcript_tokenizer)
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -139,6 +144,8 @@ class SpeechDataset(Dataset):
 
     def __getitem__(self, i: int):
         x = self.cache[i] if self.cache is not None else utterance_features(self.utts[i], self.cfg)
+        if self.transcripts is not None:
+            return x, self.targets[i], i, self.transcripts[i]
         return x, self.targets[i], i
 
 
@@ -168,12 +175,16 @@ class TextDataset(Dataset):
 
 def collate(items) -> dict[str, Tensor]:
     """Pad dataset items → inputs (B, T, F) features or (B, T) token ids, input_lens (B,),
-    targets (B, U), target_lens (B,), index (B,)."""
-    inputs, targets, index = zip(*items)
-    return {
-        "inputs": torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True),
-        "input_lens": torch.tensor([f.shape[0] for f in inputs]),
-        "targets": torch.nn.utils.rnn.pad_sequence(targets, batch_first=True),
-        "target_lens": torch.tensor([t.shape[0] for t in targets]),
-        "index": torch.tensor(index),
-    }
+    targets (B, U), target_lens (B,), index (B,) [, transcripts (B, S), transcript_lens (B,)]."""
+    inputs, targets, index, *extra = zip(*items)
+    batch = {"inputs": _pad(inputs), "input_lens": torch.tensor([f.shape[0] for f in inputs]),
+             "targets": _pad(targets), "target_lens": torch.tensor([t.shape[0] for t in targets]),
+             "index": torch.tensor(index)}
+    if extra:
+        batch["transcripts"] = _pad(extra[0])
+        batch["transcript_lens"] = torch.tensor([len(t) for t in extra[0]])
+    return batch
+
+
+def _pad(seqs) -> Tensor:
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)

@@ -184,3 +184,52 @@ class LengthController(Brick):
         y, _ = self.attn(q, kv, kv, key_padding_mask=padding_mask(lengths, x.shape[1]), need_weights=False)
         y = self.norm_out(q + y).masked_fill(padding_mask(out_lengths, k_max)[..., None], 0.0)
         return y, out_lengths
+
+
+class Shrink(Brick):
+    """STAST's shrink (METHODS.md §2): frames → one vector per CTC segment.
+
+    Take the greedy CTC path ``a_t = argmax P_t``, drop blank frames and padding, and
+    merge each run of consecutive frames with the same label into one vector: the mean
+    (``weighting="mean"``) or the mean weighted by ``P_t(a_t)`` (``"posterior"``, choice).
+    A label repeated across a blank starts a new segment, exactly as in CTC collapsing, so
+    the output length is the length of the greedy CTC hypothesis. A row where nothing
+    survives becomes a single mean-pooled vector (choice). Gradients flow through the
+    averaged vectors (and the posterior weights), not through the argmax.
+    """
+
+    def __init__(self, weighting: str = "mean"):
+        super().__init__()
+        if weighting not in ("mean", "posterior"):
+            raise ValueError(f"Shrink weighting must be 'mean' or 'posterior', got {weighting!r}")
+        self.weighting = weighting
+
+    def segments(self, logits: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """logits (B, T, V+1), lengths (B,) → segment index per frame (B, T) (-1: dropped frame)
+        and segment counts (B,)."""
+        ids = logits.argmax(-1)  # (B, T)
+        keep = ~padding_mask(lengths, ids.shape[1]) & (ids != logits.shape[-1] - 1)
+        prev = F.pad(ids, (1, 0), value=-1)[:, :-1]
+        start = keep & (ids != prev)  # a new label, or the same label after a blank
+        seg = start.long().cumsum(1) - 1
+        return seg.masked_fill(~keep, -1), start.sum(1)
+
+    def forward(self, hidden: Tensor, logits: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """hidden (B, T, D), CTC logits (B, T, V+1), lengths (B,) → (B, S, D), lengths (B,) ≥ 1."""
+        seg, counts = self.segments(logits.detach(), lengths)
+        b, t, d = hidden.shape
+        empty = counts == 0
+        if empty.any():  # fall back to mean pooling: every valid frame joins segment 0
+            valid = ~padding_mask(lengths, t)
+            seg = torch.where(empty[:, None] & valid, torch.zeros_like(seg), seg)
+            counts = counts.masked_fill(empty, 1)
+        w = (seg >= 0).to(hidden.dtype)
+        if self.weighting == "posterior":
+            w = w * logits.float().softmax(-1).amax(-1).to(hidden.dtype)
+        s = int(counts.max()) if b else 1
+        index = seg.clamp(min=0)  # dropped frames add 0 to segment 0
+        total = hidden.new_zeros(b, s, d).scatter_add(1, index[..., None].expand(-1, -1, d),
+                                                      hidden * w[..., None])
+        weight = hidden.new_zeros(b, s).scatter_add(1, index, w)
+        out = total / weight.clamp(min=torch.finfo(hidden.dtype).tiny)[..., None]
+        return out.masked_fill(padding_mask(counts, s)[..., None], 0.0), counts

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.dataset import SpeechDataset, TextDataset, collate
+from ..data.dataset import SpeechDataset, TextDataset, collate, target_texts
 from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
 from ..features import FbankConfig
 from ..lego.brick import BrickError, load_brick
-from ..metrics import Scores, score
+from ..metrics import Scores, normalize_text, score
 from ..tokenizer import Tokenizer
 from .attention import attention_beam_search
 from .transducer import Hypothesis, beam_search, greedy_search
@@ -100,3 +100,30 @@ def decode_manifest(brick: str | Path, manifest: str | Path, opts: DecodeOptions
     utts = load_manifest(manifest, require_audio=not text_input)[:max_utts]
     res = decode_dataset(model, brick_dataset(brick, iface, utts, target_lang, str(manifest)), opts)
     return res, score([r["ref"] for r in res], [r["hyp"] for r in res])
+
+
+def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str | Path,
+                     opts: DecodeOptions = DecodeOptions(), max_utts: int | None = None,
+                     target_lang: str | None = "brick") -> tuple[list[dict], Scores]:
+    """Cascade speech translation: ``asr_brick`` transcribes, the text brick ``mt_brick`` translates
+    its transcripts → (results with 'asr' transcripts, scores against the translations).
+
+    An utterance whose transcript is empty gets an empty translation (scored as such).
+    """
+    mt, iface = load_brick(mt_brick)
+    if iface["input"].get("kind") != "text":
+        raise BrickError(f"{mt_brick} reads {iface['input'].get('kind')!r} inputs; the second stage of a "
+                         "cascade must read text (an MT brick)")
+    if target_lang == "brick":
+        target_lang = iface.get("target_lang")
+    asr, _ = decode_manifest(asr_brick, manifest, opts, max_utts, target_lang=None)
+    utts = load_manifest(manifest)[:max_utts]
+    transcripts = [r["hyp"] for r in asr]
+    said = [i for i, t in enumerate(transcripts) if normalize_text(t)]
+    second = [replace(utts[i], text=transcripts[i]) for i in said]
+    res = decode_dataset(mt, brick_dataset(mt_brick, iface, second, target_lang, str(manifest)), opts)
+    out = [{"id": u.id, "ref": ref, "hyp": "", "asr": t}
+           for u, ref, t in zip(utts, target_texts(utts, target_lang, str(manifest)), transcripts)]
+    for i, r in zip(said, res):
+        out[i].update(r, asr=transcripts[i])
+    return out, score([r["ref"] for r in out], [r["hyp"] for r in out])

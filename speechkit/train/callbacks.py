@@ -32,6 +32,8 @@ class ExportBrick(L.Callback):
         save_brick(pl_module.model, out, interface, tokenizer=dm.tokenizer)
         if dm.source_tokenizer is not None:
             dm.source_tokenizer.save(out / "source_tokenizer.model")
+        if getattr(dm, "transcript_tokenizer", None) is not None:
+            dm.transcript_tokenizer.save(out / "transcript_tokenizer.model")
         print(f"brick written to {out}")
 
 

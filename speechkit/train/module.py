@@ -75,7 +75,7 @@ class SpeechTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         skip = frozenset(k for k, s in self.loss_start_steps.items() if self.global_step < s)
         out = self.model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
-                              skip=skip)
+                              skip=skip, **_extras(batch))
         b = batch["inputs"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
@@ -83,7 +83,7 @@ class SpeechTask(L.LightningModule):
 
     def _eval_step(self, batch, stage: str) -> None:
         enc = self.model(batch["inputs"], batch["input_lens"])  # once, for the losses and the search
-        out = self.model.encoded_loss(enc, batch["targets"], batch["target_lens"])
+        out = self.model.encoded_loss(enc, batch["targets"], batch["target_lens"], **_extras(batch))
         b = batch["inputs"].shape[0]
         self.log_dict({f"{stage}/{k}": v for k, v in out.items()}, batch_size=b, sync_dist=True)
         tok = self.trainer.datamodule.tokenizer
@@ -127,6 +127,11 @@ class SpeechTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, self.warmup_steps, total, self.final_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _extras(batch: dict) -> dict:
+    """Batch entries beyond inputs/targets that a model's loss takes as keywords (STAST: transcripts)."""
+    return {k: batch[k] for k in ("transcripts", "transcript_lens") if k in batch}
 
 
 def load_part(model: torch.nn.Module, name: str, src: str) -> None:
