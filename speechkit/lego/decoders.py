@@ -9,6 +9,7 @@ path kept as the baseline).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.transformer import padding_mask, sinusoids
@@ -79,3 +80,13 @@ class AttentionDecoder(Brick):
         out = torch.cat([targets, start], 1).masked_fill(pos > target_lengths[:, None], -100)
         out = out.masked_fill(pos == target_lengths[:, None], self.eos)
         return inp, out
+
+    def cross_entropy(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
+                      label_smoothing: float = 0.0) -> Tensor:
+        """Teacher-forced cross-entropy of targets (B, U) given an encoded batch, summed over tokens
+        (end of sentence included) and the batch."""
+        memory, memory_lengths = self.memory(enc)
+        inp, tgt = self.teacher_forcing(targets, target_lengths)
+        logits = self(memory, memory_lengths, inp)  # (B, U+1, V+1)
+        return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
+                               label_smoothing=label_smoothing, reduction="sum")

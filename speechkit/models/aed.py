@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..lego.decoders import AttentionDecoder
@@ -53,11 +52,7 @@ class AttentionModel(EncoderDecoderModel):
         b = targets.shape[0]
         out = {}
         if self.ce_weight and "ce" not in skip:
-            mem, mem_lens = self.decoder.memory(enc)
-            inp, tgt = self.decoder.teacher_forcing(targets, target_lengths)
-            logits = self.decoder(mem, mem_lens, inp)  # (B, U+1, V+1)
-            out["ce"] = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
-                                        label_smoothing=self.label_smoothing, reduction="sum") / b
+            out["ce"] = self.decoder.cross_entropy(enc, targets, target_lengths, self.label_smoothing) / b
         if self.ctc_weight and "ctc" not in skip:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
         out["loss"] = self.ce_weight * out.get("ce", 0.0) + self.ctc_weight * out.get("ctc", 0.0)

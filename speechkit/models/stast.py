@@ -137,12 +137,6 @@ class STAST(EncoderDecoderModel):
         x = front.dropout(self.adapter(h) + sinusoids(torch.arange(h.shape[1], device=h.device), front.dim))
         return Encoded(self.text_encoder.body(x, n), n, None, (ac,))
 
-    def _ce(self, enc: Encoded, targets: Tensor, target_lengths: Tensor) -> Tensor:
-        inp, tgt = self.decoder.teacher_forcing(targets, target_lengths)
-        logits = self.decoder(enc.hidden, enc.lengths, inp)  # (B, U+1, V+1)
-        return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
-                               label_smoothing=self.label_smoothing, reduction="sum")
-
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
                      skip: frozenset[str] = frozenset(), transcripts: Tensor | None = None,
                      transcript_lens: Tensor | None = None) -> dict[str, Tensor]:
@@ -156,14 +150,15 @@ class STAST(EncoderDecoderModel):
         if transcripts is None:
             on &= {"st"}
         out = {}
+        ce = lambda e: self.decoder.cross_entropy(e, targets, target_lengths, self.label_smoothing) / b  # noqa: E731
         if "st" in on:
-            out["st"] = self._ce(enc, targets, target_lengths) / b
+            out["st"] = ce(enc)
         if "ctc" in on:
             out["ctc"] = ctc_loss(enc.previous[0], transcripts, transcript_lens) / b
         if on & {"mt", "adapt"}:
             text = self.text_encoder(transcripts, transcript_lens)
             if "mt" in on:
-                out["mt"] = self._ce(text, targets, target_lengths) / b
+                out["mt"] = ce(text)
             if "adapt" in on:
                 t = text.hidden.detach() if self.adapt_stop_gradient else text.hidden
                 d = adaptation_distance(self.adapt_distance, enc.hidden.float(), enc.lengths, t.float(),
