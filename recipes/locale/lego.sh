@@ -3,6 +3,8 @@
 #   bash recipes/locale/lego.sh train [NAME...]  # trains the models (default: all) that have no brick yet
 #   bash recipes/locale/lego.sh compose   # zero-shot compositions (+ the fine-tuning run)
 #   bash recipes/locale/lego.sh eval      # decodes everything → exp/lego/results.jsonl
+#   bash recipes/locale/lego.sh long      # after `train mt_de_en_long mt_ro_en_long` (3× longer):
+#                                         # their zero-shot compositions, decoded → results.jsonl
 # Needs `speechkit prepare locale` and the foundation's full ASR brick (exp/locale/full/brick).
 # THREADS=1 trains with one thread (leaves a core free; RESULTS.md says which was used).
 set -euo pipefail
@@ -69,8 +71,20 @@ eval_all() {  # greedy for everything; beam 4 for the MT rows as well
   decode "asr-enc+mid+de-dec b1" $X/compose/asr_enc+mid+de_dec $asr
 }
 
+long() {  # the 3× longer MT models: own decoders and the zero-shot swaps (greedy and beam 4)
+  local o=$X/compose ro=data/locale/mt/ro-en/test.jsonl de=data/locale/mt/de-en/test.jsonl
+  speechkit compose $X/mt_ro_en_long/brick --decoder $X/mt_de_en_long/brick --out $o/ro_long+de_long
+  speechkit compose $X/asr/brick --decoder $X/mt_de_en_long/brick --out $o/asr_enc+de_long
+  for b in 1 4; do
+    decode "de-en long b$b" $X/mt_de_en_long/brick $de --beam $b
+    decode "ro-en long b$b" $X/mt_ro_en_long/brick $ro --beam $b
+    decode "ro-enc long+de-dec long b$b" $o/ro_long+de_long $ro --beam $b
+  done
+  decode "asr-enc+de-dec long b1" $o/asr_enc+de_long data/locale/asr/test.jsonl
+}
+
 case "${1:-all}" in
-  train) shift; train "$@" ;; compose) compose ;; eval) eval_all ;;
+  train) shift; train "$@" ;; compose) compose ;; eval) eval_all ;; long) long ;;
   all) train; compose; eval_all ;;
-  *) echo "usage: $0 [train|compose|eval|all]"; exit 2 ;;
+  *) echo "usage: $0 [train|compose|eval|long|all]"; exit 2 ;;
 esac
