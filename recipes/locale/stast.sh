@@ -4,7 +4,8 @@
 #   bash recipes/locale/stast.sh eval LANG [NAME...]   # decodes the test set → exp/stast/results.jsonl
 # Models: stast (the method), e2e (plain end-to-end ST of equal size), mt (the cascade's MT brick;
 # the cascade is the foundation's ASR brick → it), the ablations no_shrink, no_mt, no_adapt and the
-# adaptation distances token_mse, contrastive.
+# adaptation distances token_mse, contrastive; stast_mt_init and e2e_mt_init also start the text
+# encoder and decoder from the MT brick (train mt first).
 # Needs `speechkit prepare locale` and the foundation's full ASR brick (exp/locale/full/brick).
 # THREADS=1 trains with one thread (two runs side by side on 2 cores).
 set -euo pipefail
@@ -21,10 +22,12 @@ configs() {  # configs LANG NAME: the config files of a model
     stast) echo $C/stast_en_de.yaml "${lang[@]}" ;;
     mt) echo $C/mt_en_de.yaml "${mt_lang[@]}" ;;
     e2e|no_shrink|no_mt|no_adapt|token_mse|contrastive) echo $C/stast_en_de.yaml $C/$2.yaml "${lang[@]}" ;;
+    stast_mt_init) echo $C/stast_en_de.yaml $C/mt_init.yaml "${lang[@]}" ;;
+    e2e_mt_init) echo $C/stast_en_de.yaml $C/e2e.yaml $C/mt_init.yaml "${lang[@]}" ;;
     *) echo "unknown model $2" >&2; exit 2 ;;
   esac
 }
-MODELS="mt stast e2e no_shrink no_mt no_adapt token_mse contrastive"
+MODELS="mt stast e2e no_shrink no_mt no_adapt token_mse contrastive stast_mt_init e2e_mt_init"
 
 train() {  # train LANG [NAME...]
   local lang=$1; shift
