@@ -1,28 +1,26 @@
 """How closely STAST's shrink, on an ASR brick's CTC head, tracks the transcript length
 (recipes/locale/RESULTS.md, STAST section).
 
-    python recipes/locale/shrink_lengths.py [BRICK] [MANIFEST] [TRANSCRIPT_TOKENIZER]
+    python recipes/locale/shrink_lengths.py [BRICK] [MANIFEST]
+
+The transcripts are tokenised with the brick's own tokenizer (its CTC head's vocabulary).
 """
 
 import sys
 
 import torch
 
-from speechkit.data.dataset import SpeechDataset, collate
+from speechkit.data.dataset import collate
 from speechkit.data.manifest import load_manifest
-from speechkit.features import FbankConfig
 from speechkit.lego.brick import load_brick
 from speechkit.lego.interface import Shrink
-from speechkit.tokenizer import Tokenizer
+from speechkit.search.decode import brick_dataset
 
 
-def main(brick="exp/locale/full/brick", manifest="data/locale/st/en-de/dev.jsonl",
-         tokenizer="data/locale/tokenizer/en128.model") -> None:
+def main(brick="exp/locale/full/brick", manifest="data/locale/st/en-de/dev.jsonl") -> None:
     torch.set_num_threads(1)
     model, iface = load_brick(brick)
-    tok = Tokenizer(tokenizer)
-    fbank = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
-    ds = SpeechDataset(load_manifest(manifest, require_audio=True), tok, fbank, source=manifest)
+    ds = brick_dataset(brick, iface, load_manifest(manifest, require_audio=True), None, manifest)
     encoder, shrink, diff = model.encoder.eval(), Shrink(), []
     with torch.no_grad():
         for start in range(0, len(ds), 32):

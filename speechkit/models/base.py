@@ -18,7 +18,7 @@ class EncoderDecoderModel(Brick):
         return self.encoder(inputs, lengths)
 
     def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
-             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+             skip: frozenset[str] = frozenset(), **extras: Tensor) -> dict[str, Tensor]:
         """targets (B, U) padded with anything → {'loss', <term>: ...} per utterance; terms named in
-        ``skip`` are not computed."""
-        return self.encoded_loss(self.encoder(inputs, lengths), targets, target_lengths, skip)
+        ``skip`` are not computed; ``extras`` (e.g. STAST's transcripts) go to ``encoded_loss``."""
+        return self.encoded_loss(self(inputs, lengths), targets, target_lengths, skip, **extras)

@@ -167,10 +167,6 @@ class STAST(EncoderDecoderModel):
         out["loss"] = sum(self.weights[k] * v for k, v in out.items())
         return out
 
-    def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
-             skip: frozenset[str] = frozenset(), **transcripts: Tensor) -> dict[str, Tensor]:
-        return self.encoded_loss(self(inputs, lengths), targets, target_lengths, skip, **transcripts)
-
     def mt_model(self) -> AttentionModel:
         """The text path as an MT ``AttentionModel`` (transcript ids → target) sharing these modules."""
         return AttentionModel(self.text_encoder, self.decoder, ctc_weight=0.0,

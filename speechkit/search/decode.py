@@ -125,5 +125,5 @@ def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str 
     out = [{"id": u.id, "ref": ref, "hyp": "", "asr": t}
            for u, ref, t in zip(utts, target_texts(utts, target_lang, str(manifest)), transcripts)]
     for i, r in zip(said, res):
-        out[i].update(r, asr=transcripts[i])
+        out[i].update(r)
     return out, score([r["ref"] for r in out], [r["hyp"] for r in out])
