@@ -4,8 +4,8 @@
 #   bash recipes/locale/stast.sh eval LANG [NAME...]   # decodes the test set → exp/stast/results.jsonl
 # Models: stast (the method), e2e (plain end-to-end ST of equal size), mt (the cascade's MT brick;
 # the cascade is the foundation's ASR brick → it), the ablations no_shrink, no_mt, no_adapt and the
-# adaptation distances token_mse, contrastive; stast_mt_init and e2e_mt_init also start the text
-# encoder and decoder from the MT brick (train mt first).
+# adaptation distances token_mse, contrastive; NAME_mt_init (e.g. stast_mt_init, no_shrink_mt_init)
+# also starts the text encoder and decoder from the MT brick (train mt first).
 # Needs `speechkit prepare locale` and the foundation's full ASR brick (exp/locale/full/brick).
 # THREADS=1 trains with one thread (two runs side by side on 2 cores).
 set -euo pipefail
@@ -15,15 +15,18 @@ X=exp/stast
 ASR=exp/locale/full/brick
 source "$(dirname "$0")/lib.sh"
 
-configs() {  # configs LANG NAME: the config files of a model
-  local lang=() mt_lang=()
-  [ "$1" = ro ] && { lang=($C/en_ro.yaml); mt_lang=($C/mt_en_ro.yaml); }
-  case $2 in
-    stast) echo $C/stast_en_de.yaml "${lang[@]}" ;;
-    mt) echo $C/mt_en_de.yaml "${mt_lang[@]}" ;;
-    e2e|no_shrink|no_mt|no_adapt|token_mse|contrastive) echo $C/stast_en_de.yaml $C/$2.yaml "${lang[@]}" ;;
-    stast_mt_init) echo $C/stast_en_de.yaml $C/mt_init.yaml "${lang[@]}" ;;
-    e2e_mt_init) echo $C/stast_en_de.yaml $C/e2e.yaml $C/mt_init.yaml "${lang[@]}" ;;
+configs() {  # configs LANG NAME: the config files of a model; NAME_mt_init adds the MT warm start
+  local lang=() mt_init=() base=$2
+  [ "$1" = ro ] && lang=($C/en_ro.yaml)
+  if [[ $base == *_mt_init ]]; then
+    base=${base%_mt_init}; mt_init=($C/mt_init.yaml)
+    [ "$1" = ro ] && mt_init+=($C/mt_init_ro.yaml)
+  fi
+  case $base in
+    stast) echo $C/stast_en_de.yaml "${mt_init[@]}" "${lang[@]}" ;;
+    mt) [ "$1" = ro ] && echo $C/mt_en_de.yaml $C/mt_en_ro.yaml || echo $C/mt_en_de.yaml ;;
+    e2e|no_shrink|no_mt|no_adapt|token_mse|contrastive)
+      echo $C/stast_en_de.yaml $C/$base.yaml "${mt_init[@]}" "${lang[@]}" ;;
     *) echo "unknown model $2" >&2; exit 2 ;;
   esac
 }
