@@ -4,14 +4,14 @@
 #   bash recipes/locale/stast.sh eval LANG [NAME...]   # decodes the test set → exp/stast/results.jsonl
 # Models: stast (the method), e2e (plain end-to-end ST of equal size), mt (the cascade's MT brick;
 # the cascade is the foundation's ASR brick → it), the ablations no_shrink, no_mt, no_adapt and the
-# adaptation distances token_mse, contrastive; NAME_mt_init (e.g. stast_mt_init, no_shrink_mt_init)
+# other adaptation distances mse_mean, contrastive; NAME_mt_init (e.g. stast_mt_init, no_shrink_mt_init)
 # also starts the text encoder and decoder from the MT brick (train mt first).
 # Needs `speechkit prepare locale` and the foundation's full ASR brick (exp/locale/full/brick).
 # THREADS=1 trains with one thread (two runs side by side on 2 cores).
 set -euo pipefail
 THREADS=${THREADS:-2}
 C=recipes/locale/conf/stast
-X=exp/stast
+X=${X:-exp/stast}  # X=exp/stast/seed1 FIT_ARGS=--seed_everything=1: a second seed
 ASR=exp/locale/full/brick
 source "$(dirname "$0")/lib.sh"
 
@@ -25,12 +25,12 @@ configs() {  # configs LANG NAME: the config files of a model; NAME_mt_init adds
   case $base in
     stast) echo $C/stast_en_de.yaml "${mt_init[@]}" "${lang[@]}" ;;
     mt) [ "$1" = ro ] && echo $C/mt_en_de.yaml $C/mt_en_ro.yaml || echo $C/mt_en_de.yaml ;;
-    e2e|no_shrink|no_mt|no_adapt|token_mse|contrastive)
+    e2e|no_shrink|no_mt|no_adapt|mse_mean|contrastive)
       echo $C/stast_en_de.yaml $C/$base.yaml "${mt_init[@]}" "${lang[@]}" ;;
     *) echo "unknown model $2" >&2; exit 2 ;;
   esac
 }
-MODELS="mt stast e2e no_shrink no_mt no_adapt token_mse contrastive stast_mt_init e2e_mt_init"
+MODELS="mt stast e2e no_shrink no_mt no_adapt mse_mean contrastive stast_mt_init e2e_mt_init"
 
 train() {  # train LANG [NAME...]
   local lang=$1; shift

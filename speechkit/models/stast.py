@@ -90,7 +90,8 @@ class STAST(EncoderDecoderModel):
             the text encoder's width with LayerNorm + Linear).
         shrink: a ``Shrink``, or None to feed every acoustic frame to the semantic encoder.
         st_weight, mt_weight, ctc_weight, adapt_weight: loss weights (0 switches a term off).
-        adapt_distance: ``mse_mean`` | ``token_mse`` | ``contrastive`` (see ``adaptation_distance``).
+        adapt_distance: ``token_mse`` (the default: best of the three in recipes/locale/RESULTS.md)
+            | ``mse_mean`` | ``contrastive`` (see ``adaptation_distance``).
         adapt_stop_gradient: the text side is a fixed teacher of the adaptation loss.
         label_smoothing: of both cross-entropies.
     """
@@ -98,7 +99,7 @@ class STAST(EncoderDecoderModel):
     def __init__(self, encoder: SpeechEncoder, text_encoder: SequenceEncoder, decoder: AttentionDecoder,
                  acoustic_dim: int, shrink: Shrink | None = None, st_weight: float = 1.0,
                  mt_weight: float = 1.0, ctc_weight: float = 1.0, adapt_weight: float = 1.0,
-                 adapt_distance: str = "mse_mean", adapt_stop_gradient: bool = True,
+                 adapt_distance: str = "token_mse", adapt_stop_gradient: bool = True,
                  contrastive_temperature: float = 0.1, label_smoothing: float = 0.1):
         super().__init__()
         if adapt_distance not in DISTANCES:
