@@ -3,6 +3,7 @@
 #   bash recipes/locale/lego.sh train [NAME...]  # trains the models (default: all) that have no brick yet
 #   bash recipes/locale/lego.sh compose   # zero-shot compositions (+ the fine-tuning run)
 #   bash recipes/locale/lego.sh eval      # decodes everything → exp/lego/results.jsonl
+#   bash recipes/locale/lego.sh list      # every model's config files, a line each (tests parse them)
 #   bash recipes/locale/lego.sh long      # after `train mt_de_en_long mt_ro_en_long` (3× longer):
 #                                         # their zero-shot compositions, decoded → results.jsonl
 # Needs `speechkit prepare locale` and the foundation's full ASR brick (exp/locale/full/brick).
@@ -26,10 +27,15 @@ configs() {  # the config files of each model
     mt_en_de) echo $C/mt_de_en.yaml $C/mt_en_de.yaml ;;
     mt_de_en_long) echo $C/mt_de_en.yaml $C/long.yaml ;;
     mt_ro_en_long) echo $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/long.yaml ;;
+    finetune_ro_de) echo $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/finetune.yaml ;;  # the compose stage's
     *) echo "unknown model $1" >&2; exit 2 ;;
   esac
 }
 MODELS="mt_de_en mt_ro_en asr mt_de_en_beamconv mono_de_en mono_ro_en chain mt_en_de"
+
+list() {  # NAME: CONFIG... for every model this script trains
+  for m in $MODELS mt_de_en_long mt_ro_en_long finetune_ro_de; do echo "$m: $(configs $m)"; done
+}
 
 train() {  # train [NAME...]: the named models (default: all), one after the other
   for m in ${@:-$MODELS}; do
@@ -45,7 +51,7 @@ compose() {
   speechkit compose $X/asr/brick --decoder $X/mt_de_en_beamconv/brick --out $o/asr_enc+de_beamconv
   speechkit compose $X/asr/brick "$X/chain/brick#1" --decoder $X/mt_de_en/brick --out $o/asr_enc+mid+de_dec
   speechkit compose $X/mono_ro_en/brick --decoder $X/mono_de_en/brick --allow-hidden --out $o/mono_ro_enc+de_dec
-  fit $X/finetune_ro_de $C/mt_de_en.yaml $C/mt_ro_en.yaml $C/finetune.yaml
+  fit $X/finetune_ro_de $(configs finetune_ro_de)
 }
 
 eval_all() {  # greedy for everything; beam 4 for the MT rows as well
@@ -84,7 +90,7 @@ long() {  # the 3× longer MT models: own decoders and the zero-shot swaps (gree
 }
 
 case "${1:-all}" in
-  train) shift; train "$@" ;; compose) compose ;; eval) eval_all ;; long) long ;;
+  train) shift; train "$@" ;; compose) compose ;; eval) eval_all ;; long) long ;; list) list ;;
   all) train; compose; eval_all ;;
-  *) echo "usage: $0 [train|compose|eval|long|all]"; exit 2 ;;
+  *) echo "usage: $0 [train|compose|eval|long|list|all]"; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 # STAST speech-translation experiments on the locale corpus (recipes/locale/RESULTS.md, "STAST").
 #   bash recipes/locale/stast.sh train LANG [NAME...]  # LANG: de | ro; NAME: the models below (default: all)
 #   bash recipes/locale/stast.sh eval LANG [NAME...]   # decodes the test set → exp/stast/results.jsonl
+#   bash recipes/locale/stast.sh list                  # every model's config files, a line each
 # Models: stast (the method), e2e (plain end-to-end ST of equal size), mt (the cascade's MT brick;
 # the cascade is the foundation's ASR brick → it), the ablations no_shrink, no_mt, no_adapt and the
 # other adaptation distances mse_mean, contrastive; NAME_mt_init (e.g. stast_mt_init, no_shrink_mt_init)
@@ -30,7 +31,17 @@ configs() {  # configs LANG NAME: the config files of a model; NAME_mt_init adds
     *) echo "unknown model $2" >&2; exit 2 ;;
   esac
 }
-MODELS="mt stast e2e no_shrink no_mt no_adapt mse_mean contrastive stast_mt_init e2e_mt_init"
+BASES="mt stast e2e no_shrink no_mt no_adapt mse_mean contrastive"
+MODELS="$BASES stast_mt_init e2e_mt_init"  # the default of train and eval
+
+list() {  # LANG NAME: CONFIG... for every model (tests parse them)
+  for lang in de ro; do
+    for m in $BASES; do  # each with and without the MT warm start
+      echo "$lang $m: $(configs $lang $m)"
+      [ "$m" = mt ] || echo "$lang ${m}_mt_init: $(configs $lang ${m}_mt_init)"
+    done
+  done
+}
 
 train() {  # train LANG [NAME...]
   local lang=$1; shift
@@ -59,5 +70,6 @@ eval_models() {  # eval LANG [NAME...]: greedy and beam 4 on the ST test set
 case "${1:-}" in
   train) shift; train "$@" ;;
   eval) shift; eval_models "$@" ;;
-  *) echo "usage: $0 train|eval LANG [NAME...]"; exit 2 ;;
+  list) list ;;
+  *) echo "usage: $0 train|eval LANG [NAME...] | list"; exit 2 ;;
 esac

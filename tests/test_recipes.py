@@ -1,0 +1,52 @@
+"""Every configuration the locale recipe scripts train parses: keys, types and class paths are
+checked by LightningCLI (``--print_config`` stops before anything is built), so a renamed
+argument fails here rather than an hour into a run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from speechkit.train.cli import run_lightning
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = "recipes/locale/conf"
+
+
+def recipe_models() -> list[tuple[str, list[str]]]:
+    """(name, config files) for every model of lego.sh and stast.sh (their ``list`` stage)."""
+    models = [("demo", [f"{CONF}/demo.yaml"]), ("full", [f"{CONF}/demo.yaml", f"{CONF}/full.yaml"])]
+    for script in ("lego.sh", "stast.sh"):
+        out = subprocess.run(["bash", f"recipes/locale/{script}", "list"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        for line in out.splitlines():
+            name, files = line.split(":", 1)
+            models.append((f"{script} {name}", files.split()))
+    return models
+
+
+MODELS = recipe_models()
+
+
+def test_the_scripts_list_their_models():
+    names = {n for n, _ in MODELS}
+    assert {"lego.sh mt_ro_en", "lego.sh chain", "stast.sh de stast_mt_init", "stast.sh ro e2e_mt_init",
+            "stast.sh ro mt"} <= names
+    for _, files in MODELS:
+        assert files and all((ROOT / f).is_file() for f in files), files
+
+
+@pytest.mark.parametrize("configs", [c for _, c in MODELS], ids=[n for n, _ in MODELS])
+def test_recipe_config_parses(configs, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["speechkit"])  # LightningCLI warns when pytest's argv is there too
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+        run_lightning(["fit", "--print_config", *(f"--config={c}" for c in configs)])
+    assert e.value.code in (0, None)
+    assert "class_path: speechkit." in out.getvalue()
