@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from speechkit.lego.decoders import AttentionDecoder
 from speechkit.lego.encoders import SequenceEncoder, SpeechEncoder
 from speechkit.lego.interface import Encoded, MarginalHead, Shrink
-from speechkit.models.stast import STAST, adaptation_distance
+from speechkit.models.stast import STAST, adaptation_distance, resample
 from speechkit.nn.conformer import Conformer
 from speechkit.nn.subsampling import FrameStack
 from speechkit.nn.transformer import TokenEmbedding, TransformerStack
@@ -79,6 +80,21 @@ def test_shrink_falls_back_to_mean_pooling_when_everything_is_blank():
     assert n.tolist() == [1, 2]
     assert out[0, 0, 0].item() == pytest.approx(1.5)  # mean of frames 0..3
     assert out[1, :2, 0].tolist() == [4.0, 6.0]
+
+
+def test_resample_matches_interpolate_row_by_row():
+    torch.manual_seed(0)
+    x = torch.randn(5, 9, D, requires_grad=True)
+    lengths, targets = torch.tensor([9, 4, 1, 6, 3]), torch.tensor([5, 4, 3, 11, 1])
+    out = resample(x, lengths, targets)
+    assert out.shape == (5, 11, D)
+    for i, (n, m) in enumerate(zip(lengths.tolist(), targets.tolist())):
+        ref = F.interpolate(x[i, :n].T[None], size=m, mode="linear", align_corners=True)[0].T
+        torch.testing.assert_close(out[i, :m], ref)
+        assert out[i, m:].abs().sum() == 0
+    assert torch.equal(out[1, :4], x[1, :4])  # already of its target length: unchanged
+    out.sum().backward()
+    assert x.grad[0, :9].abs().sum() > 0 and x.grad[1, 4:].abs().sum() == 0  # padding gets no gradient
 
 
 def test_adaptation_distances():

@@ -40,15 +40,17 @@ def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
 
 def resample(x: Tensor, lengths: Tensor, target_lengths: Tensor) -> Tensor:
     """Linearly resample each row's valid part (B, T, D) to ``target_lengths`` (B,) → (B, U, D),
-    zero-padded."""
+    zero-padded; the ends map onto the ends (``F.interpolate(..., align_corners=True)`` per row,
+    batched). A row already of its target length is returned as it is."""
     u = int(target_lengths.max())
-    out = x.new_zeros(x.shape[0], u, x.shape[2])
-    for i, (n, m) in enumerate(zip(lengths.tolist(), target_lengths.tolist())):
-        row = x[i, :n].T[None]  # (1, D, n)
-        if n != m:
-            row = F.interpolate(row, size=m, mode="linear", align_corners=True)
-        out[i, :m] = row[0].T
-    return out
+    last = (lengths - 1).clamp(min=0)[:, None]  # (B, 1)
+    step = last.to(x.dtype) / (target_lengths[:, None] - 1).clamp(min=1).to(x.dtype)
+    pos = torch.arange(u, device=x.device, dtype=x.dtype) * step  # (B, U) source positions
+    lo = torch.minimum(pos.floor().long(), last)
+    w = (pos - lo.to(x.dtype))[..., None]
+    at = lambda i: x.gather(1, i[..., None].expand(-1, -1, x.shape[2]))  # noqa: E731
+    out = at(lo) * (1 - w) + at(torch.minimum(lo + 1, last)) * w
+    return out.masked_fill(padding_mask(target_lengths, u)[..., None], 0.0)
 
 
 def adaptation_distance(kind: str, speech: Tensor, speech_lens: Tensor, text: Tensor, text_lens: Tensor,
