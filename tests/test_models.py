@@ -55,6 +55,22 @@ def test_beam_search_nbest_sorted_and_beam1_matches_greedy_when_one_label_per_fr
     assert [list(h[0].tokens) for h in one] == greedy
 
 
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+def test_beam_search_batched_equals_one_by_one(predictor):
+    m = tiny_transducer(predictor=predictor, seed=3).eval()
+    with torch.no_grad():
+        m.joiner.out.bias[-1] -= 3.0  # emit labels
+    torch.manual_seed(2)
+    lens = [120, 64, 93, 40]
+    x = torch.randn(len(lens), max(lens), 80)
+    batched = beam_search(m, m(x, torch.tensor(lens)), beam=3, nbest=3)
+    for i, n in enumerate(lens):
+        alone = beam_search(m, m(x[i:i + 1, :n], torch.tensor([n])), beam=3, nbest=3)[0]
+        assert [h.tokens for h in batched[i]] == [h.tokens for h in alone]
+        assert [h.score for h in batched[i]] == pytest.approx([h.score for h in alone], rel=1e-4)
+    assert all(len(nb) == 3 and nb[0].tokens for nb in batched)
+
+
 def test_ctc_greedy_collapses_repeats_and_blanks():
     from speechkit.lego.interface import Encoded
 

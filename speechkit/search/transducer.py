@@ -1,4 +1,4 @@
-"""Transducer search: batched greedy and modified beam search with N-best output.
+"""Transducer search: greedy and modified beam search with N-best output, both batched over utterances.
 
 Both take a model with ``predictor`` and ``joiner`` (see ``speechkit.lego.transducer``)
 and an ``Encoded`` batch; they return token id lists (interface vocabulary, blank
@@ -7,10 +7,10 @@ excluded).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from ..lego.interface import Encoded
 
@@ -54,51 +54,63 @@ def greedy_search(model, enc: Encoded, max_symbols: int = 3) -> list[list[int]]:
 
 @torch.no_grad()
 def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) -> list[list[Hypothesis]]:
-    """Modified beam search (at most one label per frame), per utterance → N-best lists.
+    """Modified beam search (at most one label per frame), batched over utterances → N-best lists.
 
-    Hypotheses reaching the same label sequence are merged (log-sum-exp of scores).
-    Returns, per utterance, up to ``nbest`` (default ``beam``) hypotheses, best first.
+    Every utterance keeps ``beam`` hypothesis slots (B, K); the joiner and the predictor run on all
+    B·K slots at once, each utterance's candidates are ranked and merged on their own (hypotheses
+    reaching the same label sequence are merged, log-sum-exp of scores), and an utterance past its
+    last frame is left as it is, so the result does not depend on the batch. Returns, per
+    utterance, up to ``nbest`` (default ``beam``) hypotheses, best first.
     """
-    enc = model.decoder_input(enc)
-    return [_beam_one(model, enc.hidden[i, : int(enc.lengths[i])], beam, nbest or beam)
-            for i in range(enc.hidden.shape[0])]
-
-
-def _beam_one(model, hidden: Tensor, beam: int, nbest: int) -> list[Hypothesis]:
-    """hidden: (T, D) for one utterance."""
     pred, join, blank = model.predictor, model.joiner, model.blank
-    dev = hidden.device
-    enc_proj = join.enc_proj(hidden)  # (T, J)
-    out, state = pred.step(torch.tensor([blank], device=dev), pred.initial_state(1, dev))
-    pred_proj = join.pred_proj(out)  # (K, J), K hypotheses
-    seqs: list[tuple[int, ...]] = [()]
-    scores = torch.zeros(1, device=dev)
-    for t in range(enc_proj.shape[0]):
-        logp = join.joint(enc_proj[t][None], pred_proj).log_softmax(-1)  # (K, V+1)
-        cand = (scores[:, None] + logp).flatten()
-        top_s, top_i = cand.topk(min(2 * beam, cand.numel()))
-        width = logp.shape[1]
-        merged: dict[tuple[int, ...], list] = {}
-        for s, i in zip(top_s.tolist(), top_i.tolist()):
-            parent, tok = divmod(i, width)
-            seq = seqs[parent] if tok == blank else seqs[parent] + (tok,)
-            if seq in merged:
-                merged[seq][0] = float(torch.logaddexp(torch.tensor(merged[seq][0]), torch.tensor(s)))
-            else:
-                merged[seq] = [s, parent, tok]
-        kept = sorted(merged.items(), key=lambda kv: -kv[1][0])[:beam]
-        seqs = [k for k, _ in kept]
-        scores = torch.tensor([v[0] for _, v in kept], device=dev)
-        parents = torch.tensor([v[1] for _, v in kept], device=dev)
-        toks = torch.tensor([v[2] for _, v in kept], device=dev)
-        emit = toks != blank
-        state, pred_proj = pred.select(state, parents), pred_proj[parents]
+    enc = model.decoder_input(enc)
+    b, t_max, _ = enc.hidden.shape
+    k, dev, lengths = beam, enc.hidden.device, enc.lengths.tolist()
+    enc_proj = join.enc_proj(enc.hidden)  # (B, T, J)
+    out, state = pred.step(torch.full((b * k,), blank, device=dev), pred.initial_state(b * k, dev))
+    pred_proj = join.pred_proj(out).view(b, k, -1)  # (B, K, J)
+    seqs: list[list[tuple[int, ...]]] = [[()] for _ in range(b)]
+    scores = torch.full((b, k), -math.inf, device=dev)
+    scores[:, 0] = 0.0  # one live hypothesis, the empty one, per utterance
+    for t in range(t_max):
+        logp = join.joint(enc_proj[:, t, None], pred_proj).log_softmax(-1)  # (B, K, V+1)
+        width = logp.shape[-1]
+        top_s, top_i = (scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
+        parents = torch.arange(k, device=dev).repeat(b, 1)  # (B, K): finished rows stay put
+        toks = torch.full((b, k), blank, device=dev)
+        for i in range(b):
+            if t >= lengths[i]:
+                continue
+            merged: dict[tuple[int, ...], list] = {}
+            for sc, j in zip(top_s[i].tolist(), top_i[i].tolist()):
+                if sc == -math.inf:
+                    break
+                parent, tok = divmod(j, width)
+                seq = seqs[i][parent] if tok == blank else seqs[i][parent] + (tok,)
+                if seq in merged:
+                    hi, lo = max(merged[seq][0], sc), min(merged[seq][0], sc)
+                    merged[seq][0] = hi + math.log1p(math.exp(lo - hi))
+                else:
+                    merged[seq] = [sc, parent, tok]
+            kept = sorted(merged.items(), key=lambda kv: -kv[1][0])[:k]
+            seqs[i] = [q for q, _ in kept]
+            n = len(kept)
+            scores[i] = torch.tensor([v[0] for _, v in kept] + [-math.inf] * (k - n), device=dev)
+            parents[i, :n] = torch.tensor([v[1] for _, v in kept], device=dev)
+            toks[i, :n] = torch.tensor([v[2] for _, v in kept], device=dev)
+        flat = (parents + torch.arange(b, device=dev)[:, None] * k).flatten()
+        state, pred_proj = pred.select(state, flat), pred_proj.flatten(0, 1)[flat]
+        emit = toks.flatten() != blank
         if emit.any():
-            new_out, new_state = pred.step(torch.where(emit, toks, blank), state)
+            new_out, new_state = pred.step(torch.where(emit, toks.flatten(), blank), state)
             state = pred.where(emit, new_state, state)
             pred_proj = torch.where(emit[:, None], join.pred_proj(new_out), pred_proj)
-    order = scores.argsort(descending=True)[:nbest].tolist()
-    return [Hypothesis(seqs[i], float(scores[i])) for i in order]
+        pred_proj = pred_proj.view(b, k, -1)
+    out = []
+    for i in range(b):
+        order = scores[i, : len(seqs[i])].argsort(descending=True)[: nbest or k].tolist()
+        out.append([Hypothesis(seqs[i][j], float(scores[i, j])) for j in order])
+    return out
 
 
 def ctc_greedy(enc: Encoded) -> list[list[int]]:
