@@ -137,6 +137,22 @@ def test_attention_model_learns_a_batch_and_beam_search_finds_it():
         assert ranks[0] >= g.score / (len(g.tokens) + 1) - 1e-5  # never worse than greedy
 
 
+def test_attention_decoder_internal_lm_is_the_decoder_with_zero_context():
+    torch.manual_seed(0)
+    dec = AttentionDecoder(vocab_size=11, dim=32, layers=2, heads=4).eval()
+    prev = torch.cat([torch.full((3, 1), 11), torch.randint(0, 11, (3, 6))], 1)
+    memory, lengths = torch.randn(3, 9, 32), torch.tensor([9, 4, 7])
+    ilm = dec.internal_lm_logits(prev)
+    assert ilm.shape == (3, 7, 12)
+    assert not torch.allclose(ilm, dec(memory, lengths, prev), atol=1e-3)  # the context matters...
+    with torch.no_grad():
+        for layer in dec.layers:  # ...and with every cross-attention output zeroed it is all there is
+            layer.multihead_attn.out_proj.weight.zero_()
+            layer.multihead_attn.out_proj.bias.zero_()
+    torch.testing.assert_close(dec(memory, lengths, prev), ilm)
+    torch.testing.assert_close(dec.internal_lm_logits(prev[:, :4]), ilm[:, :4])  # causal
+
+
 def test_attention_beam_search_batched_equals_one_by_one():
     model = aed(seed=3).eval()
     x, n = padded([6, 2, 4], seed=5)

@@ -70,6 +70,18 @@ class AttentionDecoder(Brick):
             x = layer(x, memory, tgt_mask=causal, memory_key_padding_mask=mem_pad)
         return self.out(self.norm(x))
 
+    def internal_lm_logits(self, prev: Tensor) -> Tensor:
+        """The internal LM (ILME, METHODS.md §3): the decoder with its attention context set to zero,
+        i.e. each layer's cross-attention term left out. prev (B, L) starting with V → (B, L, V+1)."""
+        length = prev.shape[1]
+        pos = sinusoids(torch.arange(length, device=prev.device), self.dim)
+        x = self.dropout(self.embed(prev) * self.dim**0.5 + pos)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=prev.device), 1)
+        for layer in self.layers:  # the pre-norm layer of forward, without its _mha_block
+            x = x + layer._sa_block(layer.norm1(x), causal, None)
+            x = x + layer._ff_block(layer.norm3(x))
+        return self.out(self.norm(x))
+
     def teacher_forcing(self, targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """targets (B, U) → decoder inputs ``[V, y1..yU]`` (B, U+1) and outputs ``[y1..yU, V]``
         (B, U+1) with -100 (ignored) after the end of each row."""
