@@ -41,8 +41,8 @@ def test_the_scripts_list_their_models():
         assert files and all((ROOT / f).is_file() for f in files), files
 
 
-@pytest.mark.parametrize("configs", [c for _, c in MODELS], ids=[n for n, _ in MODELS])
-def test_recipe_config_parses(configs, monkeypatch):
+@pytest.mark.parametrize("name,configs", MODELS, ids=[n for n, _ in MODELS])
+def test_recipe_config_parses(name, configs, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["speechkit"])  # LightningCLI warns when pytest's argv is there too
     out = io.StringIO()
@@ -50,3 +50,8 @@ def test_recipe_config_parses(configs, monkeypatch):
         run_lightning(["fit", "--print_config", *(f"--config={c}" for c in configs)])
     assert e.value.code in (0, None)
     assert "class_path: speechkit." in out.getvalue()
+    if name.endswith("_mt_init"):  # a layered init_from replaces the earlier one whole: all three parts
+        mt = f"exp/stast/en_{name.split()[1]}/mt/brick"
+        for part in ("encoder: exp/locale/full/brick#encoder", f"text_encoder: {mt}#encoder",
+                     f"decoder: {mt}#decoder"):
+            assert part in out.getvalue(), part
