@@ -59,12 +59,16 @@ class AttentionDecoder(Brick):
             raise ValueError(f"encoder width {h.shape[-1]} != decoder width {self.dim} (set memory_dim)")
         return h, enc.lengths
 
-    def forward(self, memory: Tensor, memory_lengths: Tensor, prev: Tensor) -> Tensor:
-        """memory (B, K, D), memory_lengths (B,), prev tokens (B, L) starting with V → logits (B, L, V+1)."""
+    def _inputs(self, prev: Tensor) -> tuple[Tensor, Tensor]:
+        """prev (B, L) → embedded inputs with positions (B, L, D) and the causal mask (L, L)."""
         length = prev.shape[1]
         pos = sinusoids(torch.arange(length, device=prev.device), self.dim)
-        x = self.dropout(self.embed(prev) * self.dim**0.5 + pos)
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=prev.device), 1)
+        return self.dropout(self.embed(prev) * self.dim**0.5 + pos), causal
+
+    def forward(self, memory: Tensor, memory_lengths: Tensor, prev: Tensor) -> Tensor:
+        """memory (B, K, D), memory_lengths (B,), prev tokens (B, L) starting with V → logits (B, L, V+1)."""
+        x, causal = self._inputs(prev)
         mem_pad = padding_mask(memory_lengths, memory.shape[1])
         for layer in self.layers:
             x = layer(x, memory, tgt_mask=causal, memory_key_padding_mask=mem_pad)
@@ -73,10 +77,7 @@ class AttentionDecoder(Brick):
     def internal_lm_logits(self, prev: Tensor) -> Tensor:
         """The internal LM (ILME, METHODS.md §3): the decoder with its attention context set to zero,
         i.e. each layer's cross-attention term left out. prev (B, L) starting with V → (B, L, V+1)."""
-        length = prev.shape[1]
-        pos = sinusoids(torch.arange(length, device=prev.device), self.dim)
-        x = self.dropout(self.embed(prev) * self.dim**0.5 + pos)
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=prev.device), 1)
+        x, causal = self._inputs(prev)
         for layer in self.layers:  # the pre-norm layer of forward, without its _mha_block
             x = x + layer._sa_block(layer.norm1(x), causal, None)
             x = x + layer._ff_block(layer.norm3(x))
