@@ -76,10 +76,10 @@ def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) ->
         logp = join.joint(enc_proj[:, t, None], pred_proj).log_softmax(-1)  # (B, K, V+1)
         width = logp.shape[-1]
         top_s, top_i = (scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
-        parents = torch.arange(k, device=dev).repeat(b, 1)  # (B, K): finished rows stay put
-        toks = torch.full((b, k), blank, device=dev)
+        rows = scores.tolist()  # (B, K) per utterance: kept scores, parent slots, labels
+        parents, toks = [list(range(k)) for _ in range(b)], [[blank] * k for _ in range(b)]
         for i in range(b):
-            if t >= lengths[i]:
+            if t >= lengths[i]:  # finished rows stay put
                 continue
             merged: dict[tuple[int, ...], list] = {}
             for sc, j in zip(top_s[i].tolist(), top_i[i].tolist()):
@@ -95,9 +95,11 @@ def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) ->
             kept = sorted(merged.items(), key=lambda kv: -kv[1][0])[:k]
             seqs[i] = [q for q, _ in kept]
             n = len(kept)
-            scores[i] = torch.tensor([v[0] for _, v in kept] + [-math.inf] * (k - n), device=dev)
-            parents[i, :n] = torch.tensor([v[1] for _, v in kept], device=dev)
-            toks[i, :n] = torch.tensor([v[2] for _, v in kept], device=dev)
+            rows[i] = [v[0] for _, v in kept] + [-math.inf] * (k - n)
+            parents[i][:n] = [v[1] for _, v in kept]
+            toks[i][:n] = [v[2] for _, v in kept]
+        scores = torch.tensor(rows, device=dev)
+        parents, toks = torch.tensor(parents, device=dev), torch.tensor(toks, device=dev)
         flat = (parents + torch.arange(b, device=dev)[:, None] * k).flatten()
         state, pred_proj = pred.select(state, flat), pred_proj.flatten(0, 1)[flat]
         emit = toks.flatten() != blank
