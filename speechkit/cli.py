@@ -24,12 +24,15 @@ def _prepare(a) -> None:
 def _decode(a) -> None:
     import torch
 
-    from .search.decode import DecodeOptions, cascade_manifest, decode_manifest
+    from .search.decode import DecodeOptions, cascade_manifest, decode_manifest, make_fusion
 
     if a.threads:
         torch.set_num_threads(a.threads)
     target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
-    opts = DecodeOptions(beam=a.beam, nbest=a.nbest)
+    fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward, not a.no_lm_eos)
+    if fusion is not None and a.then:
+        raise SystemExit("--lm/--ilm-weight/--length-reward apply to one brick, not to a cascade (--then)")
+    opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion)
     if a.then:
         res, sc = cascade_manifest(a.brick, a.then, a.manifest, opts, a.max_utts, target_lang=target)
     else:
@@ -39,6 +42,57 @@ def _decode(a) -> None:
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res))
     print(json.dumps({"manifest": a.manifest, "utts": len(res), **sc.to_dict(), "hyps": str(out)})
           if a.json else f"{a.manifest}: {len(res)} utterances  {sc}\nhypotheses → {out}")
+
+
+def _tune_fusion(a) -> None:
+    import torch
+
+    from .search.decode import DecodeOptions, tune_fusion
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    grid = [[float(w) for w in g.split(",")] for g in (a.lm_weights, a.ilm_weights, a.length_rewards)]
+    keys = ("lm_weight", "ilm_weight", "length_reward", "wer", "cer", "seconds")
+    if not a.json:
+        print("".join(f"{k:>14}" for k in keys))
+
+    def report(row):
+        print(json.dumps(row) if a.json else "".join(f"{row[k]:>14}" for k in keys), flush=True)
+
+    rows = tune_fusion(a.brick, a.manifest, a.lm, *grid, DecodeOptions(beam=a.beam, progress=False),
+                       a.max_utts, lm_eos=not a.no_lm_eos, report=report)
+    best = min(rows, key=lambda r: (r["wer"], r["cer"]))
+    print(json.dumps({"best": best}) if a.json else
+          f"best: --lm-weight {best['lm_weight']} --ilm-weight {best['ilm_weight']} "
+          f"--length-reward {best['length_reward']}  (WER {best['wer']}%, CER {best['cer']}%)")
+
+
+def _add_fusion_options(p: argparse.ArgumentParser, grid: bool) -> None:
+    p.add_argument("--lm", default=None, metavar="LM_BRICK",
+                   help="external language model brick (shallow fusion)")
+    if grid:
+        p.add_argument("--lm-weights", default="0,0.1,0.2,0.3,0.4", help="comma-separated λ_LM values")
+        p.add_argument("--ilm-weights", default="0,0.1,0.2", help="comma-separated λ_ILM values")
+        p.add_argument("--length-rewards", default="0,0.5,1.0", help="comma-separated β values")
+    else:
+        p.add_argument("--lm-weight", type=float, default=0.0, help="λ_LM: weight of the external LM")
+        p.add_argument("--ilm-weight", type=float, default=0.0,
+                       help="λ_ILM: weight of the internal LM, subtracted (ILME)")
+        p.add_argument("--length-reward", type=float, default=0.0, help="β: added per emitted token")
+    p.add_argument("--no-lm-eos", action="store_true", help="leave out the LM's end-of-sentence score")
+
+
+def _adapt_ilm(a) -> None:
+    import torch
+
+    from .train.ilma import run_ilma
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    summary = run_ilma(a.brick, a.text, a.out, a.valid, a.rho, a.steps, a.lr, a.max_tokens, a.seed)
+    print(json.dumps(summary) if a.json else
+          f"internal-LM perplexity on {summary['valid']}: {summary['ilm_ppl_before']} → "
+          f"{summary['ilm_ppl_after']}\nadapted brick written to {a.out}")
 
 
 def _score(a) -> None:
@@ -88,7 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reference: 'text' (transcript) or a translation language (default: the brick's)")
     de.add_argument("--then", default=None, metavar="MT_BRICK",
                     help="cascade: translate BRICK's transcripts with this text brick (scores translations)")
+    _add_fusion_options(de, grid=False)
     de.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    tf = sub.add_parser("tune-fusion",
+                        help="grid-search LM / ILM weights and length reward on a dev manifest")
+    tf.add_argument("brick")
+    tf.add_argument("manifest")
+    _add_fusion_options(tf, grid=True)
+    tf.add_argument("--beam", type=int, default=4)
+    tf.add_argument("--max-utts", type=int, default=None)
+    tf.add_argument("--threads", type=int, default=None)
+    tf.add_argument("--json", action="store_true", help="one JSON line per grid point")
+    ad = sub.add_parser("adapt-ilm", help="ILMA: adapt a transducer's internal LM to target-domain text "
+                        "(trains the joiner's last layer only)")
+    ad.add_argument("brick", help="transducer brick (ideally trained with ilm_weight > 0)")
+    ad.add_argument("text", help="target-domain text: a JSONL manifest or a plain text file, "
+                    "one sentence per line")
+    ad.add_argument("--out", required=True, help="directory of the adapted brick")
+    ad.add_argument("--valid", default=None, help="held-out text for the perplexity (default: TEXT)")
+    ad.add_argument("--rho", type=float, default=0.5,
+                    help="weight of the KL term to the unadapted internal LM")
+    ad.add_argument("--steps", type=int, default=500)
+    ad.add_argument("--lr", type=float, default=1e-3)
+    ad.add_argument("--max-tokens", type=int, default=2000, help="tokens per batch")
+    ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--threads", type=int, default=None)
+    ad.add_argument("--json", action="store_true")
     sc = sub.add_parser("score", help="WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)")
     sc.add_argument("hyps")
     sc.add_argument("--json", action="store_true", help="print one JSON line")
@@ -133,7 +212,8 @@ def _run(a) -> None:
 
         run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
         return
-    {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose}[a.verb](a)
+    {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose,
+     "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm}[a.verb](a)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,16 @@ def error_rates(refs: list[str], hyps: list[str], normalize: bool = True) -> Err
     return ErrorRates(w.wer, c.cer, n, w.substitutions, w.deletions, w.insertions)
 
 
+def word_errors(refs: list[str], hyps: list[str]) -> list[int]:
+    """Word edit distance (substitutions + deletions + insertions, jiwer) of each normalised
+    hypothesis to its reference (MWER's W(Y))."""
+    out = []
+    for r, h in zip(refs, hyps, strict=True):
+        w = jiwer.process_words(normalize_text(r), normalize_text(h))
+        out.append(w.substitutions + w.deletions + w.insertions)
+    return out
+
+
 def bleu_chrf(refs: list[str], hyps: list[str]) -> tuple[float, float]:
     """Corpus BLEU and chrF (sacrebleu defaults)."""
     import sacrebleu

@@ -19,10 +19,10 @@ def _cmd(*args):
     return [sys.executable, "-m", "speechkit.cli", *map(str, args)]
 
 
-def _fit_args(corpus: Path, root: Path, *extra):
+def _fit_args(corpus: Path, root: Path, *extra, confs=()):
     asr = corpus / "asr"
     data = "--data.init_args."
-    return _cmd("fit", *CONFS, f"--trainer.default_root_dir={root}",
+    return _cmd("fit", *CONFS, *confs, f"--trainer.default_root_dir={root}",
                 f"{data}train={asr / 'train.jsonl'}", f"{data}valid={asr / 'dev.jsonl'}",
                 f"{data}test={asr / 'test.jsonl'}", f"{data}tokenizer={root / 'tok.model'}",
                 "--trainer.enable_progress_bar=false", *extra)
@@ -195,3 +195,60 @@ def test_stast_fit_decode_and_cascade_through_the_cli(tiny_corpus, tmp_path, mon
     p = subprocess.run(_cmd("decode", asr_brick, test, "--then", asr_brick), capture_output=True, text=True,
                        timeout=300)
     assert p.returncode != 0 and "must read text" in p.stderr
+
+
+def test_lm_fusion_ilma_and_mwer_through_the_cli(tiny_corpus, tmp_path):
+    """ASR with ILM training → an LM on text → decode with fusion → tune-fusion → adapt-ilm → MWER-ILME."""
+    root, asr = tmp_path / "asr", tiny_corpus / "asr"
+    _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=12",
+                   "--model.init_args.model.init_args.ilm_weight=0.2"))
+    brick, tok = root / "brick", root / "tok.model"
+    data = "--data.init_args."
+    lm_root = tmp_path / "lm"
+    conf = HERE.parent / "recipes" / "locale" / "conf" / "fusion"
+    _run(_cmd("fit", "-c", conf / "lm_transformer.yaml", "-c", HERE / "fixtures" / "tiny_lm.yaml",
+              f"--trainer.default_root_dir={lm_root}", f"{data}train={asr / 'train.jsonl'}",
+              f"{data}valid={asr / 'dev.jsonl'}", f"{data}tokenizer={tok}",
+              "--trainer.enable_progress_bar=false"))
+    lm = lm_root / "brick"
+    assert json.loads((lm / "interface.json").read_text())["kind"] == "LanguageModel"
+    assert "val/ppl" in (next(lm_root.glob("lightning_logs/version_*/metrics.csv"))).read_text()
+    test = asr / "test.jsonl"
+    p = _run(_cmd("decode", brick, test, "--lm", lm, "--lm-weight", "0.3", "--ilm-weight", "0.1",
+                  "--length-reward", "0.5", "--beam", "2", "--json", "--out", tmp_path / "fused.jsonl"))
+    assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == sum(1 for _ in open(test))
+    p = _run(_cmd("tune-fusion", brick, asr / "dev.jsonl", "--lm", lm, "--lm-weights", "0,0.3",
+                  "--ilm-weights", "0,0.1", "--length-rewards", "0", "--beam", "2", "--json"))
+    rows = [json.loads(x) for x in p.stdout.strip().splitlines()]
+    assert [(r["lm_weight"], r["ilm_weight"]) for r in rows[:-1]] == [(0, 0), (0, 0.1), (0.3, 0), (0.3, 0.1)]
+    assert rows[-1]["best"]["wer"] == min(r["wer"] for r in rows[:-1])
+    # an LM speaking another vocabulary is refused by name
+    other = tmp_path / "other_lm"
+    other.mkdir()
+    for f in lm.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    iface = json.loads((other / "interface.json").read_text())
+    iface["tokenizer"]["fingerprint"] = "0000"
+    (other / "interface.json").write_text(json.dumps(iface))
+    p = subprocess.run(_cmd("decode", brick, test, "--lm", other, "--lm-weight", "0.3"), capture_output=True,
+                       text=True)
+    assert p.returncode != 0 and "tokenizer 0000" in p.stderr
+    # ILMA from the training text, then decode the adapted brick (no LM at run time)
+    ilma = tmp_path / "ilma"
+    p = _run(_cmd("adapt-ilm", brick, asr / "train.jsonl", "--valid", asr / "dev.jsonl", "--out", ilma,
+                  "--steps", "5", "--json"))
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["ilm_ppl_after"] < summary["ilm_ppl_before"]
+    assert json.loads((ilma / "interface.json").read_text())["ilma"]["steps"] == 5
+    _run(_cmd("decode", ilma, test, "--json", "--out", tmp_path / "ilma.jsonl"))
+    # MWER-ILME fine-tuning from the brick, with the LM in the loop
+    mwer = tmp_path / "mwer"
+    cmd = _fit_args(tiny_corpus, mwer, "--trainer.max_steps=3", "--trainer.val_check_interval=1.0",
+                    "--trainer.log_every_n_steps=1",
+                    f"--model.init_args.init_from={json.dumps({'': str(brick)})}",
+                    f"--model.init_args.lm={lm}",
+                    confs=("-c", conf / "mwer_ilme.yaml"))
+    p = _run(cmd)
+    assert (mwer / "brick" / "weights.safetensors").is_file()
+    metrics = (next(mwer.glob("lightning_logs/version_*/metrics.csv"))).read_text()
+    assert "train/mwer" in metrics and "train/expected_errors" in metrics

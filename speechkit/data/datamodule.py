@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ..features import FbankConfig
 from ..tokenizer import Tokenizer, train_tokenizer
 from .dataset import FeatureCache, SpeechDataset, TextDataset, collate, target_texts
-from .manifest import load_manifest
+from .manifest import load_manifest, load_texts
 from .sampler import BucketBatchSampler
 
 
@@ -36,6 +36,9 @@ class SpeechDataModule(L.LightningDataModule):
         transcript_tokenizer: speech inputs only: batches also carry the transcripts encoded
             with this sentencepiece model (``transcripts``, ``transcript_lens``; STAST's CTC
             targets and MT inputs; trained with ``transcript_vocab_size`` pieces if missing).
+        text_only: language modelling: the splits are JSONL manifests or plain text files (one
+            sentence per line, ``manifest.load_texts``), no audio is read, and the inputs are the
+            target token ids themselves.
     """
 
     def __init__(self, train: str, valid: str, tokenizer: str, vocab_size: int = 256,
@@ -44,8 +47,11 @@ class SpeechDataModule(L.LightningDataModule):
                  max_valid_utts: int | None = None, num_mel_bins: int = 80, seed: int = 0,
                  target_lang: str | None = None, source_tokenizer: str | None = None,
                  source_vocab_size: int = 512, transcript_tokenizer: str | None = None,
-                 transcript_vocab_size: int = 128):
+                 transcript_vocab_size: int = 128, text_only: bool = False):
         super().__init__()
+        if text_only and (source_tokenizer or transcript_tokenizer):
+            raise ValueError("text_only (language modelling) takes no source_tokenizer/transcript_tokenizer")
+        self.text_only = text_only
         if transcript_tokenizer and source_tokenizer:
             raise ValueError("transcript_tokenizer is for speech inputs; with source_tokenizer "
                              "the inputs are text")
@@ -66,8 +72,11 @@ class SpeechDataModule(L.LightningDataModule):
 
     def _utts(self, split: str):
         path = self.paths[split]
-        utts = load_manifest(path, require_audio=self.source_tokenizer_path is None)
-        if split == "train" and self.source_tokenizer_path is None:
+        if self.text_only:
+            utts = load_texts(path)
+        else:
+            utts = load_manifest(path, require_audio=self.source_tokenizer_path is None)
+        if split == "train" and self.source_tokenizer_path is None and not self.text_only:
             keep = [u for u in utts if (u.duration or 0) <= self.max_duration]
             if len(keep) < len(utts):
                 print(f"{path}: skipping {len(utts) - len(keep)} utterances longer than "
@@ -79,12 +88,14 @@ class SpeechDataModule(L.LightningDataModule):
 
     def input_info(self) -> dict:
         """What the model reads, for a brick's interface.json."""
+        if self.text_only:
+            return {"kind": "none"}
         if self.source_tokenizer is not None:
             return {"kind": "text", **self.source_tokenizer.info()}
         return {"kind": "fbank", **self.fbank.to_dict()}
 
     def _cache_path(self, split: str) -> Path | None:
-        if self.cache_dir is None or self.source_tokenizer_path is not None:
+        if self.cache_dir is None or self.source_tokenizer_path is not None or self.text_only:
             return None
         path = Path(self.paths[split])
         root = path.parent / "fbank" if self.cache_dir == "auto" else Path(self.cache_dir)
@@ -95,7 +106,7 @@ class SpeechDataModule(L.LightningDataModule):
         """Train the tokenizer if missing and build feature caches (rank 0 only)."""
         if not self.tokenizer_path.is_file():
             print(f"training tokenizer ({self.vocab_size} pieces) → {self.tokenizer_path}", file=sys.stderr)
-            train = load_manifest(self.paths["train"])
+            train = load_texts(self.paths["train"])
             train_tokenizer(target_texts(train, self.target_lang, self.paths["train"]), self.tokenizer_path,
                             self.vocab_size)
         for src, size in ((self.source_tokenizer_path, self.source_vocab_size),
@@ -129,7 +140,7 @@ class SpeechDataModule(L.LightningDataModule):
             if split in self.sets or not self.paths[split]:
                 continue
             utts = self._utts(split)
-            if self.source_tokenizer is not None:
+            if self.source_tokenizer is not None or self.text_only:
                 self.sets[split] = TextDataset(utts, self.tokenizer, self.source_tokenizer, self.target_lang,
                                                source=self.paths[split])
                 continue

@@ -150,18 +150,20 @@ class SpeechDataset(Dataset):
 
 
 class TextDataset(Dataset):
-    """Items are (source token ids (T,), target token ids (U,), index): machine translation.
+    """Items are (source token ids (T,), target token ids (U,), index): machine translation, or
+    language modelling when ``source_tokenizer`` is None (the source is the target itself).
 
     The source is the utterance's ``text`` (normalised, encoded with ``source_tokenizer``);
-    the target is its ``target_lang`` translation in the interface vocabulary.
+    the target is its ``target_lang`` translation (or its ``text``) in the interface vocabulary.
     """
 
-    def __init__(self, utts: list[Utterance], tokenizer: Tokenizer, source_tokenizer: Tokenizer,
+    def __init__(self, utts: list[Utterance], tokenizer: Tokenizer, source_tokenizer: Tokenizer | None,
                  target_lang: str | None, source: str = "manifest"):
         self.utts, self.tok = utts, tokenizer
         self.refs = target_texts(utts, target_lang, source)
         self.targets = tokenize(self.refs, tokenizer)
-        self.sources = tokenize(target_texts(utts, None, source), source_tokenizer)
+        self.sources = self.targets if source_tokenizer is None else tokenize(
+            target_texts(utts, None, source), source_tokenizer)
 
     def __len__(self) -> int:
         return len(self.utts)

@@ -117,6 +117,22 @@ def load_manifest(path: str | Path, require_audio: bool = False) -> list[Utteran
     return utts
 
 
+def load_texts(path: str | Path) -> list[Utterance]:
+    """Text-only records for language models and text adaptation: a JSONL manifest (``*.jsonl``,
+    its ``text`` fields) or a plain text file, one sentence per line (blank lines skipped).
+    Ids of plain-text lines are ``<file stem>-<line number>``."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return load_manifest(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        utts = [Utterance(f"{path.stem}-{n}", line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    if not utts:
+        raise ManifestError(f"{path}: no text (empty file)")
+    return utts
+
+
 def save_manifest(utts: list[Utterance], path: str | Path, relative_to: str | Path | None = None) -> None:
     """Write records as JSONL (atomically); audio paths are made relative to ``relative_to``."""
     path = Path(path)

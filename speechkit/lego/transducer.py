@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.transformer import sinusoids
 from .brick import Brick
 
 
@@ -88,6 +89,63 @@ class LSTMPredictor(Brick):
         return tuple(torch.where(mask[None, :, None], n, o) for n, o in zip(new, old))
 
 
+class TransformerPredictor(Brick):
+    """Embedding + sinusoidal positions → causal pre-norm Transformer layers → LayerNorm.
+
+    The state of a hypothesis is its whole label history: ``(ids (N, L), lengths (N,))``, and
+    ``step`` re-runs the prefix (sentences here are tens of labels; no key/value cache).
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 256, layers: int = 2, heads: int = 4, ffn_mult: int = 4,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.vocab_size, self.dim = vocab_size, dim
+        self.embed = nn.Embedding(vocab_size + 1, dim)
+        nn.init.normal_(self.embed.weight, std=dim**-0.5)  # × sqrt(D) below: unit scale
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, ffn_mult * dim, dropout, batch_first=True, norm_first=True)
+            for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def _run(self, ids: Tensor) -> Tensor:
+        """ids (N, L) starting with the start label → (N, L, P), position i sees ids[: i + 1]."""
+        length = ids.shape[1]
+        pos = sinusoids(torch.arange(length, device=ids.device), self.dim)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=ids.device), 1)
+        x = self.drop(self.embed(ids) * self.dim**0.5 + pos)
+        for layer in self.layers:
+            x = layer(x, src_mask=causal, is_causal=True)
+        return self.norm(x)
+
+    def forward(self, targets: Tensor) -> Tensor:
+        sos = targets.new_full((targets.shape[0], 1), self.vocab_size)
+        return self._run(torch.cat([sos, targets], dim=1))  # (B, U+1, P)
+
+    def initial_state(self, n: int, device) -> tuple[Tensor, Tensor]:
+        return (torch.zeros(n, 0, dtype=torch.long, device=device),
+                torch.zeros(n, dtype=torch.long, device=device))
+
+    def step(self, tokens: Tensor, state) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        ids, lengths = state
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        ids = torch.cat([ids, ids.new_zeros(ids.shape[0], 1)], dim=1)
+        ids[rows, lengths] = tokens
+        out = self._run(ids)[rows, lengths]  # padding after a row's length is never attended to
+        return out, (ids, lengths + 1)
+
+    def select(self, state, index: Tensor):
+        return (state[0][index], state[1][index])
+
+    def where(self, mask: Tensor, new, old):
+        (new_ids, new_len), (old_ids, old_len) = new, old
+        pad = new_ids.shape[1] - old_ids.shape[1]
+        old_ids = torch.cat([old_ids, old_ids.new_zeros(old_ids.shape[0], pad)], dim=1) if pad else old_ids
+        lengths = torch.where(mask, new_len, old_len)
+        width = int(lengths.max()) if len(lengths) else 0
+        return torch.where(mask[:, None], new_ids, old_ids)[:, :width], lengths
+
+
 class Joiner(Brick):
     """logits = W_out · tanh(W_enc · enc + W_pred · pred) over V+1 outputs (blank = V).
 
@@ -111,4 +169,4 @@ class Joiner(Brick):
 
     def internal_lm_logits(self, pred: Tensor) -> Tensor:
         """Joiner with a zero encoder term: (..., P) → (..., V+1); ILME uses the non-blank part."""
-        return self.out(torch.tanh(self.pred_proj(pred)))
+        return self.joint(0.0, self.pred_proj(pred))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
@@ -13,7 +14,8 @@ from .base import EncoderDecoderModel
 class Transducer(EncoderDecoderModel):
     """RNN-T over the interface vocabulary, with the LegoNN marginal head trained by CTC.
 
-    loss = rnnt_weight · RNNT (torchaudio) + ctc_weight · CTC(marginal head), both summed
+    loss = rnnt_weight · RNNT (torchaudio) + ctc_weight · CTC(marginal head)
+    [+ ilm_weight · CE(internal LM) on the transcripts: ILM training, METHODS.md §3], each summed
     over the batch and divided by the batch size.
 
     With an ``ingestor`` (``WEmb``/``BeamConv``) this is the LegoNN transducer: the joiner
@@ -23,14 +25,15 @@ class Transducer(EncoderDecoderModel):
     """
 
     def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner,
-                 ctc_weight: float = 0.3, rnnt_weight: float = 1.0, ingestor: nn.Module | None = None):
+                 ctc_weight: float = 0.3, rnnt_weight: float = 1.0, ingestor: nn.Module | None = None,
+                 ilm_weight: float = 0.0):
         super().__init__()
         vocabs = {"encoder head": encoder.vocab_size, "predictor": predictor.vocab_size,
                   "joiner": joiner.vocab_size, "ingestor": getattr(ingestor, "vocab_size", None)}
         if len({v for v in vocabs.values() if v is not None}) != 1:
             raise ValueError(f"vocabulary sizes of the parts disagree: {vocabs}")
         self.encoder, self.predictor, self.joiner, self.ingestor = encoder, predictor, joiner, ingestor
-        self.ctc_weight, self.rnnt_weight = ctc_weight, rnnt_weight
+        self.ctc_weight, self.rnnt_weight, self.ilm_weight = ctc_weight, rnnt_weight, ilm_weight
 
     @property
     def vocab_size(self) -> int:
@@ -49,7 +52,7 @@ class Transducer(EncoderDecoderModel):
 
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
                      skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """Losses of an encoded batch → {'loss', 'rnnt', 'ctc'}. Terms named in ``skip`` are not
+        """Losses of an encoded batch → {'loss', 'rnnt', 'ctc'[, 'ilm']}. Terms named in ``skip`` are not
         computed (a CTC-only warm-up skips the costly (B, T, U+1, V+1) transducer lattice)."""
         b = targets.shape[0]
         out = {}
@@ -61,10 +64,23 @@ class Transducer(EncoderDecoderModel):
                                        target_lengths.int(), blank=self.blank, reduction="sum") / b
         if self.ctc_weight and "ctc" not in skip:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
-        out["loss"] = (self.rnnt_weight * out.get("rnnt", 0.0)
-                       + self.ctc_weight * out.get("ctc", 0.0))
+        if self.ilm_weight and "ilm" not in skip:
+            out["ilm"] = -self.internal_lm_score(targets, target_lengths).sum() / b
+        out["loss"] = (self.rnnt_weight * out.get("rnnt", 0.0) + self.ctc_weight * out.get("ctc", 0.0)
+                       + self.ilm_weight * out.get("ilm", 0.0))
         return out
 
-    def internal_lm_logprobs(self, pred_out: Tensor) -> Tensor:
-        """log P_ILM over non-blank labels from predictor outputs (..., P) → (..., V)."""
-        return self.joiner.internal_lm_logits(pred_out)[..., : self.vocab_size].log_softmax(-1)
+    def internal_lm_logprobs(self, pred_out: Tensor, projected: bool = False) -> Tensor:
+        """log P_ILM over non-blank labels from predictor outputs (..., P) → (..., V): the joiner
+        without its encoder term, softmax over the non-blank outputs (METHODS.md §3).
+        ``projected``: ``pred_out`` is already through ``joiner.pred_proj`` (what search keeps)."""
+        logits = self.joiner.joint(0.0, pred_out) if projected else self.joiner.internal_lm_logits(pred_out)
+        return logits[..., : self.vocab_size].float().log_softmax(-1)
+
+    def internal_lm_score(self, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """log P_ILM(Y) = Σ_u log P_ILM(y_u | y<u) of targets (B, U), lengths (B,) → (B,). The
+        transducer ILM has no end-of-sentence label."""
+        logp = self.internal_lm_logprobs(self.predictor(targets)[:, :-1])  # (B, U, V)
+        tok = logp.gather(-1, targets.clamp(0, self.vocab_size - 1)[..., None])[..., 0]
+        pad = torch.arange(targets.shape[1], device=targets.device)[None] >= target_lengths[:, None]
+        return tok.masked_fill(pad, 0.0).sum(1)

@@ -10,9 +10,26 @@ CTC-trained interface has at least one position per output token) plus a small s
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from ..lego.interface import Encoded
+from .fusion import Fusion
 from .transducer import Hypothesis
+
+
+def _fused(logp: Tensor, prev: Tensor, dec, fusion: Fusion) -> Tensor:
+    """Decoder log-probs (N, V+1) of the next token after ``prev`` (N, L) → fused scores: every token
+    gets λ_LM log P_LM − λ_ILM log P_ILM (ILM: the decoder with zero attention context), pieces also
+    the length reward β; the end of sentence gets the LM term only if ``fusion.lm_eos``."""
+    v = dec.vocab_size
+    lm = fusion.lm(prev[:, 1:])[:, -1].float().log_softmax(-1) if fusion.lm is not None else None
+    ilm = dec.internal_lm_logits(prev)[:, -1].float().log_softmax(-1) if fusion.ilm_weight else None
+    def cols(x, a, b):
+        return None if x is None else x[:, a:b]
+
+    tok = fusion.terms(cols(lm, 0, v), cols(ilm, 0, v))
+    end = fusion.terms(cols(lm if fusion.lm_eos else None, v, v + 1), cols(ilm, v, v + 1), reward=False)
+    return torch.cat([logp[:, :v] + tok, logp[:, v:] + end], -1)
 
 
 def _rank(h: Hypothesis, length_penalty: float) -> float:
@@ -21,11 +38,12 @@ def _rank(h: Hypothesis, length_penalty: float) -> float:
 
 @torch.no_grad()
 def attention_beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None,
-                          length_penalty: float = 1.0, max_len_slack: int = 5) -> list[list[Hypothesis]]:
+                          length_penalty: float = 1.0, max_len_slack: int = 5,
+                          fusion: Fusion | None = None) -> list[list[Hypothesis]]:
     """``model.decoder`` over an encoded batch → per utterance up to ``nbest`` hypotheses, best first.
 
     beam = 1 is greedy search. ``Hypothesis.score`` is the total log-probability including
-    the end-of-sentence token.
+    the end-of-sentence token (with ``fusion``: the fused score, see ``_fused``).
     """
     dec = model.decoder
     nbest = nbest or beam
@@ -42,6 +60,8 @@ def attention_beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None 
         live = (~torch.tensor(done, device=dev)).repeat_interleave(beam)  # rows of unfinished utterances
         logp = torch.full((b * beam, dec.vocab_size + 1), float("-inf"), device=dev)
         logp[live] = dec(mem[live], mem_lens[live], tokens[live])[:, -1].float().log_softmax(-1)
+        if fusion is not None:
+            logp[live] = _fused(logp[live], tokens[live], dec, fusion)
         width = logp.shape[-1]
         cand = (scores.view(-1, 1) + logp).view(b, beam * width)
         top_s, top_i = cand.topk(min(2 * beam, cand.shape[1]), dim=-1)

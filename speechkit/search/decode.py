@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,9 +18,11 @@ from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
 from ..features import FbankConfig
 from ..lego.brick import BrickError, load_brick
+from ..lego.interface import Encoded
 from ..metrics import Scores, normalize_text, score
 from ..tokenizer import Tokenizer
 from .attention import attention_beam_search
+from .fusion import Fusion
 from .transducer import Hypothesis, beam_search, greedy_search
 
 
@@ -28,41 +33,52 @@ class DecodeOptions:
     max_frames: int = 60000  # input frames per batch
     num_workers: int = 0
     progress: bool = True
+    fusion: Fusion | None = None  # external LM / ILME / length reward (search.fusion)
 
 
-def search(model, enc, beam: int = 1, nbest: int = 1) -> list[list[Hypothesis]]:
+def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = None) -> list[list[Hypothesis]]:
     """Search an encoded batch with whatever decoder ``model`` has → per utterance an N-best list.
 
     Attention decoders: batched beam search (beam 1 = greedy). Transducers: batched greedy
-    (beam 1, score None) or modified beam search.
+    (beam 1, score None) or modified beam search; with ``fusion`` (LM / ILME) a transducer always
+    runs beam search (beam 1 is then a one-slot beam).
     """
     if hasattr(model, "decoder") and hasattr(model.decoder, "teacher_forcing"):
-        return attention_beam_search(model, enc, max(beam, 1), max(nbest, 1))
-    if beam <= 1:
+        return attention_beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion)
+    if beam <= 1 and fusion is None:
         return [[Hypothesis(tuple(h), None)] for h in greedy_search(model, enc)]
-    return beam_search(model, enc, beam, max(nbest, 1))
+    return beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion)
 
 
-@torch.no_grad()
-def decode_dataset(model, ds: SpeechDataset | TextDataset,
-                   opts: DecodeOptions = DecodeOptions()) -> list[dict]:
-    """Decode a dataset → one dict per utterance (manifest order): id, ref, hyp, [nbest].
-
-    ``ref`` is the normalised target (transcript or translation) the model was trained on.
-    """
+def encode_dataset(model, ds: SpeechDataset | TextDataset,
+                   opts: DecodeOptions) -> Iterator[tuple[list[int], Encoded]]:
+    """Encode a dataset in length-bucketed batches → (dataset indices, ``Encoded``) per batch."""
     model.eval()
     sampler = BucketBatchSampler(ds.lengths(), opts.max_frames, shuffle=False)
     loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=opts.num_workers)
+    with torch.no_grad():
+        for batch in loader:
+            yield batch["index"].tolist(), model(batch["inputs"], batch["input_lens"])
+
+
+@torch.no_grad()
+def decode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions = DecodeOptions(),
+                   encoded: list[tuple[list[int], Encoded]] | None = None) -> list[dict]:
+    """Decode a dataset → one dict per utterance (manifest order): id, ref, hyp, [nbest].
+
+    ``ref`` is the normalised target (transcript or translation) the model was trained on.
+    ``encoded``: the dataset already through ``encode_dataset`` (searched again, e.g. per fusion weight).
+    """
+    model.eval()
     results: list[dict | None] = [None] * len(ds)
     t0, done = time.time(), 0
-    for batch in loader:
-        enc = model(batch["inputs"], batch["input_lens"])
-        for i, nb in zip(batch["index"].tolist(), search(model, enc, opts.beam, opts.nbest)):
+    for index, enc in encoded if encoded is not None else encode_dataset(model, ds, opts):
+        for i, nb in zip(index, search(model, enc, opts.beam, opts.nbest, opts.fusion)):
             r = {"id": ds.utts[i].id, "ref": ds.refs[i], "hyp": ds.tok.decode(list(nb[0].tokens))}
             if opts.nbest > 1:
                 r["nbest"] = [{"hyp": ds.tok.decode(list(h.tokens)), "score": h.score} for h in nb]
             results[i] = r
-        done += len(batch["index"])
+        done += len(index)
         if opts.progress:
             print(f"\r  decoded {done}/{len(ds)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
     if opts.progress:
@@ -127,3 +143,52 @@ def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str 
     for i, r in zip(said, res):
         out[i].update(r)
     return out, score([r["ref"] for r in out], [r["hyp"] for r in out])
+
+
+def make_fusion(brick: str | Path, lm_brick: str | Path | None, lm_weight: float = 0.0,
+                ilm_weight: float = 0.0, length_reward: float = 0.0, lm_eos: bool = True) -> Fusion | None:
+    """The ``Fusion`` for decoding ``brick`` (None when every weight is 0 and there is no LM)."""
+    if lm_brick is None and not (lm_weight or ilm_weight or length_reward):
+        return None
+    iface = json.loads((Path(brick) / "interface.json").read_text()) if lm_brick else {}
+    lm = load_lm(lm_brick, iface, brick) if lm_brick else None
+    return Fusion(lm, lm_weight, ilm_weight, length_reward, lm_eos)
+
+
+def load_lm(lm_brick: str | Path, iface: dict, brick: str | Path = "the model"):
+    """Load an external LM brick and check it speaks the vocabulary of a model with interface ``iface``."""
+    lm, lm_iface = load_brick(lm_brick)
+    if not hasattr(lm, "step") or not hasattr(lm, "score"):
+        raise BrickError(f"{lm_brick} is a {lm_iface.get('kind')}, not a language model brick")
+    want = iface.get("tokenizer", {}).get("fingerprint")
+    have = lm_iface.get("tokenizer", {}).get("fingerprint")
+    if want != have:
+        raise BrickError(f"{lm_brick} uses tokenizer {have}, {brick} uses {want}: an external LM must "
+                         "speak the model's (interface) vocabulary")
+    return lm
+
+
+def tune_fusion(brick: str | Path, manifest: str | Path, lm_brick: str | Path | None,
+                lm_weights: list[float], ilm_weights: list[float], length_rewards: list[float],
+                opts: DecodeOptions = DecodeOptions(beam=4), max_utts: int | None = None,
+                lm_eos: bool = True, report=print) -> list[dict]:
+    """Grid search of the fusion weights on a dev manifest → one row per (λ_LM, λ_ILM, β), in grid
+    order, each {'lm_weight', 'ilm_weight', 'length_reward', 'wer', 'cer', …}. The manifest is
+    encoded once; ``report`` gets each row as it is done."""
+    model, iface = load_brick(brick)
+    lm = load_lm(lm_brick, iface, brick) if lm_brick else None
+    if lm is None and any(lm_weights):
+        raise BrickError("LM weights other than 0 need an external LM (--lm)")
+    utts = load_manifest(manifest, require_audio=iface["input"].get("kind") != "text")[:max_utts]
+    ds = brick_dataset(brick, iface, utts, iface.get("target_lang"), str(manifest))
+    encoded = list(encode_dataset(model, ds, opts))
+    rows = []
+    for lw, iw, lr in itertools.product(lm_weights, ilm_weights, length_rewards):
+        fusion = Fusion(lm, lw, iw, lr, lm_eos)
+        t0 = time.time()
+        res = decode_dataset(model, ds, replace(opts, fusion=fusion, progress=False), encoded)
+        sc = score([r["ref"] for r in res], [r["hyp"] for r in res])
+        rows.append({"lm_weight": lw, "ilm_weight": iw, "length_reward": lr, **sc.to_dict(),
+                     "seconds": round(time.time() - t0, 1)})
+        report(rows[-1])
+    return rows

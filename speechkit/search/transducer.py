@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..lego.interface import Encoded
+from .fusion import Fusion
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def greedy_search(model, enc: Encoded, max_symbols: int = 3) -> list[list[int]]:
 
 
 @torch.no_grad()
-def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) -> list[list[Hypothesis]]:
+def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None,
+                fusion: Fusion | None = None) -> list[list[Hypothesis]]:
     """Modified beam search (at most one label per frame), batched over utterances → N-best lists.
 
     Every utterance keeps ``beam`` hypothesis slots (B, K); the joiner and the predictor run on all
@@ -61,6 +63,10 @@ def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) ->
     reaching the same label sequence are merged, log-sum-exp of scores), and an utterance past its
     last frame is left as it is, so the result does not depend on the batch. Returns, per
     utterance, up to ``nbest`` (default ``beam``) hypotheses, best first.
+
+    ``fusion`` adds external-LM, internal-LM (ILME) and length-reward terms to every non-blank
+    emission (blank steps keep the transducer score; the LM state advances only on labels) and
+    the LM's end-of-sentence score at the end; ``Hypothesis.score`` is then the fused score.
     """
     pred, join, blank = model.predictor, model.joiner, model.blank
     enc = model.decoder_input(enc)
@@ -69,11 +75,16 @@ def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) ->
     enc_proj = join.enc_proj(enc.hidden)  # (B, T, J)
     out, state = pred.step(torch.full((b * k,), blank, device=dev), pred.initial_state(b * k, dev))
     pred_proj = join.pred_proj(out).view(b, k, -1)  # (B, K, J)
+    lm = fusion.lm_scorer(b * k, dev) if fusion is not None else None
     seqs: list[list[tuple[int, ...]]] = [[()] for _ in range(b)]
     scores = torch.full((b, k), -math.inf, device=dev)
     scores[:, 0] = 0.0  # one live hypothesis, the empty one, per utterance
     for t in range(t_max):
         logp = join.joint(enc_proj[:, t, None], pred_proj).log_softmax(-1)  # (B, K, V+1)
+        if fusion is not None:  # LM, ILM and length reward on the non-blank outputs only
+            ilm = model.internal_lm_logprobs(pred_proj, projected=True) if fusion.ilm_weight else None
+            lm_logp = lm.logp.view(b, k, -1)[..., :blank] if lm is not None else None
+            logp = torch.cat([logp[..., :blank] + fusion.terms(lm_logp, ilm), logp[..., blank:]], -1)
         width = logp.shape[-1]
         top_s, top_i = (scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
         rows = scores.tolist()  # (B, K) per utterance: kept scores, parent slots, labels
@@ -103,11 +114,15 @@ def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None) ->
         flat = (parents + torch.arange(b, device=dev)[:, None] * k).flatten()
         state, pred_proj = pred.select(state, flat), pred_proj.flatten(0, 1)[flat]
         emit = toks.flatten() != blank
+        if lm is not None:
+            lm.advance(flat, toks.flatten(), emit)
         if emit.any():
             new_out, new_state = pred.step(torch.where(emit, toks.flatten(), blank), state)
             state = pred.where(emit, new_state, state)
             pred_proj = torch.where(emit[:, None], join.pred_proj(new_out), pred_proj)
         pred_proj = pred_proj.view(b, k, -1)
+    if lm is not None and fusion.lm_eos:
+        scores = scores + fusion.lm_weight * lm.logp[:, lm.lm.eos].view(b, k)
     out = []
     for i in range(b):
         order = scores[i, : len(seqs[i])].argsort(descending=True)[: nbest or k].tolist()

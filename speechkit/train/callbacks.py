@@ -25,10 +25,12 @@ class ExportBrick(L.Callback):
             return
         dm = trainer.datamodule
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "brick")
+        encoder = getattr(pl_module.model, "encoder", None)  # a language model has none
         interface = {"kind": type(pl_module.model).__name__, "input": dm.input_info(),
-                     "input_kind": getattr(pl_module.model.encoder, "input_kind", "fbank"),
-                     "target_lang": dm.target_lang, "global_step": trainer.global_step,
-                     "length_ratio": length_ratio(pl_module.model.encoder, dm.sets["train"])}
+                     "input_kind": getattr(encoder, "input_kind", "fbank" if encoder else "none"),
+                     "target_lang": dm.target_lang, "global_step": trainer.global_step}
+        if encoder is not None:
+            interface["length_ratio"] = length_ratio(encoder, dm.sets["train"])
         save_brick(pl_module.model, out, interface, tokenizer=dm.tokenizer)
         if dm.source_tokenizer is not None:
             dm.source_tokenizer.save(out / "source_tokenizer.model")

@@ -68,7 +68,7 @@ class SpeechTask(L.LightningModule):
         if vocab is not None and vocab != dm.tokenizer.vocab_size:
             raise ValueError(f"model vocab_size={vocab} but the tokenizer {dm.tokenizer_path} has "
                              f"{dm.tokenizer.vocab_size} pieces: set the model's vocab_size keys to match")
-        cmvn = getattr(self.model.encoder, "cmvn", None)
+        cmvn = getattr(getattr(self.model, "encoder", None), "cmvn", None)
         if stage == "fit" and cmvn is not None and not bool(cmvn.initialized):
             cmvn.set_stats(*dm.cmvn_stats())
 
@@ -116,8 +116,9 @@ class SpeechTask(L.LightningModule):
         self._eval_end("test")
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.named_parameters() if p.ndim < 2]
+        params = [p for p in self.parameters() if p.requires_grad]  # frozen parts (freeze, an LM) stay out
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
         total = self.total_steps
@@ -127,6 +128,28 @@ class SpeechTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, self.warmup_steps, total, self.final_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LanguageModelTask(SpeechTask):
+    """Trains a ``speechkit.models.lm.LanguageModel`` on text (``SpeechDataModule(text_only=True)``).
+
+    Validation and test report the per-sentence loss and the token perplexity ``{stage}/ppl``
+    (end of sentence counted as a token). Same arguments as ``SpeechTask``.
+    """
+
+    def _eval_step(self, batch, stage: str) -> None:
+        b = batch["targets"].shape[0]
+        nll = -self.model.score(batch["targets"], batch["target_lens"]).sum()
+        self.log(f"{stage}/loss", nll / b, batch_size=b, sync_dist=True)
+        self._val[0].append(nll.detach())
+        self._val[1].append(batch["target_lens"].sum() + b)
+
+    def _eval_end(self, stage: str) -> None:
+        if self._val[0]:
+            nll, tokens = self.all_gather(torch.stack(self._val[0]).sum()), \
+                self.all_gather(torch.stack(self._val[1]).sum())
+            self.log(f"{stage}/ppl", torch.exp(nll.sum() / tokens.sum()), prog_bar=True, rank_zero_only=True)
+        self._val = ([], [], [])
 
 
 def _extras(batch: dict) -> dict:
