@@ -92,14 +92,18 @@ class LSTMPredictor(Brick):
 class TransformerPredictor(Brick):
     """Embedding + sinusoidal positions → causal pre-norm Transformer layers → LayerNorm.
 
-    The state of a hypothesis is its whole label history: ``(ids (N, L), lengths (N,))``, and
-    ``step`` re-runs the prefix (sentences here are tens of labels; no key/value cache).
+    ``step`` is incremental: the state of a hypothesis is its length and each layer's cached
+    keys and values, ``(lengths (N,), [(keys, values) (N, C, D) per layer])``, so a step costs
+    one position (it matches ``forward`` in eval mode: no dropout inside ``step``). Cache
+    positions at or after a row's length are scratch: ``step`` writes the new position there in
+    place (growing the capacity C in chunks), so ``where(mask, new, old)`` for ``new = step(…, old)``
+    only has to choose the lengths.
     """
 
     def __init__(self, vocab_size: int, dim: int = 256, layers: int = 2, heads: int = 4, ffn_mult: int = 4,
                  dropout: float = 0.1):
         super().__init__()
-        self.vocab_size, self.dim = vocab_size, dim
+        self.vocab_size, self.dim, self.heads = vocab_size, dim, heads
         self.embed = nn.Embedding(vocab_size + 1, dim)
         nn.init.normal_(self.embed.weight, std=dim**-0.5)  # × sqrt(D) below: unit scale
         self.layers = nn.ModuleList(
@@ -108,42 +112,56 @@ class TransformerPredictor(Brick):
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
-    def _run(self, ids: Tensor) -> Tensor:
-        """ids (N, L) starting with the start label → (N, L, P), position i sees ids[: i + 1]."""
-        length = ids.shape[1]
-        pos = sinusoids(torch.arange(length, device=ids.device), self.dim)
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=ids.device), 1)
-        x = self.drop(self.embed(ids) * self.dim**0.5 + pos)
-        for layer in self.layers:
-            x = layer(x, src_mask=causal, is_causal=True)
-        return self.norm(x)
+    def _inputs(self, ids: Tensor, positions: Tensor) -> Tensor:
+        return self.drop(self.embed(ids) * self.dim**0.5 + sinusoids(positions, self.dim))
 
     def forward(self, targets: Tensor) -> Tensor:
-        sos = targets.new_full((targets.shape[0], 1), self.vocab_size)
-        return self._run(torch.cat([sos, targets], dim=1))  # (B, U+1, P)
+        ids = torch.cat([targets.new_full((targets.shape[0], 1), self.vocab_size), targets], dim=1)
+        length = ids.shape[1]
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=ids.device), 1)
+        x = self._inputs(ids, torch.arange(length, device=ids.device))
+        for layer in self.layers:
+            x = layer(x, src_mask=causal, is_causal=True)
+        return self.norm(x)  # (B, U+1, P)
 
-    def initial_state(self, n: int, device) -> tuple[Tensor, Tensor]:
-        return (torch.zeros(n, 0, dtype=torch.long, device=device),
-                torch.zeros(n, dtype=torch.long, device=device))
+    def initial_state(self, n: int, device):
+        empty = torch.zeros(n, 0, self.dim, device=device)
+        return torch.zeros(n, dtype=torch.long, device=device), [(empty, empty) for _ in self.layers]
 
-    def step(self, tokens: Tensor, state) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        ids, lengths = state
-        rows = torch.arange(ids.shape[0], device=ids.device)
-        ids = torch.cat([ids, ids.new_zeros(ids.shape[0], 1)], dim=1)
-        ids[rows, lengths] = tokens
-        out = self._run(ids)[rows, lengths]  # padding after a row's length is never attended to
-        return out, (ids, lengths + 1)
+    def step(self, tokens: Tensor, state) -> tuple[Tensor, object]:
+        lengths, cache = state
+        n, rows, h = tokens.shape[0], torch.arange(tokens.shape[0], device=tokens.device), self.heads
+        x = self._inputs(tokens, lengths)  # (N, D) at each row's own position
+        width = int(lengths.max()) + 1 if n else 1
+        visible = torch.arange(width, device=tokens.device)[None] <= lengths[:, None]  # (N, width)
+        new_cache = []
+        for layer, (keys, values) in zip(self.layers, cache):
+            att = layer.self_attn
+            q, k, v = F.linear(layer.norm1(x), att.in_proj_weight, att.in_proj_bias).chunk(3, -1)
+            if keys.shape[1] < width:  # grow the capacity by a chunk
+                keys, values = _grow(keys, width + 7), _grow(values, width + 7)
+            keys.index_put_((rows, lengths), k)  # in place: position `lengths` is scratch in `state`
+            values.index_put_((rows, lengths), v)
+            new_cache.append((keys, values))
+            split = [t.view(n, -1, h, self.dim // h).transpose(1, 2)
+                     for t in (q[:, None], keys[:, :width], values[:, :width])]
+            a = F.scaled_dot_product_attention(*split, attn_mask=visible[:, None, None])  # (N, H, 1, D/H)
+            x = x + att.out_proj(a.transpose(1, 2).reshape(n, self.dim))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        return self.norm(x), (lengths + 1, new_cache)
 
     def select(self, state, index: Tensor):
-        return (state[0][index], state[1][index])
+        lengths, cache = state
+        return lengths[index], [(k[index], v[index]) for k, v in cache]
 
     def where(self, mask: Tensor, new, old):
-        (new_ids, new_len), (old_ids, old_len) = new, old
-        pad = new_ids.shape[1] - old_ids.shape[1]
-        old_ids = torch.cat([old_ids, old_ids.new_zeros(old_ids.shape[0], pad)], dim=1) if pad else old_ids
-        lengths = torch.where(mask, new_len, old_len)
-        width = int(lengths.max()) if len(lengths) else 0
-        return torch.where(mask[:, None], new_ids, old_ids)[:, :width], lengths
+        """``new`` must be a ``step`` from ``old`` (as in search): their caches agree below each length."""
+        return torch.where(mask, new[0], old[0]), new[1]
+
+
+def _grow(t: Tensor, width: int) -> Tensor:
+    """(N, L, D) → (N, width, D), zero-padded (width ≥ L)."""
+    return torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1], t.shape[2])], dim=1)
 
 
 class Joiner(Brick):
