@@ -9,7 +9,7 @@ import torch
 
 from speechkit.audio import AudioError, read_audio, write_audio
 from speechkit.data.dataset import SpeechDataset, utterance_features
-from speechkit.data.manifest import ManifestError, Utterance, load_manifest, save_manifest
+from speechkit.data.manifest import ManifestError, Utterance, load_manifest, load_texts, save_manifest
 from speechkit.features import FbankConfig
 from speechkit.tokenizer import Tokenizer, train_tokenizer
 
@@ -95,3 +95,16 @@ def test_tokenizer_fingerprint_and_blank(tmp_path):
     assert a.fingerprint != b.fingerprint and len(a.fingerprint) == 16
     assert a.blank == a.vocab_size == 14
     assert a.decode(a.encode("open the file")) == "open the file"
+
+
+def test_load_texts_reads_manifests_and_plain_text(tmp_path):
+    txt = tmp_path / "domain.txt"
+    txt.write_text("first sentence\n\n  second one  \n")
+    utts = load_texts(txt)
+    assert [(u.id, u.text, u.audio) for u in utts] == [("domain-1", "first sentence", None),
+                                                      ("domain-3", "second one", None)]
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ManifestError, match="empty.txt: no text"):
+        load_texts(tmp_path / "empty.txt")
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        load_texts(tmp_path / "missing.txt")

@@ -228,3 +228,28 @@ def test_aed_ilm_training_term_and_internal_lm_logprobs():
     assert float(out["ilm"]) == pytest.approx(want, rel=1e-5)
     total = float(model.ce_weight * out["ce"] + model.ctc_weight * out["ctc"] + 0.3 * out["ilm"])
     assert float(out["loss"]) == pytest.approx(total, rel=1e-5)
+
+
+def test_mwer_scores_carry_gradient_into_the_model_but_not_the_lm():
+    import torchaudio.functional as AF
+
+    from speechkit.train.mwer import MWERTask, mwer_loss
+
+    m = tiny_transducer(seed=4)
+    task = MWERTask(m, ilm_weight=0.3, length_reward=0.5)
+    ext = lm(40, "lstm", seed=5)
+    task.lm, task.fusion = ext, Fusion(ext, 0.5, 0.3, 0.5)
+    enc = m(torch.randn(2, 60, 80), torch.tensor([60, 48]))
+    ys, lens = padded([5, 3, 4, 6], vocab=40, seed=7)  # two hypotheses per utterance
+    scores = task.sequence_scores(enc, ys, lens)
+    dec = m.decoder_input(enc)
+    e2e = -AF.rnnt_loss(m.joiner(dec.hidden.repeat_interleave(2, 0)[:, :, None], m.predictor(ys)[:, None]),
+                        ys.int(), dec.lengths.repeat_interleave(2, 0).int(), lens.int(), blank=m.blank,
+                        reduction="none")
+    want = e2e + 0.5 * ext.score(ys, lens) - 0.3 * m.internal_lm_score(ys, lens) + 0.5 * lens
+    torch.testing.assert_close(scores, want, atol=1e-4, rtol=1e-5)
+    errors = torch.tensor([[0.0, 2.0], [1.0, 4.0]])
+    mwer_loss(scores.view(2, 2), errors, torch.ones(2, 2, dtype=torch.bool)).sum().backward()
+    for part in (m.joiner, m.predictor, m.encoder):
+        assert sum(float(p.grad.abs().sum()) for p in part.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in ext.parameters())

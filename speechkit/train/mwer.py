@@ -101,6 +101,7 @@ class MWERTask(SpeechTask):
         if f.ilm_weight:
             score = score - f.ilm_weight * m.internal_lm_score(ys, lens)
         if self.lm is not None and f.lm_weight:
-            with torch.no_grad():
-                score = score + f.lm_weight * self.lm.score(ys, lens, eos=f.lm_eos)
+            with torch.no_grad():  # the external LM is fixed
+                lm = self.lm.score(ys, lens, eos=f.lm_eos)
+            score = score + f.lm_weight * lm
         return score
