@@ -19,9 +19,9 @@ CONF = "recipes/locale/conf"
 
 
 def recipe_models() -> list[tuple[str, list[str]]]:
-    """(name, config files) for every model of lego.sh and stast.sh (their ``list`` stage)."""
+    """(name, config files) for every model of lego.sh, stast.sh and fusion.sh (their ``list`` stage)."""
     models = [("demo", [f"{CONF}/demo.yaml"]), ("full", [f"{CONF}/demo.yaml", f"{CONF}/full.yaml"])]
-    for script in ("lego.sh", "stast.sh"):
+    for script in ("lego.sh", "stast.sh", "fusion.sh"):
         out = subprocess.run(["bash", f"recipes/locale/{script}", "list"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
         for line in out.splitlines():
@@ -36,7 +36,7 @@ MODELS = recipe_models()
 def test_the_scripts_list_their_models():
     names = {n for n, _ in MODELS}
     assert {"lego.sh mt_ro_en", "lego.sh chain", "stast.sh de stast_mt_init", "stast.sh ro e2e_mt_init",
-            "stast.sh ro mt"} <= names
+            "stast.sh ro mt", "fusion.sh lm_lstm", "fusion.sh mwer_ilme", "fusion.sh ilmt_lstm"} <= names
     for _, files in MODELS:
         assert files and all((ROOT / f).is_file() for f in files), files
 

@@ -3,7 +3,8 @@
 # ASR trained on the in-domain catalogs, an LM on the text of the held-out-domain catalogs (git +
 # PostgreSQL, heldout_train; disjoint from heldout_test), tested on held-out-domain audio and in-domain.
 #   bash recipes/locale/fusion.sh train [NAME...]  # lm_transformer lm_lstm ilmt ilmt_lstm (default: all)
-#   bash recipes/locale/fusion.sh tune [sf|ilme|lstm]  # tune-fusion grids on heldout_dev → $X/tune-*.jsonl
+#   bash recipes/locale/fusion.sh tune [sf|ilme|lstm|indomain]  # tune-fusion grids on heldout_dev (indomain:
+#                                                  # on dev) → $X/tune-*.jsonl
 #   bash recipes/locale/fusion.sh ilma [RHO...]    # adapt-ilm on heldout_train text (default ρ: 0.1 0.5 0.9)
 #   bash recipes/locale/fusion.sh mwer [NAME...]   # mwer_sf mwer_ilme fine-tuning (after tune: the weights)
 #   bash recipes/locale/fusion.sh eval             # every condition on heldout_test and test → $X/results.jsonl
@@ -59,6 +60,12 @@ tune() {  # tune [sf|ilme]: shallow fusion (λ_ILM = 0) and ILME grids on heldou
       grid --lm-weights 0.8,0.9 --ilm-weights 0.1,0.2,0.3 --length-rewards 0.5,1,1.5,2
       grid --lm-weights 0.9,1.0,1.2,1.4 --ilm-weights 0.3,0.4,0.5,0.6 --length-rewards 1,1.5,2,3; } | tee $X/tune-ilme.jsonl ;;
   esac
+  case ${1:-both} in indomain)  # in-domain weights: the first 400 utterances of the in-domain dev set
+    local in=(--max-utts 400); dev=data/locale/asr/dev.jsonl
+    { grid --lm-weights 0,0.1,0.2,0.3 --ilm-weights 0 --length-rewards 0,0.5,1 "${in[@]}"
+      grid --lm-weights 0.1,0.2,0.3 --ilm-weights 0.1,0.2 --length-rewards 0.5,1 "${in[@]}"; } | tee $X/tune-indomain.jsonl
+    dev=data/locale/asr/heldout_dev.jsonl ;;
+  esac
   case ${1:-both} in lstm)  # BASE=ilmt_lstm: one smaller grid around the stateless model's optimum
     { grid --lm-weights 0,0.6,0.9,1.2 --ilm-weights 0 --length-rewards 0,1,2,3,4
       grid --lm-weights 0.6,0.9,1.2 --ilm-weights 0.2,0.4,0.6 --length-rewards 1,1.5,2,3; } | tee $X/tune-lstm.jsonl ;;
@@ -83,6 +90,9 @@ eval_all() {  # every condition of $BASE whose brick exists, beam 4, on heldout_
     decode "$set $BASE sf" $X/$BASE/brick "$m" --beam 4 "${SF[@]}"
     decode "$set $BASE ilme" $X/$BASE/brick "$m" --beam 4 "${ILME[@]}"
     decode "$set $BASE ilma" $X/${BASE}_ilma_$ILMA "$m" --beam 4
+    decode "$set $BASE sf_indomain_weights" $X/$BASE/brick "$m" --beam 4 --lm "$LM" --lm-weight 0.1 --length-reward 1
+    decode "$set $BASE ilme_indomain_weights" $X/$BASE/brick "$m" --beam 4 --lm "$LM" --lm-weight 0.2 \
+      --ilm-weight 0.1 --length-reward 1
     if [ "$BASE" = ilmt ]; then
       decode "$set mwer_sf" $X/mwer_sf/brick "$m" --beam 4 "${SF[@]}"
       decode "$set mwer_ilme" $X/mwer_ilme/brick "$m" --beam 4 "${ILME[@]}"
