@@ -200,16 +200,17 @@ def test_ilma_trains_only_the_joiner_output_and_keeps_the_blank_row():
     assert torch.equal(after["joiner.out.weight"][m.blank], before["joiner.out.weight"][m.blank])
     assert torch.equal(after["joiner.out.bias"][m.blank], before["joiner.out.bias"][m.blank])
     # KL to the frozen ILM: 0 at the start, > 0 after adaptation
-    assert float(ILMATask(tiny_transducer(seed=6), 0.5).losses(y, n)["kl"].detach()) == pytest.approx(0.0, abs=1e-5)
+    fresh = ILMATask(tiny_transducer(seed=6), 0.5)
+    assert float(fresh.losses(y, n)["kl"].detach()) == pytest.approx(0.0, abs=1e-5)
     assert float(task.losses(y, n)["kl"].detach()) > 0.0
 
 
 def test_ilm_training_term_is_the_internal_lm_cross_entropy():
-    m = tiny_transducer(seed=2)
+    m = tiny_transducer(seed=2).eval()
     m.ilm_weight = 0.5
     y, n = padded([6, 4], vocab=40)
     enc = m(torch.randn(2, 60, 80), torch.tensor([60, 44]))
-    out = m.encoded_loss(enc, y, n)
+    out = {k: v.detach() for k, v in m.encoded_loss(enc, y, n).items()}
     logp = m.internal_lm_logprobs(m.predictor(y)[:, :-1]).detach()
     want = -sum(float(logp[i, u, y[i, u]]) for i in range(2) for u in range(int(n[i]))) / 2
     assert float(out["ilm"]) == pytest.approx(want, rel=1e-5)
@@ -222,7 +223,7 @@ def test_aed_ilm_training_term_and_internal_lm_logprobs():
     model.ilm_weight = 0.3
     x, n = padded([9, 6], vocab=30)
     y, u = padded([5, 3], vocab=V, seed=4)
-    out = model.encoded_loss(model(x, n), y, u)
+    out = {k: v.detach() for k, v in model.encoded_loss(model(x, n), y, u).items()}
     prev, _ = model.decoder.teacher_forcing(y, u)
     logp = model.internal_lm_logprobs(prev).detach()  # (B, U+1, V+1)
     want = -sum(float(logp[i, k, t]) for i in range(2) for k, t in enumerate(y[i, : u[i]].tolist() + [V])) / 2
