@@ -26,6 +26,19 @@ def _pairs(nbests):
     return [[(h.tokens, h.score) for h in nb] for nb in nbests]
 
 
+@torch.no_grad()
+def _check_fused_scores(plain, fused, extra) -> int:
+    """Every non-empty fused hypothesis also in the plain N-best scores plain + extra(tokens); → how many."""
+    checked = 0
+    for p_nb, f_nb in zip(plain, fused):
+        p_scores = {h.tokens: h.score for h in p_nb}
+        for h in f_nb:
+            if h.tokens in p_scores and h.tokens:
+                assert h.score == pytest.approx(p_scores[h.tokens] + extra(h.tokens), abs=1e-4)
+                checked += 1
+    return checked
+
+
 def emitting_transducer(predictor="stateless", seed=3):
     m = tiny_transducer(predictor=predictor, seed=seed).eval()
     with torch.no_grad():
@@ -93,19 +106,13 @@ def test_transducer_fusion_scores_labels_only():
     f = Fusion(ext, lm_weight=2e-3, ilm_weight=1e-3, length_reward=1e-3, lm_eos=True)
     plain = beam_search(m, enc, beam=4, nbest=4)
     fused = beam_search(m, enc, beam=4, nbest=4, fusion=f)
-    checked = 0
-    for p_nb, f_nb in zip(plain, fused):
-        p_scores = {h.tokens: h.score for h in p_nb}
-        for h in f_nb:
-            if h.tokens not in p_scores or not h.tokens:
-                continue
-            y, n = torch.tensor([h.tokens]), torch.tensor([len(h.tokens)])
-            with torch.no_grad():
-                lm_score, ilm_score = float(ext.score(y, n, eos=True)), float(m.internal_lm_score(y, n))
-            extra = f.lm_weight * lm_score - f.ilm_weight * ilm_score + f.length_reward * len(h.tokens)
-            assert h.score == pytest.approx(p_scores[h.tokens] + extra, abs=1e-4)
-            checked += 1
-    assert checked >= 3
+
+    def extra(tokens):
+        y, n = torch.tensor([tokens]), torch.tensor([len(tokens)])
+        lm_score, ilm_score = float(ext.score(y, n, eos=True)), float(m.internal_lm_score(y, n))
+        return f.lm_weight * lm_score - f.ilm_weight * ilm_score + f.length_reward * len(tokens)
+
+    assert _check_fused_scores(plain, fused, extra) >= 3
 
 
 def test_attention_fusion_zero_weights_and_score_formula():
@@ -120,23 +127,15 @@ def test_attention_fusion_zero_weights_and_score_formula():
     assert _pairs(zero) == _pairs(plain)
     f = Fusion(ext, lm_weight=1e-3, ilm_weight=1e-3, length_reward=1e-3)
     fused = attention_beam_search(model, enc, beam=3, fusion=f)
-    checked = 0
-    for p_nb, f_nb in zip(plain, fused):
-        p_scores = {h.tokens: h.score for h in p_nb}
-        for h in f_nb:
-            if h.tokens not in p_scores or not h.tokens:
-                continue
-            y = torch.tensor([list(h.tokens)])
-            prev = torch.cat([torch.tensor([[V]]), y], 1)
-            ilm = model.decoder.internal_lm_logits(prev).detach().log_softmax(-1)[0]
-            nxt = list(h.tokens) + [V]
-            ilm_score = sum(float(ilm[u, t]) for u, t in enumerate(nxt))
-            with torch.no_grad():
-                lm_score = float(ext.score(y, torch.tensor([y.shape[1]])))
-            extra = f.lm_weight * lm_score - f.ilm_weight * ilm_score + f.length_reward * len(h.tokens)
-            assert h.score == pytest.approx(p_scores[h.tokens] + extra, abs=1e-4)
-            checked += 1
-    assert checked >= 3
+
+    def extra(tokens):
+        y = torch.tensor([list(tokens)])
+        ilm = model.decoder.internal_lm_logits(torch.cat([torch.tensor([[V]]), y], 1)).log_softmax(-1)[0]
+        ilm_score = sum(float(ilm[u, t]) for u, t in enumerate(list(tokens) + [V]))
+        lm_score = float(ext.score(y, torch.tensor([y.shape[1]])))
+        return f.lm_weight * lm_score - f.ilm_weight * ilm_score + f.length_reward * len(tokens)
+
+    assert _check_fused_scores(plain, fused, extra) >= 3
 
 
 def test_fusion_rejects_bad_weights():

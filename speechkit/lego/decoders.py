@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.transformer import padding_mask, sinusoids
+from ..nn.transformer import causal_mask, padding_mask, sinusoids
 from .brick import Brick
 from .interface import Encoded, interface_logits
 
@@ -63,8 +63,7 @@ class AttentionDecoder(Brick):
         """prev (B, L) → embedded inputs with positions (B, L, D) and the causal mask (L, L)."""
         length = prev.shape[1]
         pos = sinusoids(torch.arange(length, device=prev.device), self.dim)
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=prev.device), 1)
-        return self.dropout(self.embed(prev) * self.dim**0.5 + pos), causal
+        return self.dropout(self.embed(prev) * self.dim**0.5 + pos), causal_mask(length, prev.device)
 
     def forward(self, memory: Tensor, memory_lengths: Tensor, prev: Tensor) -> Tensor:
         """memory (B, K, D), memory_lengths (B,), prev tokens (B, L) starting with V → logits (B, L, V+1)."""
@@ -94,12 +93,14 @@ class AttentionDecoder(Brick):
         out = out.masked_fill(pos == target_lengths[:, None], self.eos)
         return inp, out
 
-    def cross_entropy(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
+    def cross_entropy(self, enc: Encoded | None, targets: Tensor, target_lengths: Tensor,
                       label_smoothing: float = 0.0) -> Tensor:
         """Teacher-forced cross-entropy of targets (B, U) given an encoded batch, summed over tokens
-        (end of sentence included) and the batch."""
-        memory, memory_lengths = self.memory(enc)
+        (end of sentence included) and the batch; ``enc`` None: of the internal LM (ILM training)."""
         inp, tgt = self.teacher_forcing(targets, target_lengths)
-        logits = self(memory, memory_lengths, inp)  # (B, U+1, V+1)
+        if enc is None:
+            logits = self.internal_lm_logits(inp)  # (B, U+1, V+1)
+        else:
+            logits = self(*self.memory(enc), inp)
         return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
                                label_smoothing=label_smoothing, reduction="sum")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.transformer import sinusoids
+from ..nn.transformer import causal_mask, sinusoids
 from .brick import Brick
 
 
@@ -118,8 +118,8 @@ class TransformerPredictor(Brick):
     def forward(self, targets: Tensor) -> Tensor:
         ids = torch.cat([targets.new_full((targets.shape[0], 1), self.vocab_size), targets], dim=1)
         length = ids.shape[1]
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=ids.device), 1)
         x = self._inputs(ids, torch.arange(length, device=ids.device))
+        causal = causal_mask(length, ids.device)
         for layer in self.layers:
             x = layer(x, src_mask=causal, is_causal=True)
         return self.norm(x)  # (B, U+1, P)

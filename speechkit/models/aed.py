@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..lego.decoders import AttentionDecoder
@@ -60,10 +59,7 @@ class AttentionModel(EncoderDecoderModel):
         if self.ctc_weight and "ctc" not in skip:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
         if self.ilm_weight and "ilm" not in skip:
-            inp, tgt = self.decoder.teacher_forcing(targets, target_lengths)
-            logits = self.decoder.internal_lm_logits(inp)  # (B, U+1, V+1)
-            out["ilm"] = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
-                                         reduction="sum") / b
+            out["ilm"] = self.decoder.cross_entropy(None, targets, target_lengths) / b
         out["loss"] = (self.ce_weight * out.get("ce", 0.0) + self.ctc_weight * out.get("ctc", 0.0)
                        + self.ilm_weight * out.get("ilm", 0.0))
         return out

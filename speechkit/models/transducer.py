@@ -57,11 +57,7 @@ class Transducer(EncoderDecoderModel):
         b = targets.shape[0]
         out = {}
         if self.rnnt_weight and "rnnt" not in skip:
-            pred = self.predictor(targets)  # (B, U+1, P)
-            dec = self.decoder_input(enc)
-            logits = self.joiner(dec.hidden[:, :, None], pred[:, None])  # (B, T, U+1, V+1)
-            out["rnnt"] = AF.rnnt_loss(logits.float(), targets.int(), dec.lengths.int(),
-                                       target_lengths.int(), blank=self.blank, reduction="sum") / b
+            out["rnnt"] = self.rnnt_loss(self.decoder_input(enc), targets, target_lengths).sum() / b
         if self.ctc_weight and "ctc" not in skip:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
         if self.ilm_weight and "ilm" not in skip:
@@ -69,6 +65,13 @@ class Transducer(EncoderDecoderModel):
         out["loss"] = (self.rnnt_weight * out.get("rnnt", 0.0) + self.ctc_weight * out.get("ctc", 0.0)
                        + self.ilm_weight * out.get("ilm", 0.0))
         return out
+
+    def rnnt_loss(self, dec: Encoded, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """−log P(targets | joiner input), all alignments (torchaudio) → (B,). ``dec``: what the
+        joiner reads (``decoder_input``), one row per target row."""
+        logits = self.joiner(dec.hidden[:, :, None], self.predictor(targets)[:, None])  # (B, T, U+1, V+1)
+        return AF.rnnt_loss(logits.float(), targets.int(), dec.lengths.int(), target_lengths.int(),
+                            blank=self.blank, reduction="none")
 
     def internal_lm_logprobs(self, pred_out: Tensor, projected: bool = False) -> Tensor:
         """log P_ILM over non-blank labels from predictor outputs (..., P) → (..., V): the joiner

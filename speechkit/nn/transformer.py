@@ -19,6 +19,11 @@ def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device)[None] >= lengths[:, None]
 
 
+def causal_mask(length: int, device=None) -> Tensor:
+    """(length, length) bool, True where a position may not attend (the future)."""
+    return torch.triu(torch.ones(length, length, dtype=torch.bool, device=device), 1)
+
+
 def sinusoids(positions: Tensor, dim: int) -> Tensor:
     """Sinusoidal encodings of (possibly fractional) positions (...,) → (..., dim)."""
     half = dim // 2

@@ -14,10 +14,10 @@ Decode the result with the same weights (no re-tuning).
 from __future__ import annotations
 
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 
 from ..lego.brick import BrickError, load_brick
+from ..lego.interface import Encoded
 from ..metrics import word_errors
 from ..search.fusion import Fusion
 from ..search.transducer import beam_search
@@ -93,11 +93,8 @@ class MWERTask(SpeechTask):
         m, f = self.model, self.fusion
         dec = m.decoder_input(enc)
         rep = ys.shape[0] // dec.hidden.shape[0]
-        hidden, hlens = dec.hidden.repeat_interleave(rep, 0), dec.lengths.repeat_interleave(rep, 0)
-        logits = m.joiner(hidden[:, :, None], m.predictor(ys)[:, None])  # (B·N, T, U+1, V+1)
-        e2e = -AF.rnnt_loss(logits.float(), ys.int(), hlens.int(), lens.int(), blank=m.blank,
-                            reduction="none")
-        score = e2e + f.length_reward * lens
+        dec = Encoded(dec.hidden.repeat_interleave(rep, 0), dec.lengths.repeat_interleave(rep, 0))
+        score = -m.rnnt_loss(dec, ys, lens) + f.length_reward * lens
         if f.ilm_weight:
             score = score - f.ilm_weight * m.internal_lm_score(ys, lens)
         if self.lm is not None and f.lm_weight:
