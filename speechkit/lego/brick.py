@@ -106,14 +106,19 @@ def _decode(value, where: str):
     return value
 
 
-def save_brick(module: Brick, directory: str | Path, interface: dict, tokenizer=None) -> Path:
-    """Write ``module`` as a brick directory; ``interface`` goes to interface.json."""
+def save_brick(module: Brick, directory: str | Path, interface: dict, tokenizer=None,
+               state: dict | None = None) -> Path:
+    """Write ``module`` as a brick directory; ``interface`` goes to interface.json.
+
+    ``state`` replaces ``module.state_dict()`` (a compressed model's folded storage,
+    ``speechkit.compress.export.fold``, with ``interface['compression']`` describing it).
+    """
     if not isinstance(module, Brick):
         raise TypeError(f"{type(module).__name__} is not a Brick and cannot be saved as one")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(yaml.safe_dump(module.config, sort_keys=False))
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (state or module.state_dict()).items()}
     save_file(state, str(d / "weights.safetensors"))
     if tokenizer is not None:
         tokenizer.save(d / "tokenizer.model")
@@ -131,9 +136,21 @@ def load_brick(directory: str | Path) -> tuple[nn.Module, dict]:
     config = yaml.safe_load((d / "config.yaml").read_text())
     module = build(config, where=str(d / "config.yaml"))
     state = load_file(str(d / "weights.safetensors"))
+    interface = json.loads((d / "interface.json").read_text())
+    compression = interface.get("compression")
+    if compression:  # folded N:M / int8 storage → dense weights + input quantizers (compress.export)
+        from ..compress.export import attach_inputs, mark_deployable, unfold
+
+        try:
+            state, scales = unfold(state, compression)
+        except KeyError as e:
+            raise BrickError(f"{d / 'weights.safetensors'}: compressed weight {e} listed in "
+                             "interface.json is missing") from None
+        attach_inputs(module, compression)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise BrickError(f"{d / 'weights.safetensors'}: weights do not match config.yaml "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    interface = json.loads((d / "interface.json").read_text())
+    if compression:
+        mark_deployable(module, compression, scales)
     return module.eval(), interface

@@ -12,6 +12,8 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from ..compress.apply import CompressConfig
+
 
 class SpeechkitCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
@@ -28,6 +30,10 @@ class SpeechkitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--threads", type=int, default=None,
                             help="torch intra-op threads (default: torch's choice)")
+        parser.add_argument("--compress", type=CompressConfig | None, default=None,
+                            help="N:M sparsity / quantization-aware training of every weight "
+                            "(docs/compression.md); passed to the task's `compress` argument")
+        parser.link_arguments("compress", "model.init_args.compress")
 
 
 def run_lightning(args: list[str]) -> SpeechkitCLI:

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import torch
 
+from ..compress.apply import CompressConfig, compress_model
 from ..lego.brick import BrickError, load_brick
 from ..metrics import error_rates, score
 from ..search.decode import search
@@ -43,18 +44,25 @@ class SpeechTask(L.LightningModule):
             copy weights from, optionally ``DIR#attr.path`` for a part of that brick, e.g.
             ``{"encoder": "exp/asr/brick#encoder"}``. Shapes must match exactly.
         freeze: submodules of ``model`` whose parameters are not trained (e.g. ``["encoder"]``).
+        compress: N:M sparsity and/or quantization-aware training of every weight (the config's
+            top-level ``compress:`` section; docs/compression.md), applied after ``init_from``;
+            its schedule and SAD logging run as a callback, its coverage report is printed.
     """
 
     def __init__(self, model: torch.nn.Module, lr: float = 2e-3, weight_decay: float = 1e-3,
                  warmup_steps: int = 500, total_steps: int | None = None, final_lr_ratio: float = 0.05,
                  loss_start_steps: dict[str, int] | None = None, init_from: dict[str, str] | None = None,
-                 freeze: list[str] | None = None):
+                 freeze: list[str] | None = None, compress: CompressConfig | None = None):
         super().__init__()
         self.model = model
         for name, src in (init_from or {}).items():
             load_part(model, name, src)
         for name in freeze or []:
             model.get_submodule(name).requires_grad_(False)
+        self.compress = compress
+        if compress is not None:
+            self.coverage = compress_model(model, compress)
+            print(self.coverage.to_text())
         self.loss_start_steps = dict(loss_start_steps or {})
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
@@ -71,6 +79,11 @@ class SpeechTask(L.LightningModule):
         cmvn = getattr(getattr(self.model, "encoder", None), "cmvn", None)
         if stage == "fit" and cmvn is not None and not bool(cmvn.initialized):
             cmvn.set_stats(*dm.cmvn_stats())
+
+    def configure_callbacks(self):
+        from .callbacks import CompressionSchedule
+
+        return [CompressionSchedule(self.compress)] if self.compress is not None else []
 
     def training_step(self, batch, batch_idx):
         skip = frozenset(k for k, s in self.loss_start_steps.items() if self.global_step < s)

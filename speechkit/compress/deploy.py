@@ -1,0 +1,183 @@
+"""The deploy runtime: per linear layer, the fastest correct kernel at the shapes in use.
+
+``deploy(model, run)`` calls ``run(model)`` once to record every ``nn.Linear``'s input, then for
+each layer times the candidate kernels on that very input and checks each against the layer's own
+output (the fake-quantized reference a compressed brick computes), keeping the fastest whose
+relative error ‖y − y_ref‖/‖y_ref‖ is within ``tolerance``; the layer is replaced only when a
+kernel beats the reference. Candidates:
+
+- ``reference``: the layer as loaded (fp32 on CPU, with its input fake-quantizer if any);
+- ``fp32`` (CPU): the same weights without the input fake-quantizer;
+- ``int8`` (CPU): fbgemm's dynamic int8 GEMM (``quantized::linear_dynamic``) with the weight's own
+  int8 codes and per-channel scales from quantization-aware training (or, with ``ptq=True``,
+  per-channel max-abs scales of a float weight); activations quantized per batch;
+- CUDA, fp16: ``dense-fp16``, ``2:4-fp16`` (``torch.sparse.to_sparse_semi_structured``; only for
+  weights with a 2:4 mask along K, shapes checked by the kernel), ``int8`` (``torch._int_mm``,
+  activations quantized per row). The CUDA kernels were not run in this repository's sessions
+  (no GPU was lent); the correctness check rejects any that misbehave.
+
+The returned ``Plan`` lists, per layer, (M, K, N), every candidate's time and error, and the choice.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DeployedLinear(nn.Module):
+    """A linear layer computed by a chosen kernel: (…, K) → (…, N)."""
+
+    def __init__(self, kernel: str, fn: Callable[[Tensor], Tensor], out_features: int):
+        super().__init__()
+        self.kernel, self.fn, self.out_features = kernel, fn, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.fn(x.reshape(-1, x.shape[-1]))  # (B·T, K) → (B·T, N)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, out_features={self.out_features}"
+
+
+def _int8_weight(layer: nn.Linear, ptq: bool) -> tuple[Tensor, Tensor] | None:
+    """(int8 codes (N, K), per-channel scales (N,)) of a QAT-int8 weight, or max-abs ones with ``ptq``."""
+    w = layer.weight.detach().float()
+    fmt = getattr(layer, "compressed", {}).get("weight", {})
+    if fmt.get("bits") == 8:
+        scale = fmt["scale"].to(w.device).expand(w.shape[0])
+    elif ptq:
+        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+    else:
+        return None
+    return torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8), scale
+
+
+def cpu_kernels(layer: nn.Linear, ptq: bool) -> dict[str, Callable[[Tensor], Tensor]]:
+    w, b = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+    out = {"fp32": lambda x: F.linear(x, w, b)}  # the weights as stored, the input not fake-quantized
+    q = _int8_weight(layer, ptq)
+    if q is not None:
+        codes, scale = q
+        with warnings.catch_warnings():  # quantized tensors are deprecated in torch; fbgemm is not
+            warnings.simplefilter("ignore")
+            qw = torch.quantize_per_channel(codes.float() * scale[:, None], scale.double(),
+                                            torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(qw, b)
+        out["int8"] = lambda x: torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, False)
+    return out
+
+
+def cuda_kernels(layer: nn.Linear, ptq: bool) -> dict[str, Callable[[Tensor], Tensor]]:
+    out = {}
+    w, b = layer.weight.detach().half(), None if layer.bias is None else layer.bias.detach().half()
+    out["dense-fp16"] = lambda x: F.linear(x.half(), w, b)
+    fmt = getattr(layer, "compressed", {}).get("weight", {})
+    if (fmt.get("n"), fmt.get("m")) == (2, 4):
+        try:
+            ws = torch.sparse.to_sparse_semi_structured(w)
+            out["2:4-fp16"] = lambda x: F.linear(x.half(), ws, b)
+        except (RuntimeError, ValueError):  # shape or dtype the kernel does not take
+            pass
+    q = _int8_weight(layer, ptq)
+    if q is not None:
+        codes_t, scale = q[0].t().contiguous(), q[1]
+
+        def int8(x: Tensor) -> Tensor:
+            sx = (x.float().abs().amax(1, keepdim=True) / 127).clamp_min(1e-12)  # (M, 1)
+            xq = torch.round(x.float() / sx).clamp(-127, 127).to(torch.int8)
+            y = torch._int_mm(xq, codes_t).float() * sx * scale  # (M, N)
+            return y if b is None else y + b.float()
+        out["int8"] = int8
+    return out
+
+
+@dataclass
+class Plan:
+    """Per layer: name, (M, K, N), {kernel: (µs, relative error)}, the chosen kernel."""
+
+    rows: list[dict] = field(default_factory=list)
+    device: str = "cpu"
+
+    def to_text(self) -> str:
+        kernels = sorted({k for r in self.rows for k in r["candidates"]})
+        head = f"{'layer':<36}{'M×K×N':>18}" + "".join(f"{k + ' µs':>14}" for k in kernels) + "  choice"
+        lines = [head]
+        for r in self.rows:
+            cells = "".join(f"{r['candidates'][k][0]:>14.1f}" if k in r["candidates"] else f"{'-':>14}"
+                            for k in kernels)
+            lines.append(f"{r['layer'][-36:]:<36}{'×'.join(map(str, r['shape'])):>18}{cells}  {r['choice']}")
+        return "\n".join(lines)
+
+
+def _time(fn: Callable, x: Tensor, repeats: int) -> float:
+    """Median wall time of fn(x) in µs (CUDA synchronised)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    fn(x)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x)
+        sync()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2] * 1e6
+
+
+@torch.no_grad()
+def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: float = 0.03,
+           repeats: int = 20, ptq: bool = False, kernels: tuple[str, ...] | None = None) -> Plan:
+    """Replace each ``nn.Linear`` of ``model`` by its fastest correct kernel at the shapes ``run`` uses.
+
+    Args:
+        run: calls the model on representative input (e.g. one batch of the dev set).
+        tolerance: largest relative error accepted against the layer's own output.
+        ptq: allow int8 for weights that were not quantization-aware trained (max-abs scales).
+        kernels: restrict the candidates to these names (``reference`` always stays one).
+    """
+    device = next(model.parameters()).device
+    inputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_pre_hook(_recorder(inputs, name), prepend=True)  # before input quantizers
+             for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    run(model)
+    for h in hooks:
+        h.remove()
+    plan = Plan(device=device.type)
+    for name, x in inputs.items():
+        layer = model.get_submodule(name)
+        ref = layer(x)
+        found = (cuda_kernels if device.type == "cuda" else cpu_kernels)(layer, ptq)
+        cands = {"reference": layer, **{k: f for k, f in found.items() if kernels is None or k in kernels}}
+        x2 = x.reshape(-1, x.shape[-1])
+        results = {}
+        for k, fn in cands.items():
+            try:
+                y = (fn(x) if k == "reference" else fn(x2).view_as(ref)).float()
+            except RuntimeError:  # the kernel refuses this shape
+                continue
+            err = float((y - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
+            results[k] = (_time(fn, x if k == "reference" else x2, repeats), err)
+        ok = {k: v for k, v in results.items() if v[1] <= tolerance or k == "reference"}
+        choice = min(ok, key=lambda k: ok[k][0])
+        if choice != "reference":
+            _replace(model, name, DeployedLinear(choice, cands[choice], layer.out_features))
+        plan.rows.append({"layer": name, "shape": [x2.shape[0], x2.shape[1], layer.out_features],
+                          "candidates": results, "choice": choice})
+    return plan
+
+
+def _recorder(store: dict, name: str):
+    def hook(module, args):
+        store.setdefault(name, args[0].detach())  # the first call's input: the shapes in use
+    return hook
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)

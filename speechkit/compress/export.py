@@ -1,0 +1,132 @@
+"""Fold a compressed model into a deployable brick, and read it back.
+
+A compressed weight is stored in ``weights.safetensors`` as
+
+- ``NAME.int8`` (int8 codes) + ``NAME.scale`` (float32, one per output channel, or one) when
+  quantized to ≤ 8 bits, ``NAME.values`` (float32) otherwise;
+- with N:M sparsity only the kept entries: dim 1 of the codes/values shrinks by N/M, and
+  ``NAME.nm_index`` (uint8) holds each kept entry's position (0..M−1) inside its group.
+
+``interface.json`` gains ``compression``: the config, each weight's format, and the bits of each
+fake-quantized layer input (its learned step stays in the state as ``MODULE.input_quant.step``).
+``load_brick`` rebuilds the dense model, restores every weight as exactly ``code × scale`` (zeros
+where pruned) and re-attaches the input quantizers, so the loaded brick computes what the
+fake-quantized model computed in eval mode; ``speechkit.compress.deploy`` then swaps layers for
+int8 / 2:4 kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict
+
+import torch
+from torch import Tensor, nn
+
+from .apply import _input_count, _quantize_first, compressors, input_quantizers
+from .quant import ActLSQ, WeightLSQ, integer_codes
+from .sparsity import NMSparse
+
+
+def pack_nm(x: Tensor, mask: Tensor, n: int, m: int) -> tuple[Tensor, Tensor]:
+    """The kept entries of ``x`` (exactly n per group of m along dim 1 of ``mask``).
+
+    → (values, positions): dim 1 scaled by n/m; positions uint8 in 0..m−1, ascending per group.
+    """
+    moved, mk = x.movedim(1, -1), mask.movedim(1, -1)  # (out, k…, in)
+    g = mk.reshape(-1, m)  # (groups, M)
+    pos = torch.arange(m, device=x.device).expand_as(g)[g].reshape(-1, n)  # (groups, N)
+    vals = moved.reshape(-1, m).gather(1, pos)  # (groups, N)
+    shape = (*moved.shape[:-1], moved.shape[-1] * n // m)
+    return vals.reshape(shape).movedim(-1, 1), pos.to(torch.uint8).reshape(shape).movedim(-1, 1)
+
+
+def unpack_nm(vals: Tensor, pos: Tensor, n: int, m: int) -> Tensor:
+    """Inverse of ``pack_nm``: the dense tensor with zeros at the pruned entries."""
+    v, p = vals.movedim(1, -1), pos.movedim(1, -1).long()  # (out, k…, in·n/m)
+    dense = torch.zeros(*v.shape[:-1], v.shape[-1] * m // n, dtype=vals.dtype)
+    dense.reshape(-1, m).scatter_(1, p.reshape(-1, n), v.reshape(-1, n))
+    return dense.movedim(-1, 1)
+
+
+def _plan(model: nn.Module) -> dict[str, tuple]:
+    """{"module.weight": (NMSparse or None, WeightLSQ or None)} for every compressed weight."""
+    sparse, quant = compressors(model, NMSparse), compressors(model, WeightLSQ)
+    return {k: (sparse.get(k), quant.get(k)) for k in {**sparse, **quant}}
+
+
+@torch.no_grad()
+def fold(model: nn.Module, cfg) -> tuple[dict[str, Tensor], dict]:
+    """A compressed model → (state dict in the storage format above, interface ``compression`` entry).
+
+    The state holds what the fake-quantized model uses in eval mode (no noise) for every weight.
+    """
+    was_training = model.training
+    model.eval()
+    plan = _plan(model)
+    state, formats = {}, {}
+    for name, (sp, q) in plan.items():
+        mname, _, pname = name.rpartition(".")
+        module = model.get_submodule(mname)
+        w = getattr(module, pname).detach().float().cpu()  # the parametrized (masked, quantized) weight
+        fmt = {"shape": list(w.shape)}
+        if q is not None and q.enabled and q.bits <= 8:
+            scale = q.step.detach().float().cpu()
+            data = integer_codes(w, scale.view(-1, *[1] * (w.ndim - 1)), q.bits).to(torch.int8)
+            state[f"{name}.scale"] = scale
+            fmt.update(format=f"int{q.bits}", bits=q.bits)
+            suffix = "int8"
+        else:
+            data, suffix = w, "values"
+            fmt.update(format="float32")
+        if sp is not None and sp.enabled:
+            data, pos = pack_nm(data, sp.mask.cpu(), sp.n, sp.m)
+            state[f"{name}.nm_index"] = pos
+            fmt.update(n=sp.n, m=sp.m, format=f"{sp.n}:{sp.m}+{fmt['format']}")
+        state[f"{name}.{suffix}"] = data.contiguous()
+        formats[name] = fmt
+    for k, v in model.state_dict().items():
+        if ".parametrizations." not in k:
+            state[k] = v.detach().cpu().contiguous()
+    inputs = {n: q.bits for n, q in input_quantizers(model).items() if q.enabled}
+    model.train(was_training)
+    return state, {"config": asdict(cfg) if cfg is not None else None, "params": formats, "inputs": inputs}
+
+
+def unfold(state: dict[str, Tensor], info: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The storage format → (a plain dense state dict (``code × scale``, zeros where pruned),
+    {weight name: its quantization step(s)})."""
+    state, scales = dict(state), {}
+    for name, fmt in info["params"].items():
+        if "bits" in fmt:
+            data, scale = state.pop(f"{name}.int8").float(), state.pop(f"{name}.scale")
+        else:
+            data, scale = state.pop(f"{name}.values"), None
+        if "n" in fmt:
+            data = unpack_nm(data, state.pop(f"{name}.nm_index"), fmt["n"], fmt["m"])
+        if scale is not None:
+            data = data * scale.view(-1, *[1] * (data.ndim - 1))
+            scales[name] = scale
+        state[name] = data.reshape(fmt["shape"])
+    return state, scales
+
+
+def attach_inputs(model: nn.Module, info: dict) -> None:
+    """Re-attach the fake quantizers of layer inputs listed in ``info['inputs']`` (before loading state)."""
+    for mname, bits in info.get("inputs", {}).items():
+        module = model.get_submodule(mname)
+        module.input_quant = ActLSQ(bits)
+        module.register_forward_pre_hook(functools.partial(_quantize_first, _input_count(module)))
+    if info.get("inputs"):
+        torch.backends.mha.set_fastpath_enabled(False)
+
+
+def mark_deployable(model: nn.Module, info: dict, scales: dict[str, Tensor]) -> None:
+    """Record on each module its compressed weights' format and steps (``module.compressed[param]``)
+    for the deploy runtime."""
+    for name, fmt in info["params"].items():
+        mname, _, pname = name.rpartition(".")
+        module = model.get_submodule(mname)
+        if not hasattr(module, "compressed"):
+            module.compressed = {}
+        module.compressed[pname] = {**fmt, **({"scale": scales[name]} if name in scales else {})}
