@@ -1,4 +1,5 @@
-"""The ``speechkit`` command: prepare, fit/validate/test, decode, score, compose, demo."""
+"""The ``speechkit`` command: prepare, fit/validate/test, decode, tune-fusion, adapt-ilm, export, bench,
+score, compose, demo."""
 
 from __future__ import annotations
 
@@ -95,6 +96,67 @@ def _adapt_ilm(a) -> None:
           f"{summary['ilm_ppl_after']}\nadapted brick written to {a.out}")
 
 
+def _export(a) -> None:
+    from .compress.apply import CompressConfig, QuantConfig, SparsityConfig
+    from .compress.export import export_brick
+
+    sp = None
+    if a.sparsity:
+        try:
+            n, m = (int(v) for v in a.sparsity.split(":"))
+        except ValueError:
+            raise SystemExit(f"--sparsity: expected N:M such as 2:4, got {a.sparsity!r}") from None
+        sp = SparsityConfig(n, m)
+    q = QuantConfig(a.bits, None, per_channel=not a.per_tensor) if a.bits else None
+    if sp is None and q is None:
+        raise SystemExit("give --sparsity N:M and/or --bits B")
+    try:
+        res = export_brick(a.brick, a.out, CompressConfig(sparsity=sp, quant=q))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(json.dumps(res) if a.json else
+          f"{a.brick} → {a.out}: {res['coverage']['compressed']:,} of {res['coverage']['total']:,} "
+          f"parameters compressed, weights {res['dense_bytes']:,} → {res['bytes']:,} bytes")
+
+
+def _bench(a) -> None:
+    import torch
+
+    from .compress.bench import bench_decode
+    from .compress.deploy import deploy
+    from .data.dataset import collate
+    from .data.manifest import load_manifest
+    from .lego.brick import load_brick
+    from .search.decode import brick_dataset
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, iface = load_brick(a.brick)
+    ds = brick_dataset(a.brick, iface, load_manifest(a.manifest)[:a.max_utts], None, a.manifest)
+    against = a.against or a.brick
+    models = {f"fp32 {against}": load_brick(against)[0]}
+    plan = None
+    if not a.no_deploy:
+        sample = collate([ds[0]])  # batch 1: the shapes bench_decode uses
+        plan = deploy(model, lambda m: m(sample["inputs"], sample["input_lens"]), a.tolerance, ptq=a.ptq)
+        if not a.json:
+            print(plan.to_text())
+    models[f"{'deployed' if plan else 'as loaded'} {a.brick}"] = model
+    res = bench_decode(models, ds, a.beam, progress=not a.json)
+    (ref, r0), (name, r1) = res.items()
+    ratio = round((r0["encoder_s"] + r0["search_s"]) / (r1["encoder_s"] + r1["search_s"]), 3)
+    enc_ratio = round(r0["encoder_s"] / r1["encoder_s"], 3)
+    summary = {"threads": torch.get_num_threads(), "beam": a.beam, "results": res,
+               "speedup": ratio, "encoder_speedup": enc_ratio,
+               "choices": {r["layer"]: r["choice"] for r in plan.rows} if plan else {}}
+    if a.json:
+        print(json.dumps(summary))
+        return
+    for k, r in res.items():
+        print(f"{k}: " + "  ".join(f"{f}={v}" for f, v in r.items()))
+    print(f"speed-up {ratio}× (encoder {enc_ratio}×) on {torch.get_num_threads()} thread(s)")
+
+
 def _score(a) -> None:
     from .metrics import score
 
@@ -168,6 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--seed", type=int, default=0)
     ad.add_argument("--threads", type=int, default=None)
     ad.add_argument("--json", action="store_true")
+    ex = sub.add_parser("export", help="one-shot N:M / int8 compression of a trained brick (no training; "
+                        "a brick trained with a compress: section is exported folded by fit itself)")
+    ex.add_argument("brick")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--sparsity", default=None, metavar="N:M", help="e.g. 2:4 (magnitude, along K)")
+    ex.add_argument("--bits", type=int, default=None, help="weight bits (8: int8 storage)")
+    ex.add_argument("--per-tensor", action="store_true",
+                    help="one weight step per tensor (default: per channel)")
+    ex.add_argument("--json", action="store_true")
+    be = sub.add_parser("bench", help="deploy a brick (per-layer fastest correct kernel) and time its decode "
+                        "against the fp32 brick, side by side")
+    be.add_argument("brick", help="the (compressed) brick to deploy")
+    be.add_argument("manifest")
+    be.add_argument("--against", default=None, help="reference brick (default: BRICK itself, not deployed)")
+    be.add_argument("--max-utts", type=int, default=100)
+    be.add_argument("--beam", type=int, default=1)
+    be.add_argument("--threads", type=int, default=1)
+    be.add_argument("--tolerance", type=float, default=0.03, help="largest relative error per layer")
+    be.add_argument("--ptq", action="store_true", help="allow int8 kernels on weights not trained for int8")
+    be.add_argument("--no-deploy", action="store_true", help="time BRICK as loaded")
+    be.add_argument("--json", action="store_true")
     sc = sub.add_parser("score", help="WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)")
     sc.add_argument("hyps")
     sc.add_argument("--json", action="store_true", help="print one JSON line")
@@ -213,7 +296,7 @@ def _run(a) -> None:
         run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
         return
     {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose,
-     "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm}[a.verb](a)
+     "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench}[a.verb](a)
 
 
 if __name__ == "__main__":

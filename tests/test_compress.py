@@ -10,7 +10,14 @@ from test_stast import batch as stast_batch
 from test_stast import stast
 
 from speechkit.compress.apply import (
-    CompressConfig, QuantConfig, SparsityConfig, compress_model, compressors, input_quantizers, set_state)
+    CompressConfig,
+    QuantConfig,
+    SparsityConfig,
+    compress_model,
+    compressors,
+    input_quantizers,
+    set_state,
+)
 from speechkit.compress.deploy import deploy
 from speechkit.compress.export import fold, pack_nm, unpack_nm
 from speechkit.compress.quant import WeightLSQ, lsq
@@ -18,7 +25,7 @@ from speechkit.compress.sparsity import NMSparse, group_counts, nm_mask, srste
 from speechkit.lego.brick import load_brick, save_brick
 from speechkit.lego.decoders import AttentionDecoder
 from speechkit.lego.encoders import Chain, SpeechEncoder
-from speechkit.lego.interface import BeamConv, MarginalHead
+from speechkit.lego.interface import MarginalHead
 from speechkit.lego.transducer import Joiner, LSTMPredictor, StatelessPredictor, TransformerPredictor
 from speechkit.models.aed import AttentionModel
 from speechkit.models.base import EncoderDecoderModel
@@ -139,7 +146,8 @@ def test_lsq_step_gradient_matches_the_formula():
     (lsq(v, step, qn, qp, gs) * g).sum().backward()
     r = v.detach() / step.detach()
     inside = (r > -qn) & (r < qp)
-    d = torch.where(inside, -r + r.round(), torch.where(r <= -qn, torch.tensor(-qn * 1.0), torch.tensor(qp * 1.0)))
+    clip = torch.where(r <= -qn, torch.tensor(-qn * 1.0), torch.tensor(qp * 1.0))
+    d = torch.where(inside, -r + r.round(), clip)
     torch.testing.assert_close(step.grad, (gs * (g * d).sum()).reshape(1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(v.grad, g * inside)  # straight through inside, zero at the clips
     codes = (lsq(v, step, qn, qp, gs) / step).detach()
@@ -218,7 +226,7 @@ def test_exported_brick_computes_what_the_fake_quantized_model_computed(tmp_path
     for i in range(3):  # a few steps so that steps, masks and weights move
         opt.zero_grad()
         model.train()
-        _loss(model, lambda: _speech_batch(i)).backward()
+        _loss(model, lambda i=i: _speech_batch(i)).backward()
         opt.step()
     model.eval()
     x, lens, y, ylens = _speech_batch(7)
@@ -235,8 +243,27 @@ def test_exported_brick_computes_what_the_fake_quantized_model_computed(tmp_path
         out = loaded(x, lens)
         torch.testing.assert_close(out.hidden, ref.hidden, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(loaded.loss(x, lens, y, ylens)["loss"], ref_loss, rtol=1e-5, atol=1e-5)
-    for name, fmt in iface["compression"]["params"].items():
-        assert name in dict(model.named_modules()) or name.rpartition(".")[0] in dict(model.named_modules())
+    assert set(iface["compression"]["params"]) == set(compressors(model, NMSparse)) | set(
+        compressors(model, WeightLSQ))
+    inputs = iface["compression"]["inputs"]
+    assert len(inputs) == len(input_quantizers(model)) and (len(inputs) > 0) == (cfg.quant is not None)
+
+
+def test_export_before_quantization_started_stores_float_weights_and_loads(tmp_path):
+    model = tiny_transducer(V).eval()
+    cfg = CompressConfig(sparsity=SparsityConfig(), quant=QuantConfig(start_step=100))
+    compress_model(model, cfg)
+    set_state(model, quant=False)  # what the schedule does before quant.start_step
+    x, lens, _, _ = _speech_batch()
+    with torch.no_grad():
+        ref = model(x, lens).hidden
+        state, info = fold(model, cfg)
+    assert not info["inputs"] and all(f["format"] == "2:4+float32" for f in info["params"].values()
+                                      if "n" in f)
+    save_brick(model, tmp_path / "b", {"compression": info}, state=state)
+    loaded, _ = load_brick(tmp_path / "b")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, lens).hidden, ref)
 
 
 def test_deploy_picks_int8_only_where_it_is_correct_and_keeps_outputs_close(tmp_path):

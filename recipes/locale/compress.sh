@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Compression of the locale ASR transducer (recipes/locale/RESULTS.md "Compression"): the full brick
-# fine-tuned 2,000 steps dense and under each compression config, then exported and decoded.
-#   bash recipes/locale/compress.sh train [NAME...]  # dense sparse_srste sparse_ste int8 sparse_int8 (default: all)
-#   bash recipes/locale/compress.sh eval [NAME...]   # export each, decode test (greedy) → $X/results.jsonl
+# Compression on the locale corpus (recipes/locale/RESULTS.md "Compression"): the full ASR brick
+# fine-tuned 2,000 steps dense and under each compression config; the same 2:4 + int8 config on the
+# MT and STAST bricks (800 steps, against dense fine-tuning of the same length). Every fit ends
+# with the folded, compressed brick in $X/NAME/brick.
+#   bash recipes/locale/compress.sh train [NAME...]  # (default: all of $NAMES)
+#   bash recipes/locale/compress.sh eval [NAME...]   # decode each test set (greedy) → $X/results.jsonl
 #   bash recipes/locale/compress.sh list
 # Needs `speechkit prepare locale` and exp/locale/full/brick.
 set -euo pipefail
 THREADS=${THREADS:-2}
 C=recipes/locale/conf
 X=${X:-exp/compress}
-NAMES="dense sparse_srste sparse_ste int8 sparse_int8"
+NAMES="dense sparse_srste sparse_ste int8 sparse_int8 mt_dense mt_sparse_int8 stast_dense stast_sparse_int8"
 source "$(dirname "$0")/lib.sh"
 
 configs() {
   case $1 in
     dense) echo $C/demo.yaml $C/full.yaml $C/compress/base.yaml ;;
     sparse_srste|sparse_ste|int8|sparse_int8) echo $C/demo.yaml $C/full.yaml $C/compress/base.yaml $C/compress/$1.yaml ;;
+    mt_dense) echo $C/stast/mt_en_de.yaml $C/compress/mt.yaml ;;
+    stast_dense) echo $C/stast/stast_en_de.yaml $C/stast/mse_mean.yaml $C/stast/mt_init.yaml $C/compress/stast.yaml ;;
+    mt_*|stast_*) echo $(configs ${1%%_*}_dense) $C/compress/${1#*_}.yaml ;;
     *) echo "unknown model $1" >&2; exit 2 ;;
   esac
 }
@@ -26,7 +31,9 @@ train() { for m in ${@:-$NAMES}; do fit $X/$m $(configs "$m"); done; }
 
 eval_() {
   for m in ${@:-$NAMES}; do
-    decode "$m test" $X/$m/brick data/locale/asr/test.jsonl
+    local test=data/locale/asr/test.jsonl
+    case $m in mt_*) test=data/locale/mt/en-de/test.jsonl ;; stast_*) test=data/locale/st/en-de/test.jsonl ;; esac
+    decode "$m test" $X/$m/brick $test
   done
 }
 

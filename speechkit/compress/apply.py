@@ -151,6 +151,8 @@ def compress_model(model: nn.Module, cfg: CompressConfig) -> Coverage:
     if cfg.quant is not None and cfg.quant.act_bits:
         _disable_mha_fastpath()
     cov, done = Coverage(), set()
+    # MultiheadAttention reads out_proj.weight inside F.multi_head_attention_forward: no input hook fires
+    hookless = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     for mname, module in list(model.named_modules()):
         names = weight_names(module)  # before parametrizing moves them
         for pname in names:
@@ -163,7 +165,9 @@ def compress_model(model: nn.Module, cfg: CompressConfig) -> Coverage:
                 continue
             applied, reason = _attach(module, pname, shape, cfg)
             cov.add(full, shape, applied, reason)
-        if cfg.quant is not None and cfg.quant.act_bits and names:
+        if id(module) in hookless and cfg.quant is not None and cfg.quant.act_bits:
+            cov.inputs.append((mname, "read inside F.multi_head_attention_forward (no hook)"))
+        elif cfg.quant is not None and cfg.quant.act_bits and names:
             _attach_input_quant(module, mname, cfg.quant.act_bits, excludes, cov)
     for full, p in model.named_parameters():
         full = full.replace(".parametrizations.", ".").removesuffix(".original")
@@ -201,8 +205,6 @@ def _attach_input_quant(module: nn.Module, mname: str, bits: int, excludes, cov:
         return
     module.input_quant = ActLSQ(bits)
     module.register_forward_pre_hook(functools.partial(_quantize_first, n))
-    if isinstance(module, nn.MultiheadAttention):
-        cov.inputs.append((f"{mname}.out_proj", "called inside F.multi_head_attention_forward (no hook)"))
     if isinstance(module, nn.RNNBase):
         cov.inputs.append((f"{mname} (recurrent state)", "inside the fused RNN kernel"))
 

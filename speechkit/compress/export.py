@@ -85,10 +85,12 @@ def fold(model: nn.Module, cfg) -> tuple[dict[str, Tensor], dict]:
             fmt.update(n=sp.n, m=sp.m, format=f"{sp.n}:{sp.m}+{fmt['format']}")
         state[f"{name}.{suffix}"] = data.contiguous()
         formats[name] = fmt
+    quantizers = input_quantizers(model)
+    inputs = {n: q.bits for n, q in quantizers.items() if q.enabled}
+    off = tuple(f"{n}.input_quant." for n in quantizers if n not in inputs)  # quantization never started
     for k, v in model.state_dict().items():
-        if ".parametrizations." not in k:
+        if ".parametrizations." not in k and not k.startswith(off):
             state[k] = v.detach().cpu().contiguous()
-    inputs = {n: q.bits for n, q in input_quantizers(model).items() if q.enabled}
     model.train(was_training)
     return state, {"config": asdict(cfg) if cfg is not None else None, "params": formats, "inputs": inputs}
 
@@ -130,3 +132,43 @@ def mark_deployable(model: nn.Module, info: dict, scales: dict[str, Tensor]) -> 
         if not hasattr(module, "compressed"):
             module.compressed = {}
         module.compressed[pname] = {**fmt, **({"scale": scales[name]} if name in scales else {})}
+
+
+def export_brick(brick: str, out: str, cfg) -> dict:
+    """One-shot (post-training) compression of a trained dense brick → a folded brick at ``out``.
+
+    N:M by magnitude; weights quantized with per-channel (or per-tensor) max-abs steps
+    (``max|w| / Q_P``); layer inputs stay in float (the deploy runtime's int8 kernels quantize them
+    per batch). The no-training baseline for quantization-aware / SR-STE training.
+    """
+    import shutil
+    from pathlib import Path
+
+    from ..lego.brick import load_brick, save_brick
+    from .apply import compress_model
+
+    if cfg.quant is not None and cfg.quant.act_bits:
+        raise ValueError("one-shot export quantizes weights only: set act_bits to None")
+    model, iface = load_brick(brick)
+    if "compression" in iface:
+        raise ValueError(f"{brick} is compressed already")
+    cov = compress_model(model, cfg)
+    with torch.no_grad():
+        for name, q in compressors(model, WeightLSQ).items():
+            mname, _, pname = name.rpartition(".")
+            q.enabled = False
+            w = getattr(model.get_submodule(mname), pname)  # masked (if sparse), not quantized
+            amax = w.abs().amax(tuple(range(1, w.ndim))) if q.step.numel() > 1 else w.abs().amax().reshape(1)
+            q.step.copy_((amax / q.qp).clamp_min(1e-12))
+            q.initialized.fill_(True)
+            q.enabled = True
+    state, info = fold(model, cfg)
+    info["coverage"] = cov.counts()
+    info["one_shot"] = True
+    save_brick(model, out, {**iface, "compression": info}, state=state)
+    for extra in ("tokenizer.model", "source_tokenizer.model", "transcript_tokenizer.model"):
+        if (Path(brick) / extra).is_file():
+            shutil.copy(Path(brick) / extra, Path(out) / extra)
+    return {"brick": out, "coverage": cov.counts(),
+            "bytes": (Path(out) / "weights.safetensors").stat().st_size,
+            "dense_bytes": (Path(brick) / "weights.safetensors").stat().st_size}

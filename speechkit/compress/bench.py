@@ -1,0 +1,51 @@
+"""Side-by-side decode speed of bricks (e.g. fp32 vs int8-deployed) on one manifest, in one process.
+
+Each utterance is decoded alone (batch 1, as a recognizer serves one stream), by every model in
+turn, so machine load affects them alike. Features are computed once, outside the timing; the
+encoder forward and the search are timed separately. RTF = (encoder + search) / audio seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..data.dataset import collate
+from ..metrics import score
+from ..search.decode import search
+
+
+@torch.no_grad()
+def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1,
+                 progress: bool = True) -> dict[str, dict]:
+    """→ {name: {utts, audio_s, encoder_s, search_s, rtf, wer, cer}} for models reading dataset ``ds``."""
+    times = {k: [0.0, 0.0] for k in models}
+    hyps: dict[str, list[str]] = {k: [] for k in models}
+    audio = 0.0
+    for i in range(len(ds)):
+        batch = collate([ds[i]])
+        audio += ds.utts[i].duration or batch["input_lens"].item() * 0.01
+        for name, model in models.items():
+            model.eval()
+            t0 = time.perf_counter()
+            enc = model(batch["inputs"], batch["input_lens"])
+            t1 = time.perf_counter()
+            nb = search(model, enc, beam)
+            t2 = time.perf_counter()
+            times[name][0] += t1 - t0
+            times[name][1] += t2 - t1
+            hyps[name].append(ds.tok.decode(list(nb[0][0].tokens)))
+        if progress:
+            print(f"\r  {i + 1}/{len(ds)}", end="", flush=True)
+    if progress:
+        print()
+    refs = list(ds.refs)
+    out = {}
+    for name in models:
+        enc_s, search_s = times[name]
+        sc = score(refs, hyps[name])
+        out[name] = {"utts": len(ds), "audio_s": round(audio, 2), "encoder_s": round(enc_s, 3),
+                     "search_s": round(search_s, 3), "rtf": round((enc_s + search_s) / audio, 4),
+                     "wer": round(sc.wer * 100, 2), "cer": round(sc.cer * 100, 2)}
+    return out
