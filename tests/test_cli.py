@@ -252,3 +252,40 @@ def test_lm_fusion_ilma_and_mwer_through_the_cli(tiny_corpus, tmp_path):
     assert (mwer / "brick" / "weights.safetensors").is_file()
     metrics = (next(mwer.glob("lightning_logs/version_*/metrics.csv"))).read_text()
     assert "train/mwer" in metrics and "train/expected_errors" in metrics
+
+
+def test_compressed_fit_export_decode_and_bench_through_the_cli(tiny_corpus, tmp_path):
+    import csv
+
+    root = tmp_path / "sparse"
+    p = _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=16",
+                       confs=("-c", HERE / "fixtures" / "tiny_compress.yaml")))
+    assert "compression coverage:" in p.stdout and "not divisible by M=4" in p.stdout  # depthwise conv
+    iface = json.loads((root / "brick" / "interface.json").read_text())
+    comp = iface["compression"]
+    assert comp["config"]["sparsity"]["n"] == 2 and comp["inputs"]
+    assert {f["format"] for f in comp["params"].values()} >= {"2:4+int8", "int8"}
+    assert comp["sad"]["sad/total_flips"] >= 0 and 0 <= comp["sad"]["sad/from_start"] <= 1
+    rows = list(csv.DictReader(open(next(root.glob("lightning_logs/version_*/metrics.csv")))))
+    assert [r["step"] for r in rows if r.get("sad/total")] == ["8", "12", "16"]
+    test = tiny_corpus / "asr" / "test.jsonl"
+    p = _run(_cmd("decode", root / "brick", test, "--json", "--out", tmp_path / "h.jsonl"))
+    assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == sum(1 for _ in open(test))
+    test_cmd = _fit_args(tiny_corpus, root, f"--ckpt_path={root / 'checkpoints' / 'last.ckpt'}",
+                         confs=("-c", HERE / "fixtures" / "tiny_compress.yaml"))
+    test_cmd[test_cmd.index("fit")] = "test"
+    assert "test/wer" in _run(test_cmd).stdout  # a compressed checkpoint reloads
+    # one-shot export of a dense brick; a compressed one is refused by name
+    dense = tmp_path / "dense"
+    _run(_fit_args(tiny_corpus, dense, "--trainer.max_steps=4"))
+    p = _run(_cmd("export", dense / "brick", "--out", tmp_path / "oneshot", "--sparsity", "2:4",
+                  "--bits", "8", "--json"))
+    res = json.loads(p.stdout)
+    assert res["bytes"] < 0.5 * res["dense_bytes"]
+    p = subprocess.run(_cmd("export", root / "brick", "--out", tmp_path / "x", "--bits", "8"),
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "compressed already" in p.stderr
+    p = _run(_cmd("bench", root / "brick", test, "--against", dense / "brick", "--max-utts", "3", "--json"))
+    bench = json.loads(p.stdout)
+    assert bench["speedup"] > 0 and set(bench["choices"].values()) <= {"reference", "fp32", "int8"}
+    assert all(r["utts"] == 3 for r in bench["results"].values())

@@ -18,12 +18,14 @@ int8 / 2:4 kernels.
 from __future__ import annotations
 
 import functools
+import shutil
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .apply import _input_count, _quantize_first, compressors, input_quantizers
+from .apply import _input_count, _quantize_first, compress_model, compressors, input_quantizers
 from .quant import ActLSQ, WeightLSQ, integer_codes
 from .sparsity import NMSparse
 
@@ -134,24 +136,15 @@ def mark_deployable(model: nn.Module, info: dict, scales: dict[str, Tensor]) -> 
         module.compressed[pname] = {**fmt, **({"scale": scales[name]} if name in scales else {})}
 
 
-def export_brick(brick: str, out: str, cfg) -> dict:
-    """One-shot (post-training) compression of a trained dense brick → a folded brick at ``out``.
+def one_shot(model: nn.Module, cfg) -> tuple[dict[str, Tensor], dict]:
+    """Post-training compression of a dense model → (folded state, ``compression`` info), no training.
 
     N:M by magnitude; weights quantized with per-channel (or per-tensor) max-abs steps
     (``max|w| / Q_P``); layer inputs stay in float (the deploy runtime's int8 kernels quantize them
-    per batch). The no-training baseline for quantization-aware / SR-STE training.
+    per batch). ``model`` is left parametrized.
     """
-    import shutil
-    from pathlib import Path
-
-    from ..lego.brick import load_brick, save_brick
-    from .apply import compress_model
-
     if cfg.quant is not None and cfg.quant.act_bits:
         raise ValueError("one-shot export quantizes weights only: set act_bits to None")
-    model, iface = load_brick(brick)
-    if "compression" in iface:
-        raise ValueError(f"{brick} is compressed already")
     cov = compress_model(model, cfg)
     with torch.no_grad():
         for name, q in compressors(model, WeightLSQ).items():
@@ -163,12 +156,33 @@ def export_brick(brick: str, out: str, cfg) -> dict:
             q.initialized.fill_(True)
             q.enabled = True
     state, info = fold(model, cfg)
-    info["coverage"] = cov.counts()
-    info["one_shot"] = True
+    return state, {**info, "coverage": cov.counts(), "one_shot": True}
+
+
+def load_folded(model: nn.Module, state: dict[str, Tensor], info: dict) -> nn.Module:
+    """Load a folded state into a freshly built dense ``model``: dense weights (``code × scale``),
+    input quantizers re-attached, each module's format recorded for ``deploy``. Raises KeyError for
+    a compressed weight missing from ``state``, RuntimeError for a mismatch (``load_brick`` names
+    the file)."""
+    dense, scales = unfold(state, info)
+    attach_inputs(model, info)
+    model.load_state_dict(dense)
+    mark_deployable(model, info, scales)
+    return model
+
+
+def export_brick(brick: str, out: str, cfg) -> dict:
+    """``one_shot`` compression of the brick at ``brick`` → a folded brick at ``out``."""
+    from ..lego.brick import load_brick, save_brick
+
+    model, iface = load_brick(brick)
+    if "compression" in iface:
+        raise ValueError(f"{brick} is compressed already")
+    state, info = one_shot(model, cfg)
     save_brick(model, out, {**iface, "compression": info}, state=state)
     for extra in ("tokenizer.model", "source_tokenizer.model", "transcript_tokenizer.model"):
         if (Path(brick) / extra).is_file():
             shutil.copy(Path(brick) / extra, Path(out) / extra)
-    return {"brick": out, "coverage": cov.counts(),
+    return {"brick": out, "coverage": info["coverage"],
             "bytes": (Path(out) / "weights.safetensors").stat().st_size,
             "dense_bytes": (Path(brick) / "weights.safetensors").stat().st_size}

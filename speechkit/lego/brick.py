@@ -138,19 +138,16 @@ def load_brick(directory: str | Path) -> tuple[nn.Module, dict]:
     state = load_file(str(d / "weights.safetensors"))
     interface = json.loads((d / "interface.json").read_text())
     compression = interface.get("compression")
-    if compression:  # folded N:M / int8 storage → dense weights + input quantizers (compress.export)
-        from ..compress.export import attach_inputs, mark_deployable, unfold
+    try:
+        if compression:  # folded N:M / int8 storage (speechkit.compress.export)
+            from ..compress.export import load_folded
 
-        try:
-            state, scales = unfold(state, compression)
-        except KeyError as e:
-            raise BrickError(f"{d / 'weights.safetensors'}: compressed weight {e} listed in "
-                             "interface.json is missing") from None
-        attach_inputs(module, compression)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BrickError(f"{d / 'weights.safetensors'}: weights do not match config.yaml "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    if compression:
-        mark_deployable(module, compression, scales)
+            load_folded(module, state, compression)
+        else:
+            module.load_state_dict(state)
+    except KeyError as e:
+        raise BrickError(f"{d / 'weights.safetensors'}: compressed weight {e} listed in interface.json "
+                         "is missing") from None
+    except RuntimeError as e:
+        raise BrickError(f"{d / 'weights.safetensors'}: weights do not match config.yaml ({e})") from None
     return module.eval(), interface
