@@ -1,5 +1,5 @@
 """Compression: N:M sparsity (SR-STE), LSQ fake quantization with noise tempering, coverage, SAD,
-export and deployment. See docs/compression.md."""
+export and deployment. See README.md, "Compression"."""
 
 from .apply import CompressConfig, Coverage, QuantConfig, SparsityConfig, compress_model, set_state
 from .sparsity import NMSparse, nm_mask

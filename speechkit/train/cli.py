@@ -32,7 +32,7 @@ class SpeechkitCLI(LightningCLI):
                             help="torch intra-op threads (default: torch's choice)")
         parser.add_argument("--compress", type=CompressConfig | None, default=None,
                             help="N:M sparsity / quantization-aware training of every weight "
-                            "(docs/compression.md); passed to the task's `compress` argument")
+                            "(README.md, 'Compression'); passed to the task's `compress` argument")
         parser.link_arguments("compress", "model.init_args.compress")
 
 

@@ -45,7 +45,7 @@ class SpeechTask(L.LightningModule):
             ``{"encoder": "exp/asr/brick#encoder"}``. Shapes must match exactly.
         freeze: submodules of ``model`` whose parameters are not trained (e.g. ``["encoder"]``).
         compress: N:M sparsity and/or quantization-aware training of every weight (the config's
-            top-level ``compress:`` section; docs/compression.md), applied after ``init_from``;
+            top-level ``compress:`` section; README.md "Compression"), applied after ``init_from``;
             its schedule and SAD logging run as a callback, its coverage report is printed.
     """
 
