@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from speechkit.train.cli import run_lightning
 
@@ -19,9 +20,9 @@ CONF = "recipes/locale/conf"
 
 
 def recipe_models() -> list[tuple[str, list[str]]]:
-    """(name, config files) for every model of lego.sh, stast.sh and fusion.sh (their ``list`` stage)."""
+    """(name, config files) for every model of lego.sh, stast.sh, fusion.sh and compress.sh (``list``)."""
     models = [("demo", [f"{CONF}/demo.yaml"]), ("full", [f"{CONF}/demo.yaml", f"{CONF}/full.yaml"])]
-    for script in ("lego.sh", "stast.sh", "fusion.sh"):
+    for script in ("lego.sh", "stast.sh", "fusion.sh", "compress.sh"):
         out = subprocess.run(["bash", f"recipes/locale/{script}", "list"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
         for line in out.splitlines():
@@ -36,7 +37,8 @@ MODELS = recipe_models()
 def test_the_scripts_list_their_models():
     names = {n for n, _ in MODELS}
     assert {"lego.sh mt_ro_en", "lego.sh chain", "stast.sh de stast_mt_init", "stast.sh ro e2e_mt_init",
-            "stast.sh ro mt", "fusion.sh lm_lstm", "fusion.sh mwer_ilme", "fusion.sh ilmt_lstm"} <= names
+            "stast.sh ro mt", "fusion.sh lm_lstm", "fusion.sh mwer_ilme", "fusion.sh ilmt_lstm",
+            "compress.sh sparse_int8", "compress.sh mt_sparse_int8", "compress.sh stast_sparse_int8"} <= names
     for _, files in MODELS:
         assert files and all((ROOT / f).is_file() for f in files), files
 
@@ -55,3 +57,8 @@ def test_recipe_config_parses(name, configs, monkeypatch):
         for part in ("encoder: exp/locale/full/brick#encoder", f"text_encoder: {mt}#encoder",
                      f"decoder: {mt}#decoder"):
             assert part in out.getvalue(), part
+    if name.startswith("compress.sh"):  # the top-level section (linked to the task's `compress`)
+        cfg = yaml.safe_load(out.getvalue())
+        assert (cfg["compress"] is None) == name.endswith("dense"), cfg["compress"]
+        if "sparse" in name:
+            assert cfg["compress"]["sparsity"]["n"] == 2 and cfg["compress"]["sparsity"]["m"] == 4

@@ -11,7 +11,7 @@ set -euo pipefail
 THREADS=${THREADS:-2}
 C=recipes/locale/conf
 X=${X:-exp/compress}
-NAMES="dense sparse_srste sparse_ste int8 sparse_int8 mt_dense mt_sparse_int8 stast_dense stast_sparse_int8"
+NAMES="dense sparse_srste sparse_ste int8 sparse_int8 sparse_srste_long mt_dense mt_sparse_int8 stast_dense stast_sparse_int8"
 source "$(dirname "$0")/lib.sh"
 
 configs() {
@@ -20,6 +20,7 @@ configs() {
     sparse_srste|sparse_ste|int8|sparse_int8) echo $C/demo.yaml $C/full.yaml $C/compress/base.yaml $C/compress/$1.yaml ;;
     mt_dense) echo $C/stast/mt_en_de.yaml $C/compress/mt.yaml ;;
     stast_dense) echo $C/stast/stast_en_de.yaml $C/stast/mse_mean.yaml $C/stast/mt_init.yaml $C/compress/stast.yaml ;;
+    *_long) echo $(configs ${1%_long}) $C/compress/long.yaml ;;
     mt_*|stast_*) echo $(configs ${1%%_*}_dense) $C/compress/${1#*_}.yaml ;;
     *) echo "unknown model $1" >&2; exit 2 ;;
   esac
