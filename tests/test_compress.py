@@ -19,7 +19,7 @@ from speechkit.compress.apply import (
     set_state,
 )
 from speechkit.compress.deploy import deploy
-from speechkit.compress.export import fold, pack_nm, unpack_nm
+from speechkit.compress.export import fold, pack_nibbles, pack_nm, unpack_nibbles, unpack_nm
 from speechkit.compress.quant import WeightLSQ, lsq
 from speechkit.compress.sparsity import NMSparse, group_counts, nm_mask, srste
 from speechkit.lego.brick import load_brick, save_brick
@@ -190,6 +190,9 @@ def test_pack_unpack_round_trip(shape):
     vals, pos = pack_nm(w, mask, 2, 4)
     assert vals.shape[1] == shape[1] // 2 and pos.dtype == torch.uint8
     torch.testing.assert_close(unpack_nm(vals, pos, 2, 4), w * mask, rtol=0, atol=0)
+    packed = pack_nibbles(pos)
+    assert packed.numel() == (pos.numel() + 1) // 2
+    assert torch.equal(unpack_nibbles(packed, pos.shape), pos)
 
 
 def test_schedule_switches_parts_on_by_step_and_sad_counts_flips():
