@@ -308,3 +308,42 @@ def test_set_state_off_gives_the_dense_model_back():
         torch.testing.assert_close(model(x, lens).hidden, dense)
         set_state(model, sparsity=True, quant=True)
         assert not torch.allclose(model(x, lens).hidden, dense)
+
+
+def test_squat_alternates_a_sam_step_on_weights_with_a_step_size_step():
+    from speechkit.compress.quant import squat_step, step_sizes
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 4)
+    compress_model(lin, CompressConfig(quant=QuantConfig(8, 8)))
+    x = torch.randn(16, 8)
+    lin(x)  # initialises the steps
+    w = lin.parametrizations.weight.original
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (lin(x) ** 2).mean()
+        loss.backward()
+        return loss
+
+    w0, s0 = w.detach().clone(), [s.detach().clone() for s in step_sizes(lin)]
+    closure()
+    g = w.grad.detach().clone()
+    gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in (w, lin.bias)]))
+    with torch.no_grad():  # the SAM gradient by hand: at w + ρ g/‖g‖ (bias perturbed too)
+        w.add_(0.05 * g / gnorm)
+        b_g = lin.bias.grad.detach().clone()
+        lin.bias.add_(0.05 * b_g / gnorm)
+    closure()
+    g_sam = w.grad.detach().clone()
+    with torch.no_grad():
+        w.copy_(w0)
+        lin.bias.sub_(0.05 * b_g / gnorm)
+    squat_step(lin, opt, closure, rho=0.05, step=0)
+    torch.testing.assert_close(w.detach(), w0 - 0.1 * g_sam)  # moved by the SAM gradient, from w
+    assert all(torch.equal(s.detach(), s_) for s, s_ in zip(step_sizes(lin), s0))  # steps untouched
+    w1 = w.detach().clone()
+    squat_step(lin, opt, closure, rho=0.05, step=1)
+    assert torch.equal(w.detach(), w1) and not all(torch.equal(s.detach(), s_)
+                                                   for s, s_ in zip(step_sizes(lin), s0))

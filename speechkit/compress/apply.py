@@ -53,7 +53,9 @@ class SparsityConfig:
 class QuantConfig:
     """LSQ fake quantization. weight_bits / act_bits: 8 or 4 (act_bits None: weights only);
     per_channel: one weight step per output channel; start_step: full precision until this step;
-    noise: γ0 of noise tempering (0 = off), decaying as γ0·exp(−t/noise_decay_steps) from start_step.
+    noise: γ0 of noise tempering (0 = off), decaying as γ0·exp(−t/noise_decay_steps) from start_step;
+    sam_rho: > 0 turns on SQuAT-style training from start_step (``quant.squat_step``: SAM steps on the
+    weights with radius sam_rho alternating with LSQ steps on the step sizes; twice the compute).
     """
 
     weight_bits: int = 8
@@ -62,6 +64,7 @@ class QuantConfig:
     start_step: int = 0
     noise: float = 0.0
     noise_decay_steps: float = 1000.0
+    sam_rho: float = 0.0
 
 
 @dataclass

@@ -111,3 +111,41 @@ class ActLSQ(_LSQBase):
 def quantize_inputs(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook: fake-quantize the floating-point positional inputs with ``module.input_quant``."""
     return tuple(module.input_quant(a) if isinstance(a, Tensor) else a for a in args)
+
+
+def step_sizes(model: nn.Module) -> list[nn.Parameter]:
+    """The learned LSQ steps of ``model`` (weights' and inputs')."""
+    return [m.step for m in model.modules() if isinstance(m, _LSQBase)]
+
+
+def squat_step(model: nn.Module, optimizer, closure, rho: float, step: int) -> None:
+    """One SQuAT-style step (METHODS.md §5; arXiv 2210.07171), alternating by ``step`` parity.
+
+    Even steps: a sharpness-aware (SAM) step on the weights — gradient at ``w + ρ·g/‖g‖`` (g from
+    ``closure()`` at w, ‖·‖ over all weights), applied at w; step sizes stay. Odd steps: an LSQ
+    step on the step sizes only, weights stay. ``closure()`` zeroes the gradients, computes the loss
+    and backpropagates (Lightning's optimizer closure); ``optimizer.step()`` then applies the update.
+    """
+    steps = {id(p) for p in step_sizes(model)}
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in steps]
+    closure()
+    if step % 2:  # the step-size step
+        for p in weights:
+            p.grad = None
+        optimizer.step()
+        return
+    with torch.no_grad():
+        grads = [p.grad for p in weights if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        eps = [None if p.grad is None else rho * p.grad / (norm + 1e-12) for p in weights]
+        for p, e in zip(weights, eps):
+            if e is not None:
+                p.add_(e)
+    closure()  # the gradient at the perturbed weights
+    with torch.no_grad():
+        for p, e in zip(weights, eps):
+            if e is not None:
+                p.sub_(e)
+    for p in step_sizes(model):
+        p.grad = None
+    optimizer.step()

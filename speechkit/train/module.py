@@ -85,6 +85,14 @@ class SpeechTask(L.LightningModule):
 
         return [CompressionSchedule(self.compress)] if self.compress is not None else []
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        q = self.compress.quant if self.compress is not None else None
+        if q is None or not q.sam_rho or self.global_step < q.start_step:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        from ..compress.quant import squat_step
+
+        squat_step(self.model, optimizer, optimizer_closure, q.sam_rho, self.global_step)
+
     def training_step(self, batch, batch_idx):
         skip = frozenset(k for k, s in self.loss_start_steps.items() if self.global_step < s)
         out = self.model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
