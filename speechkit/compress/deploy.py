@@ -87,7 +87,7 @@ def cuda_kernels(layer: nn.Linear, ptq: bool) -> dict[str, Callable[[Tensor], Te
             pass
     q = _int8_weight(layer, ptq)
     if q is not None:
-        codes_t, scale = q[0].t().contiguous(), q[1]
+        codes_t, scale = q[0].t(), q[1]  # (K, N) column-major, the layout cuBLASLt int8 wants
 
         def int8(x: Tensor) -> Tensor:
             sx = (x.float().abs().amax(1, keepdim=True) / 127).clamp_min(1e-12)  # (M, 1)
