@@ -127,7 +127,7 @@ def _bench(a) -> None:
     from .data.dataset import collate
     from .data.manifest import load_manifest
     from .lego.brick import load_brick
-    from .search.decode import brick_dataset
+    from .search.decode import brick_dataset, search
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -137,8 +137,9 @@ def _bench(a) -> None:
     models = {f"fp32 {against}": load_brick(against)[0]}
     plan = None
     if not a.no_deploy:
-        sample = collate([ds[0]])  # batch 1: the shapes bench_decode uses
-        plan = deploy(model, lambda m: m(sample["inputs"], sample["input_lens"]), a.tolerance, ptq=a.ptq)
+        sample = collate([ds[0]])  # batch 1, encoder and search: the shapes bench_decode uses
+        plan = deploy(model, lambda m: search(m, m(sample["inputs"], sample["input_lens"]), a.beam),
+                      a.tolerance, ptq=a.ptq)
         if not a.json:
             print(plan.to_text())
     models[f"{'deployed' if plan else 'as loaded'} {a.brick}"] = model

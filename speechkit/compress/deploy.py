@@ -4,7 +4,9 @@
 each layer times the candidate kernels on that very input and checks each against the layer's own
 output (the fake-quantized reference a compressed brick computes), keeping the fastest whose
 relative error ‖y − y_ref‖/‖y_ref‖ is within ``tolerance``; the layer is replaced only when a
-kernel beats the reference. Candidates:
+kernel beats the reference. Input fake-quantizers left on layers that were not replaced
+(convolutions, LSTMs, layers ``run`` did not reach; not linears that kept ``reference``) are
+switched off: in inference they only cost time. Candidates:
 
 - ``reference``: the layer as loaded (fp32 on CPU, with its input fake-quantizer if any);
 - ``fp32`` (CPU): the same weights without the input fake-quantizer;
@@ -100,10 +102,12 @@ def cuda_kernels(layer: nn.Linear, ptq: bool) -> dict[str, Callable[[Tensor], Te
 
 @dataclass
 class Plan:
-    """Per layer: name, (M, K, N), {kernel: (µs, relative error)}, the chosen kernel."""
+    """Per layer: name, (M, K, N), {kernel: (µs, relative error)}, the chosen kernel; and the
+    modules left as they were whose input fake-quantizer was switched off."""
 
     rows: list[dict] = field(default_factory=list)
     device: str = "cpu"
+    inputs_off: list[str] = field(default_factory=list)  # modules whose input fake-quantizer was switched off
 
     def to_text(self) -> str:
         kernels = sorted({k for r in self.rows for k in r["candidates"]})
@@ -113,6 +117,8 @@ class Plan:
             cells = "".join(f"{r['candidates'][k][0]:>14.1f}" if k in r["candidates"] else f"{'-':>14}"
                             for k in kernels)
             lines.append(f"{r['layer'][-36:]:<36}{'×'.join(map(str, r['shape'])):>18}{cells}  {r['choice']}")
+        if self.inputs_off:
+            lines.append(f"input fake-quantizers switched off (float inputs): {', '.join(self.inputs_off)}")
         return "\n".join(lines)
 
 
@@ -169,6 +175,12 @@ def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: floa
             _replace(model, name, DeployedLinear(choice, cands[choice], layer.out_features))
         plan.rows.append({"layer": name, "shape": [x2.shape[0], x2.shape[1], layer.out_features],
                           "candidates": results, "choice": choice})
+    kept = {r["layer"] for r in plan.rows if r["choice"] == "reference"}  # kept for accuracy
+    for name, m in model.named_modules():  # convolutions, LSTMs, ... and layers run did not reach
+        q = getattr(m, "input_quant", None)
+        if q is not None and q.enabled and name not in kept:
+            q.enabled = False  # float input: fake quantization only costs time outside training
+            plan.inputs_off.append(name)
     return plan
 
 
