@@ -286,15 +286,17 @@ def test_deploy_picks_int8_only_where_it_is_correct_and_keeps_outputs_close(tmp_
     plan = deploy(loaded, lambda m: m(x, lens), tolerance=0.05, repeats=3)
     assert {r["choice"] for r in plan.rows} <= {"reference", "fp32", "int8"}
     for r in plan.rows:
-        assert "int8" in r["candidates"] and r["candidates"][r["choice"]][1] <= 0.05
+        assert "int8" in r["candidates"]
+        assert r["choice"] == "reference" or r["candidates"][r["choice"]][1] <= 0.05
     with torch.no_grad():
         out = loaded(x, lens).hidden
     assert ((out - ref).norm() / ref.norm()) < 0.1  # a random model: the per-layer errors compound
     assert "layer" in plan.to_text()
-    # a tolerance nothing but the reference meets leaves every layer as it was
+    # a zero tolerance admits only exact kernels: int8 is never chosen
     loaded2, _ = load_brick(tmp_path / "b")
     plan2 = deploy(loaded2, lambda m: m(x, lens), tolerance=0.0, repeats=1)
-    assert {r["choice"] for r in plan2.rows} == {"reference"}
+    assert {r["choice"] for r in plan2.rows} <= {"reference", "fp32"}
+    assert all(r["candidates"]["int8"][1] > 0 and r["candidates"]["fp32"][1] == 0 for r in plan2.rows)
 
 
 def test_set_state_off_gives_the_dense_model_back():

@@ -1,10 +1,11 @@
 """The deploy runtime: per linear layer, the fastest correct kernel at the shapes in use.
 
 ``deploy(model, run)`` calls ``run(model)`` once to record every ``nn.Linear``'s input, then for
-each layer times the candidate kernels on that very input and checks each against the layer's own
-output (the fake-quantized reference a compressed brick computes), keeping the fastest whose
-relative error ‖y − y_ref‖/‖y_ref‖ is within ``tolerance``; the layer is replaced only when a
-kernel beats the reference. Input fake-quantizers left on layers that were not replaced
+each layer times the candidate kernels on that very input and checks each against the exact
+product of the stored weights with the float input, keeping the fastest whose relative error
+‖y − y_exact‖/‖y_exact‖ is within ``tolerance`` (the layer as loaded, with its input
+fake-quantizer, is always eligible: it is what training used); the layer is replaced only when
+a kernel beats it. Input fake-quantizers left on layers that were not replaced
 (convolutions, LSTMs, layers ``run`` did not reach; not linears that kept ``reference``) are
 switched off: in inference they only cost time. Candidates:
 
@@ -143,7 +144,9 @@ def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: floa
 
     Args:
         run: calls the model on representative input (e.g. one batch of the dev set).
-        tolerance: largest relative error accepted against the layer's own output.
+        tolerance: largest relative error accepted against the exact product of the layer's stored
+            weights with its float input (the layer as loaded, fake-quantized input and all, is
+            always accepted).
         ptq: allow int8 for weights that were not quantization-aware trained (max-abs scales).
         kernels: restrict the candidates to these names (``reference`` always stays one).
     """
@@ -157,7 +160,7 @@ def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: floa
     plan = Plan(device=device.type)
     for name, x in inputs.items():
         layer = model.get_submodule(name)
-        ref = layer(x)
+        ref = F.linear(x, layer.weight, layer.bias)  # exact: the stored weights on the float input
         found = (cuda_kernels if device.type == "cuda" else cpu_kernels)(layer, ptq)
         cands = {"reference": layer, **{k: f for k, f in found.items() if kernels is None or k in kernels}}
         x2 = x.reshape(-1, x.shape[-1])
