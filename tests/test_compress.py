@@ -349,3 +349,16 @@ def test_squat_alternates_a_sam_step_on_weights_with_a_step_size_step():
     squat_step(lin, opt, closure, rho=0.05, step=1)
     assert torch.equal(w.detach(), w1) and not all(torch.equal(s.detach(), s_)
                                                    for s, s_ in zip(step_sizes(lin), s0))
+
+
+def test_exclude_rules_leave_layers_dense_and_are_reported():
+    model = tiny_transducer(V)
+    cfg = CompressConfig(sparsity=SparsityConfig(), quant=QuantConfig(8, 8), exclude=[r"^joiner\.", "head"])
+    cov = compress_model(model, cfg)
+    rows = {n: (a, r) for n, _, a, r in cov.rows}
+    for name, rule in (("joiner.out.weight", r"^joiner\."), ("joiner.enc_proj.weight", r"^joiner\."),
+                       ("encoder.head.proj.weight", "head")):
+        assert rows[name] == ("", f"excluded by rule {rule!r}"), name
+    assert not any(k.startswith(("joiner.", "encoder.head.")) for k in compressors(model, NMSparse))
+    assert not hasattr(model.joiner.out, "input_quant") and hasattr(model.encoder.frontend.proj, "input_quant")
+    assert "excluded by rule" in cov.to_text()
