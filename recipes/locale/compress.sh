@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compression on the locale corpus (recipes/locale/RESULTS.md "Compression"): the full ASR brick
-# fine-tuned 2,000 steps dense and under each compression config; the same 2:4 + int8 config on the
-# MT and STAST bricks (800 steps, against dense fine-tuning of the same length). Every fit ends
+# fine-tuned 2,000 steps dense and under each compression config (sparse_srste_long: 3,500 steps); the
+# same configs on the MT and STAST bricks (800 steps, against dense fine-tuning of the same length). Every fit ends
 # with the folded, compressed brick in $X/NAME/brick.
 #   bash recipes/locale/compress.sh train [NAME...]  # (default: all of $NAMES)
 #   bash recipes/locale/compress.sh eval [NAME...]   # decode each test set (greedy) → $X/results.jsonl
@@ -11,7 +11,8 @@ set -euo pipefail
 THREADS=${THREADS:-2}
 C=recipes/locale/conf
 X=${X:-exp/compress}
-NAMES="dense sparse_srste sparse_ste int8 sparse_int8 sparse_srste_long mt_dense mt_sparse_int8 stast_dense stast_sparse_int8"
+NAMES="dense sparse_srste sparse_ste int8 sparse_int8 sparse_srste_long mt_dense mt_int8 mt_sparse_srste mt_sparse_int8
+  stast_dense stast_int8 stast_sparse_int8"
 source "$(dirname "$0")/lib.sh"
 
 configs() {
