@@ -139,12 +139,6 @@ class Coverage:
             lines.extend(f"    {m or '<model>'}: {why}" for m, why in skipped)
         return "\n".join(lines)
 
-    def to_dict(self) -> dict:
-        return {"counts": self.counts(),
-                "params": [{"name": n, "shape": list(s), "applied": a, "reason": r}
-                           for n, s, a, r in self.rows],
-                "inputs": [{"module": m, "skipped": why} for m, why in self.inputs]}
-
 
 def compress_model(model: nn.Module, cfg: CompressConfig) -> Coverage:
     """Parametrize every known weight of ``model`` per ``cfg``; return the coverage of all parameters."""
