@@ -26,6 +26,7 @@ from torch import nn
 from speechkit.compress.apply import CompressConfig, QuantConfig, SparsityConfig
 from speechkit.compress.deploy import _time, cpu_kernels, cuda_kernels, deploy
 from speechkit.compress.export import load_folded, one_shot
+from speechkit.compress.quant import integer_codes, maxabs_step
 from speechkit.compress.sparsity import nm_mask
 from speechkit.lego.encoders import SpeechEncoder
 from speechkit.lego.interface import MarginalHead
@@ -45,8 +46,8 @@ def _layer(k: int, n: int, sparse: bool, bits: int | None, device) -> nn.Linear:
             lin.weight.mul_(nm_mask(lin.weight, 2, 4))
             fmt.update(n=2, m=4)
         if bits:
-            scale = (lin.weight.abs().amax(1) / 127).clamp_min(1e-12)
-            lin.weight.copy_(torch.round(lin.weight / scale[:, None]) * scale[:, None])
+            scale = maxabs_step(lin.weight, 8)
+            lin.weight.copy_(integer_codes(lin.weight, scale[:, None], 8) * scale[:, None])
             fmt.update(bits=8, scale=scale)
     lin.compressed = {"weight": fmt}
     return lin

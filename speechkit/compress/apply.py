@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .quant import ActLSQ, WeightLSQ, quantize_inputs
+from .quant import ActLSQ, WeightLSQ
 from .sparsity import NMSparse
 
 
@@ -117,7 +117,7 @@ class Coverage:
         self.rows.append((name, tuple(shape), applied, reason))
 
     def counts(self) -> dict[str, int]:
-        """Parameter elements in total, compressed by each kind, and left out."""
+        """Parameter elements in total and under compression (N:M and/or quantized)."""
         out = {"total": 0, "compressed": 0}
         for _, shape, applied, _ in self.rows:
             k = int(torch.Size(shape).numel())
@@ -145,8 +145,6 @@ def compress_model(model: nn.Module, cfg: CompressConfig) -> Coverage:
     if cfg.sparsity is None and cfg.quant is None:
         raise ValueError("compress: give 'sparsity', 'quant' or both")
     excludes = [re.compile(p) for p in cfg.exclude]
-    if cfg.quant is not None and cfg.quant.act_bits:
-        _disable_mha_fastpath()
     cov, done = Coverage(), set()
     # MultiheadAttention reads out_proj.weight inside F.multi_head_attention_forward: no input hook fires
     hookless = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -200,14 +198,24 @@ def _attach_input_quant(module: nn.Module, mname: str, bits: int, excludes, cov:
     if any(p.search(mname) for p in excludes):
         cov.inputs.append((mname, "excluded by rule"))
         return
-    module.input_quant = ActLSQ(bits)
-    module.register_forward_pre_hook(functools.partial(_quantize_first, n))
+    add_input_quantizer(module, bits)
     if isinstance(module, nn.RNNBase):
         cov.inputs.append((f"{mname} (recurrent state)", "inside the fused RNN kernel"))
 
 
+def add_input_quantizer(module: nn.Module, bits: int) -> None:
+    """Fake-quantize the activation inputs of ``module`` (``module.input_quant`` + a forward pre-hook).
+
+    Turns off PyTorch's fused Transformer fast path, which reads weights directly and skips hooks.
+    """
+    module.input_quant = ActLSQ(bits)
+    module.register_forward_pre_hook(functools.partial(_quantize_first, _input_count(module)))
+    torch.backends.mha.set_fastpath_enabled(False)
+
+
 def _quantize_first(n: int, module: nn.Module, args: tuple) -> tuple:
-    return quantize_inputs(module, args[:n]) + args[n:]
+    """Forward pre-hook: the first ``n`` positional inputs through ``module.input_quant`` (tensors only)."""
+    return tuple(module.input_quant(a) if isinstance(a, torch.Tensor) else a for a in args[:n]) + args[n:]
 
 
 def _owner(model: nn.Module, full: str) -> str:
@@ -244,8 +252,3 @@ def set_state(model: nn.Module, sparsity: bool | None = None, frozen: bool | Non
     for p in quantizers:
         p.enabled = p.enabled if quant is None else quant
         p.noise = p.noise if noise is None else noise
-
-
-def _disable_mha_fastpath() -> None:
-    """PyTorch's fused Transformer fast path reads weights directly and skips module hooks."""
-    torch.backends.mha.set_fastpath_enabled(False)

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .quant import integer_codes, maxabs_step
+
 
 class DeployedLinear(nn.Module):
     """A linear layer computed by a chosen kernel: (…, K) → (…, N)."""
@@ -56,10 +58,10 @@ def _int8_weight(layer: nn.Linear, ptq: bool) -> tuple[Tensor, Tensor] | None:
     if fmt.get("bits") == 8:
         scale = fmt["scale"].to(w.device).expand(w.shape[0])
     elif ptq:
-        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+        scale = maxabs_step(w, 8)
     else:
         return None
-    return torch.round(w / scale[:, None]).clamp(-128, 127).to(torch.int8), scale
+    return integer_codes(w, scale[:, None], 8).to(torch.int8), scale
 
 
 def cpu_kernels(layer: nn.Linear, ptq: bool) -> dict[str, Callable[[Tensor], Tensor]]:

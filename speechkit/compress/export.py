@@ -18,7 +18,6 @@ int8 / 2:4 kernels.
 
 from __future__ import annotations
 
-import functools
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -26,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .apply import _input_count, _quantize_first, compress_model, compressors, input_quantizers
-from .quant import ActLSQ, WeightLSQ, integer_codes
+from .apply import add_input_quantizer, compress_model, compressors, input_quantizers
+from .quant import WeightLSQ, integer_codes, maxabs_step
 from .sparsity import NMSparse
 
 
@@ -133,16 +132,6 @@ def unfold(state: dict[str, Tensor], info: dict) -> tuple[dict[str, Tensor], dic
     return state, scales
 
 
-def attach_inputs(model: nn.Module, info: dict) -> None:
-    """Re-attach the fake quantizers of layer inputs listed in ``info['inputs']`` (before loading state)."""
-    for mname, bits in info.get("inputs", {}).items():
-        module = model.get_submodule(mname)
-        module.input_quant = ActLSQ(bits)
-        module.register_forward_pre_hook(functools.partial(_quantize_first, _input_count(module)))
-    if info.get("inputs"):
-        torch.backends.mha.set_fastpath_enabled(False)
-
-
 def mark_deployable(model: nn.Module, info: dict, scales: dict[str, Tensor]) -> None:
     """Record on each module its compressed weights' format and steps (``module.compressed[param]``)
     for the deploy runtime."""
@@ -169,8 +158,7 @@ def one_shot(model: nn.Module, cfg) -> tuple[dict[str, Tensor], dict]:
             mname, _, pname = name.rpartition(".")
             q.enabled = False
             w = getattr(model.get_submodule(mname), pname)  # masked (if sparse), not quantized
-            amax = w.abs().amax(tuple(range(1, w.ndim))) if q.step.numel() > 1 else w.abs().amax().reshape(1)
-            q.step.copy_((amax / q.qp).clamp_min(1e-12))
+            q.step.copy_(maxabs_step(w, q.bits, per_channel=q.step.numel() > 1))
             q.initialized.fill_(True)
             q.enabled = True
     state, info = fold(model, cfg)
@@ -183,7 +171,8 @@ def load_folded(model: nn.Module, state: dict[str, Tensor], info: dict) -> nn.Mo
     a compressed weight missing from ``state``, RuntimeError for a mismatch (``load_brick`` names
     the file)."""
     dense, scales = unfold(state, info)
-    attach_inputs(model, info)
+    for mname, bits in info.get("inputs", {}).items():  # before loading: their steps are in the state
+        add_input_quantizer(model.get_submodule(mname), bits)
     model.load_state_dict(dense)
     mark_deployable(model, info, scales)
     return model

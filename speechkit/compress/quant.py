@@ -108,9 +108,10 @@ class ActLSQ(_LSQBase):
         return self._quantize(x, self.step, x[0].numel() if x.ndim > 1 else x.numel())
 
 
-def quantize_inputs(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: fake-quantize the floating-point positional inputs with ``module.input_quant``."""
-    return tuple(module.input_quant(a) if isinstance(a, Tensor) else a for a in args)
+def maxabs_step(w: Tensor, bits: int, per_channel: bool = True) -> Tensor:
+    """Post-training step of a weight: ``max|w| / Q_P`` per output channel (dim 0) or per tensor."""
+    amax = w.abs().amax(tuple(range(1, w.ndim))) if per_channel else w.abs().amax().reshape(1)
+    return (amax / qrange(bits)[1]).clamp_min(1e-12)
 
 
 def step_sizes(model: nn.Module) -> list[nn.Parameter]:
