@@ -65,3 +65,33 @@ def audio_info(path: str | Path) -> tuple[int, int]:
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(f"cannot read audio header {path}: {e}") from None
     return info.frames, info.samplerate
+
+
+CONTAINERS = {b"RIFF": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"ID3": "MP3",
+              b"\x1aE\xdf\xa3": "Matroska/WebM"}
+
+
+def read_pcm(stream, block_samples: int, name: str = "stdin"):
+    """Raw 16-kHz signed 16-bit little-endian mono PCM from a binary file object → float32 blocks (N,)
+    in [-1, 1] of up to ``block_samples``, until end of file.
+
+    Raises ``AudioError`` naming ``name`` when the data starts with a container header (WAV, FLAC,
+    Ogg, MP3, WebM: not raw PCM) or ends inside a sample (an odd number of bytes); the blocks before
+    the error have been yielded.
+    """
+    total, carry = 0, b""
+    while data := stream.read(2 * block_samples):
+        if not total:
+            kind = next((k for m, k in CONTAINERS.items() if data.startswith(m)), None)
+            if kind:
+                raise AudioError(f"{name} starts with a {kind} header, not raw PCM: pass the file as a path, "
+                                 "or convert it: sox IN -t raw -r 16000 -e signed -b 16 -c 1 -")
+        total += len(data)
+        data = carry + data
+        whole = len(data) // 2 * 2
+        carry = data[whole:]
+        if whole:
+            yield torch.frombuffer(bytearray(data[:whole]), dtype=torch.int16).float() / 32768.0
+    if carry:
+        raise AudioError(f"{name} is truncated: it ended inside a 16-bit sample ({total} bytes; raw "
+                         "s16le PCM has an even number)")

@@ -1,5 +1,5 @@
-"""The ``speechkit`` command: prepare, fit/validate/test, decode, tune-fusion, adapt-ilm, export, bench,
-score, compose, demo."""
+"""The ``speechkit`` command: prepare, fit/validate/test, decode, stream, tune-fusion, adapt-ilm, export,
+bench, score, compose, demo."""
 
 from __future__ import annotations
 
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--max-utts", type=int, default=None)
     dm.add_argument("--out", default="exp/demo")
     dm.add_argument("--config", default=None, help="training config (default: recipes/locale/conf/demo.yaml)")
+    from .cli_stream import add_parser as add_stream
+
+    add_stream(sub)
     return p
 
 
@@ -297,7 +300,14 @@ def _run(a) -> None:
         run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
         return
     {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose,
-     "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench}[a.verb](a)
+     "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench,
+     "stream": _stream}[a.verb](a)
+
+
+def _stream(a) -> None:
+    from .cli_stream import run
+
+    run(a)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ CONF = "recipes/locale/conf"
 
 
 def recipe_models() -> list[tuple[str, list[str]]]:
-    """(name, config files) for every model of lego.sh, stast.sh, fusion.sh and compress.sh (``list``)."""
+    """(name, config files) for every model of lego.sh, stast.sh, fusion.sh, compress.sh and stream.sh
+    (``list``)."""
     models = [("demo", [f"{CONF}/demo.yaml"]), ("full", [f"{CONF}/demo.yaml", f"{CONF}/full.yaml"])]
-    for script in ("lego.sh", "stast.sh", "fusion.sh", "compress.sh"):
+    for script in ("lego.sh", "stast.sh", "fusion.sh", "compress.sh", "stream.sh"):
         out = subprocess.run(["bash", f"recipes/locale/{script}", "list"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
         for line in out.splitlines():
@@ -38,7 +39,8 @@ def test_the_scripts_list_their_models():
     names = {n for n, _ in MODELS}
     assert {"lego.sh mt_ro_en", "lego.sh chain", "stast.sh de stast_mt_init", "stast.sh ro e2e_mt_init",
             "stast.sh ro mt", "fusion.sh lm_lstm", "fusion.sh mwer_ilme", "fusion.sh ilmt_lstm",
-            "compress.sh sparse_int8", "compress.sh mt_sparse_int8", "compress.sh stast_sparse_int8"} <= names
+            "compress.sh sparse_int8", "compress.sh mt_sparse_int8", "compress.sh stast_sparse_int8",
+            "stream.sh small", "stream.sh full"} <= names
     for _, files in MODELS:
         assert files and all((ROOT / f).is_file() for f in files), files
 
@@ -57,6 +59,10 @@ def test_recipe_config_parses(name, configs, monkeypatch):
         for part in ("encoder: exp/locale/full/brick#encoder", f"text_encoder: {mt}#encoder",
                      f"decoder: {mt}#decoder"):
             assert part in out.getvalue(), part
+    if name.startswith("stream.sh"):  # streaming: causal, dynamic chunks
+        body = yaml.safe_load(out.getvalue())["model"]["init_args"]["model"]["init_args"]["encoder"][
+            "init_args"]["body"]["init_args"]
+        assert body["causal"] and body["chunk_sizes"] == [4, 8, 16, 32] and body["left_context"] == 64
     if name.startswith("compress.sh"):  # the top-level section (linked to the task's `compress`)
         cfg = yaml.safe_load(out.getvalue())
         assert (cfg["compress"] is None) == name.endswith("dense"), cfg["compress"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..features import GlobalCMVN
@@ -47,6 +48,35 @@ class SpeechEncoder(Brick):
         x, lengths = self.frontend(x, lengths)
         h = self.body(x, lengths)
         return Encoded(h, lengths, None if self.head is None else self.head(h))
+
+    def stream_state(self, batch: int = 1, device=None) -> dict:
+        """The state of ``batch`` streams that have seen nothing (for ``forward_chunk``)."""
+        for part in (self.frontend, self.body):
+            if not hasattr(part, "forward_chunk"):
+                raise ValueError(f"{type(part).__name__} has no streaming mode (forward_chunk); a streaming "
+                                 "encoder needs a FrameStack front end and a causal Conformer body")
+        if not getattr(self.body, "chunk", None):
+            raise ValueError("set the chunk size (encoder.body.chunk, in frames after subsampling) to stream")
+        return {"features": None, "frames": None, "body": self.body.initial_state(batch, device)}
+
+    def forward_chunk(self, feats: Tensor, state: dict, final: bool = False) -> tuple[Encoded, dict]:
+        """Streaming: the next feature frames (B, N, F) of B streams (any N) → ``Encoded`` for the
+        encoder frames of the chunks they complete (B, T', D) (T' a multiple of ``body.chunk``, maybe
+        0; with ``final`` the last, partial chunk too), and the new state. The outputs equal
+        ``forward`` on the whole stream under the same chunk size."""
+        x, feats_left = self.frontend.forward_chunk(self.cmvn(feats), state["features"])
+        if state["frames"] is not None:
+            x = torch.cat([state["frames"], x], dim=1)  # (B, T', D) frames waiting for a whole chunk
+        chunk, body = self.body.chunk, state["body"]
+        ready = x.shape[1] if final else x.shape[1] // chunk * chunk
+        outs = []
+        for i in range(0, ready, chunk):
+            y, body = self.body.forward_chunk(x[:, i: min(i + chunk, ready)], body)
+            outs.append(y)
+        h = torch.cat(outs, 1) if outs else x[:, :0]
+        lengths = torch.full((x.shape[0],), h.shape[1], dtype=torch.long, device=x.device)
+        state = {"features": feats_left, "frames": x[:, ready:], "body": body}
+        return Encoded(h, lengths, None if self.head is None else self.head(h)), state
 
 
 class SequenceEncoder(Brick):

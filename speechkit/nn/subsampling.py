@@ -32,6 +32,15 @@ class FrameStack(Brick):
         x = x[:, : t2 * self.stack].reshape(b, t2, self.stack * f)  # (B, T', stack*F)
         return self.drop(self.norm(self.proj(x))), self.output_lengths(lengths)
 
+    def forward_chunk(self, x: Tensor, pending: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Streaming: features (B, N, F) after the frames ``pending`` (B, R < stack, F) left over by the
+        previous call → (B, (R + N) // stack, D), and the new leftover frames."""
+        if pending is not None:
+            x = torch.cat([pending, x], dim=1)
+        t2 = x.shape[1] // self.stack
+        y, _ = self.forward(x[:, : t2 * self.stack], x.new_full((x.shape[0],), t2 * self.stack))
+        return y, x[:, t2 * self.stack:]
+
 
 class Conv2dSubsampling(Brick):
     """Two 3×3 stride-2 convolutions (4× in time), the usual conformer front end.

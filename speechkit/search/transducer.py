@@ -1,8 +1,9 @@
-"""Transducer search: greedy and modified beam search with N-best output, both batched over utterances.
+"""Transducer search: greedy and modified beam search with N-best output, both batched over utterances
+and both stateful (``GreedySearch`` / ``BeamSearch`` consume frames chunk by chunk, for streaming).
 
-Both take a model with ``predictor`` and ``joiner`` (see ``speechkit.lego.transducer``)
-and an ``Encoded`` batch; they return token id lists (interface vocabulary, blank
-excluded).
+They take a model with ``predictor`` and ``joiner`` (see ``speechkit.lego.transducer``) and
+``Encoded`` frames; hypotheses are token id lists (interface vocabulary, blank excluded) with the
+frame and posterior of every token (timestamps, confidence).
 """
 
 from __future__ import annotations
@@ -19,115 +20,177 @@ from .fusion import Fusion
 @dataclass(frozen=True)
 class Hypothesis:
     tokens: tuple[int, ...]
-    score: float  # total log-probability of the alignment-marginalised hypothesis in the beam
+    score: float | None  # total log-probability of the alignment-marginalised hypothesis (None: greedy)
+    frames: tuple[int, ...] = ()  # per token, the encoder frame it was emitted at (from the stream start)
+    probs: tuple[float, ...] = ()  # per token, its posterior P(token | frame, context) from the transducer
+
+
+class GreedySearch:
+    """Batched greedy transducer search that keeps its state between calls (streaming).
+
+    ``advance(enc)`` consumes the next frames of B utterances (or streams); ``best()`` gives the
+    hypotheses so far. Up to ``max_symbols`` labels per frame; a frame ends at the first blank.
+    Each row evolves independently of the others, so batched = one-by-one, and feeding the frames
+    in pieces = feeding them at once.
+    """
+
+    def __init__(self, model, batch: int, device=None, max_symbols: int = 3):
+        self.model, self.max_symbols = model, max_symbols
+        pred, blank = model.predictor, model.blank
+        out, self.state = pred.step(torch.full((batch,), blank, dtype=torch.long, device=device),
+                                    pred.initial_state(batch, device))
+        self.pred_proj = model.joiner.pred_proj(out)  # (B, J)
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.frames: list[list[int]] = [[] for _ in range(batch)]
+        self.probs: list[list[float]] = [[] for _ in range(batch)]
+        self.frame = 0  # frames consumed so far
+
+    @torch.no_grad()
+    def advance(self, enc: Encoded) -> None:
+        pred, join, blank = self.model.predictor, self.model.joiner, self.model.blank
+        enc = self.model.decoder_input(enc)
+        enc_proj = join.enc_proj(enc.hidden)  # (B, T, J)
+        for t in range(enc_proj.shape[1]):
+            active = enc.lengths > t
+            for _ in range(self.max_symbols):
+                prob, tok = join.joint(enc_proj[:, t], self.pred_proj).softmax(-1).max(-1)  # (B,) each
+                emit = active & (tok != blank)
+                if not emit.any():
+                    break
+                for i in emit.nonzero()[:, 0].tolist():
+                    self.tokens[i].append(int(tok[i]))
+                    self.frames[i].append(self.frame + t)
+                    self.probs[i].append(float(prob[i]))
+                new_out, new_state = pred.step(torch.where(emit, tok, blank), self.state)
+                self.state = pred.where(emit, new_state, self.state)
+                self.pred_proj = torch.where(emit[:, None], join.pred_proj(new_out), self.pred_proj)
+                active = emit
+        self.frame += enc_proj.shape[1]
+
+    def best(self, final: bool = False) -> list[Hypothesis]:
+        return [Hypothesis(tuple(t), None, tuple(f), tuple(p))
+                for t, f, p in zip(self.tokens, self.frames, self.probs)]
 
 
 @torch.no_grad()
 def greedy_search(model, enc: Encoded, max_symbols: int = 3) -> list[list[int]]:
-    """Batched greedy transducer decoding → B token lists.
-
-    Up to ``max_symbols`` labels per frame; a frame ends at the first blank. Each row
-    evolves independently of the others, so batched = one-by-one.
-    """
-    pred, join, blank = model.predictor, model.joiner, model.blank
-    enc = model.decoder_input(enc)
-    b, t_max, _ = enc.hidden.shape
-    enc_proj = join.enc_proj(enc.hidden)  # (B, T, J)
-    start = torch.full((b,), blank, dtype=torch.long, device=enc.hidden.device)
-    out, state = pred.step(start, pred.initial_state(b, enc.hidden.device))
-    pred_proj = join.pred_proj(out)  # (B, J)
-    hyps: list[list[int]] = [[] for _ in range(b)]
-    for t in range(t_max):
-        active = enc.lengths > t
-        for _ in range(max_symbols):
-            tok = join.joint(enc_proj[:, t], pred_proj).argmax(-1)  # (B,)
-            emit = active & (tok != blank)
-            if not emit.any():
-                break
-            for i in emit.nonzero()[:, 0].tolist():
-                hyps[i].append(int(tok[i]))
-            new_out, new_state = pred.step(torch.where(emit, tok, blank), state)
-            state = pred.where(emit, new_state, state)
-            pred_proj = torch.where(emit[:, None], join.pred_proj(new_out), pred_proj)
-            active = emit
-    return hyps
+    """Batched greedy transducer decoding of a whole batch → B token lists."""
+    s = GreedySearch(model, enc.hidden.shape[0], enc.hidden.device, max_symbols)
+    s.advance(enc)
+    return [list(h.tokens) for h in s.best()]
 
 
-@torch.no_grad()
-def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None,
-                fusion: Fusion | None = None) -> list[list[Hypothesis]]:
-    """Modified beam search (at most one label per frame), batched over utterances → N-best lists.
+class BeamSearch:
+    """Modified beam search (at most one label per frame), batched over utterances, with its state
+    kept between calls (streaming): ``advance(enc)`` consumes the next frames, ``nbest()`` ranks.
 
     Every utterance keeps ``beam`` hypothesis slots (B, K); the joiner and the predictor run on all
     B·K slots at once, each utterance's candidates are ranked and merged on their own (hypotheses
-    reaching the same label sequence are merged, log-sum-exp of scores), and an utterance past its
-    last frame is left as it is, so the result does not depend on the batch. Returns, per
-    utterance, up to ``nbest`` (default ``beam``) hypotheses, best first.
+    reaching the same label sequence are merged, log-sum-exp of scores, keeping the better one's
+    frames), and an utterance past its last frame is left as it is, so the result does not depend on
+    the batch or on how the frames are split into calls.
 
     ``fusion`` adds external-LM, internal-LM (ILME) and length-reward terms to every non-blank
     emission (blank steps keep the transducer score; the LM state advances only on labels) and
-    the LM's end-of-sentence score at the end; ``Hypothesis.score`` is then the fused score.
+    the LM's end-of-sentence score in ``nbest(final=True)``; scores are then fused scores.
     """
-    pred, join, blank = model.predictor, model.joiner, model.blank
-    enc = model.decoder_input(enc)
-    b, t_max, _ = enc.hidden.shape
-    k, dev, lengths = beam, enc.hidden.device, enc.lengths.tolist()
-    enc_proj = join.enc_proj(enc.hidden)  # (B, T, J)
-    out, state = pred.step(torch.full((b * k,), blank, device=dev), pred.initial_state(b * k, dev))
-    pred_proj = join.pred_proj(out).view(b, k, -1)  # (B, K, J)
-    lm = fusion.lm_scorer(b * k, dev) if fusion is not None else None
-    seqs: list[list[tuple[int, ...]]] = [[()] for _ in range(b)]
-    scores = torch.full((b, k), -math.inf, device=dev)
-    scores[:, 0] = 0.0  # one live hypothesis, the empty one, per utterance
-    for t in range(t_max):
-        logp = join.joint(enc_proj[:, t, None], pred_proj).log_softmax(-1)  # (B, K, V+1)
-        if fusion is not None:  # LM, ILM and length reward on the non-blank outputs only
-            ilm = model.internal_lm_logprobs(pred_proj, projected=True) if fusion.ilm_weight else None
-            lm_logp = lm.logp.view(b, k, -1)[..., :blank] if lm is not None else None
-            logp = torch.cat([logp[..., :blank] + fusion.terms(lm_logp, ilm), logp[..., blank:]], -1)
-        width = logp.shape[-1]
-        top_s, top_i = (scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
-        rows = scores.tolist()  # (B, K) per utterance: kept scores, parent slots, labels
-        parents, toks = [list(range(k)) for _ in range(b)], [[blank] * k for _ in range(b)]
-        for i in range(b):
-            if t >= lengths[i]:  # finished rows stay put
-                continue
-            merged: dict[tuple[int, ...], list] = {}
-            for sc, j in zip(top_s[i].tolist(), top_i[i].tolist()):
-                if sc == -math.inf:
-                    break
-                parent, tok = divmod(j, width)
-                seq = seqs[i][parent] if tok == blank else seqs[i][parent] + (tok,)
-                if seq in merged:
-                    hi, lo = max(merged[seq][0], sc), min(merged[seq][0], sc)
-                    merged[seq][0] = hi + math.log1p(math.exp(lo - hi))
-                else:
-                    merged[seq] = [sc, parent, tok]
-            kept = sorted(merged.items(), key=lambda kv: -kv[1][0])[:k]
-            seqs[i] = [q for q, _ in kept]
-            n = len(kept)
-            rows[i] = [v[0] for _, v in kept] + [-math.inf] * (k - n)
-            parents[i][:n] = [v[1] for _, v in kept]
-            toks[i][:n] = [v[2] for _, v in kept]
-        scores = torch.tensor(rows, device=dev)
-        parents, toks = torch.tensor(parents, device=dev), torch.tensor(toks, device=dev)
-        flat = (parents + torch.arange(b, device=dev)[:, None] * k).flatten()
-        state, pred_proj = pred.select(state, flat), pred_proj.flatten(0, 1)[flat]
-        emit = toks.flatten() != blank
-        if lm is not None:
-            lm.advance(flat, toks.flatten(), emit)
-        if emit.any():
-            new_out, new_state = pred.step(torch.where(emit, toks.flatten(), blank), state)
-            state = pred.where(emit, new_state, state)
-            pred_proj = torch.where(emit[:, None], join.pred_proj(new_out), pred_proj)
-        pred_proj = pred_proj.view(b, k, -1)
-    if lm is not None and fusion.lm_eos:
-        scores = scores + fusion.lm_weight * lm.logp[:, lm.lm.eos].view(b, k)
-    out = []
-    for i in range(b):
-        order = scores[i, : len(seqs[i])].argsort(descending=True)[: nbest or k].tolist()
-        out.append([Hypothesis(seqs[i][j], float(scores[i, j])) for j in order])
-    return out
+
+    def __init__(self, model, batch: int, device=None, beam: int = 4, fusion: Fusion | None = None):
+        self.model, self.k, self.fusion, self.b = model, beam, fusion, batch
+        pred, blank = model.predictor, model.blank
+        out, self.state = pred.step(torch.full((batch * beam,), blank, dtype=torch.long, device=device),
+                                    pred.initial_state(batch * beam, device))
+        self.pred_proj = model.joiner.pred_proj(out).view(batch, beam, -1)  # (B, K, J)
+        self.lm = fusion.lm_scorer(batch * beam, device) if fusion is not None else None
+        # per utterance and live slot: (tokens, frames, probs)
+        self.hyps: list[list[tuple[tuple, tuple, tuple]]] = [[((), (), ())] for _ in range(batch)]
+        self.scores = torch.full((batch, beam), -math.inf, device=device)
+        self.scores[:, 0] = 0.0  # one live hypothesis, the empty one, per utterance
+        self.frame = 0
+
+    def _logp(self, enc_proj_t):
+        """(B, J) frame → fused and transducer-only log-probs (B, K, V+1)."""
+        b, k, f, blank = self.b, self.k, self.fusion, self.model.blank
+        am = self.model.joiner.joint(enc_proj_t[:, None], self.pred_proj).log_softmax(-1)  # (B, K, V+1)
+        if f is None:
+            return am, am
+        ilm = self.model.internal_lm_logprobs(self.pred_proj, projected=True) if f.ilm_weight else None
+        lm_logp = self.lm.logp.view(b, k, -1)[..., :blank] if self.lm is not None else None
+        return torch.cat([am[..., :blank] + f.terms(lm_logp, ilm), am[..., blank:]], -1), am
+
+    @torch.no_grad()
+    def advance(self, enc: Encoded) -> None:
+        b, k, blank, pred = self.b, self.k, self.model.blank, self.model.predictor
+        enc = self.model.decoder_input(enc)
+        enc_proj, lengths, dev = self.model.joiner.enc_proj(enc.hidden), enc.lengths.tolist(), \
+            enc.hidden.device
+        for t in range(enc_proj.shape[1]):
+            logp, am = self._logp(enc_proj[:, t])
+            width = logp.shape[-1]
+            top_s, top_i = (self.scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
+            top_p = am.flatten(1).gather(1, top_i).exp().tolist()  # (B, 2K) transducer posteriors
+            rows = self.scores.tolist()  # (B, K) per utterance: kept scores, parent slots, labels
+            parents, toks = [list(range(k)) for _ in range(b)], [[blank] * k for _ in range(b)]
+            for i in range(b):
+                if t >= lengths[i]:  # finished rows stay put
+                    continue
+                merged: dict[tuple[int, ...], list] = {}
+                for sc, j, p in zip(top_s[i].tolist(), top_i[i].tolist(), top_p[i]):
+                    if sc == -math.inf:
+                        break
+                    parent, tok = divmod(j, width)
+                    seq, fr, pr = self.hyps[i][parent]
+                    if tok != blank:
+                        seq, fr, pr = seq + (tok,), fr + (self.frame + t,), pr + (p,)
+                    if seq in merged:
+                        hi, lo = max(merged[seq][0], sc), min(merged[seq][0], sc)
+                        merged[seq][0] = hi + math.log1p(math.exp(lo - hi))
+                    else:
+                        merged[seq] = [sc, parent, tok, (seq, fr, pr)]
+                kept = sorted(merged.values(), key=lambda v: -v[0])[:k]
+                self.hyps[i] = [v[3] for v in kept]
+                n = len(kept)
+                rows[i] = [v[0] for v in kept] + [-math.inf] * (k - n)
+                parents[i][:n] = [v[1] for v in kept]
+                toks[i][:n] = [v[2] for v in kept]
+            self.scores = torch.tensor(rows, device=dev)
+            parents, toks = torch.tensor(parents, device=dev), torch.tensor(toks, device=dev)
+            flat = (parents + torch.arange(b, device=dev)[:, None] * k).flatten()
+            self.state, pred_proj = pred.select(self.state, flat), self.pred_proj.flatten(0, 1)[flat]
+            emit = toks.flatten() != blank
+            if self.lm is not None:
+                self.lm.advance(flat, toks.flatten(), emit)
+            if emit.any():
+                new_out, new_state = pred.step(torch.where(emit, toks.flatten(), blank), self.state)
+                self.state = pred.where(emit, new_state, self.state)
+                pred_proj = torch.where(emit[:, None], self.model.joiner.pred_proj(new_out), pred_proj)
+            self.pred_proj = pred_proj.view(b, k, -1)
+        self.frame += enc_proj.shape[1]
+
+    def nbest(self, n: int | None = None, final: bool = True) -> list[list[Hypothesis]]:
+        """Per utterance up to ``n`` (default: beam) hypotheses, best first; ``final`` adds the LM's
+        end-of-sentence score (when fusing with ``lm_eos``)."""
+        scores = self.scores
+        if final and self.lm is not None and self.fusion.lm_eos:
+            scores = scores + self.fusion.lm_weight * self.lm.logp[:, self.lm.lm.eos].view(self.b, self.k)
+        out = []
+        for i in range(self.b):
+            order = scores[i, : len(self.hyps[i])].argsort(descending=True)[: n or self.k].tolist()
+            out.append([Hypothesis(*self.hyps[i][j][:1], float(scores[i, j]), *self.hyps[i][j][1:])
+                        for j in order])
+        return out
+
+    def best(self, final: bool = False) -> list[Hypothesis]:
+        return [nb[0] for nb in self.nbest(1, final)]
+
+
+def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None,
+                fusion: Fusion | None = None) -> list[list[Hypothesis]]:
+    """``BeamSearch`` over a whole batch → per utterance up to ``nbest`` (default ``beam``)
+    hypotheses, best first."""
+    s = BeamSearch(model, enc.hidden.shape[0], enc.hidden.device, beam, fusion)
+    s.advance(enc)
+    return s.nbest(nbest)
 
 
 def ctc_greedy(enc: Encoded) -> list[list[int]]:

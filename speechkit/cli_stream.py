@@ -1,0 +1,190 @@
+"""``speechkit stream``: streaming recognition of audio files or raw 16-kHz s16le PCM on stdin, or of a
+manifest (WER, RTF, latency, word-time and confidence quality; ``--calibrate`` fits the word-time
+shift and the confidence map on it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    st = sub.add_parser("stream", help="streaming recognition of audio files or raw 16-kHz s16le PCM on "
+                        "stdin (partials, finals, word times and confidence)")
+    st.add_argument("brick", help="a streaming transducer brick (causal Conformer, FrameStack front end)")
+    st.add_argument("inputs", nargs="*", help="audio files (any format soundfile reads, any rate), or - for "
+                    "raw 16-kHz s16le mono PCM on stdin (default when no input is given)")
+    st.add_argument("--manifest", default=None, help="evaluate on a manifest instead: WER, RTF, latency, "
+                    "word-start error and confidence AUC (hypotheses → --out)")
+    st.add_argument("--calibrate", action="store_true", help="with --manifest (a dev set): fit the word-time "
+                    "shift and confidence map for these settings and store them in the brick")
+    st.add_argument("--max-utts", type=int, default=None)
+    st.add_argument("--out", default=None, help="hypotheses JSONL of --manifest")
+    st.add_argument("--chunk", type=int, default=8, help="encoder frames per chunk (40 ms each with "
+                    "FrameStack 4): the latency / accuracy trade-off")
+    st.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
+    st.add_argument("--lm", default=None, metavar="LM_BRICK", help="external LM brick (shallow fusion)")
+    st.add_argument("--lm-weight", type=float, default=0.0)
+    st.add_argument("--ilm-weight", type=float, default=0.0, help="λ_ILM (ILME)")
+    st.add_argument("--length-reward", type=float, default=0.0)
+    st.add_argument("--timestamps", choices=("transducer", "ctc"), default="transducer",
+                    help="word start times from the transducer's emissions or a CTC alignment (finals)")
+    st.add_argument("--endpoint-trailing", type=float, default=1.2, help="s without a new token that end a "
+                    "segment with text")
+    st.add_argument("--endpoint-silence", type=float, default=2.4, help="s that drop a segment without text")
+    st.add_argument("--max-segment", type=float, default=20.0, help="s: the longest segment")
+    st.add_argument("--block-ms", type=int, default=100, help="audio read per step (ms)")
+    st.add_argument("--threads", type=int, default=1)
+    st.add_argument("--int8", action="store_true", help="int8 kernels (fbgemm) for the linear layers where "
+                    "they are faster and within tolerance (compress.deploy)")
+    st.add_argument("--json", action="store_true", help="one JSON object per event (and a summary)")
+
+
+def run(a) -> None:
+    import torch
+
+    from .audio import AudioError
+    from .features import FbankConfig
+    from .lego.brick import load_brick
+    from .search.decode import make_fusion
+    from .search.stream import StreamOptions
+    from .search.stream_eval import load_calibration
+    from .tokenizer import Tokenizer
+
+    torch.set_num_threads(a.threads)
+    model, iface = load_brick(a.brick)
+    model.eval()
+    tok = Tokenizer(Path(a.brick) / "tokenizer.model")
+    cfg = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
+    fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward)
+    opts = StreamOptions(a.chunk, a.beam, fusion, a.endpoint_trailing, a.endpoint_silence, a.max_segment,
+                         a.timestamps)
+    try:
+        model.encoder.body.chunk = a.chunk
+        model.encoder.stream_state(1)
+    except (AttributeError, ValueError) as e:
+        raise SystemExit(f"error: {a.brick} cannot stream: {e}") from None
+    if a.int8:
+        _deploy_int8(model, tok, cfg, opts, quiet=a.json)
+    if a.manifest:
+        return _evaluate(a, model, tok, cfg, opts)
+    opts = load_calibration(a.brick, opts)
+    failed = None
+    summaries = []
+    for src in a.inputs or ["-"]:
+        try:
+            summaries.append(_stream_one(src, model, tok, cfg, opts, a))
+        except AudioError as e:
+            failed = e
+            break
+    _print_summary(summaries, a.json)
+    if failed is not None:
+        raise SystemExit(f"error: {failed}")
+
+
+def _blocks(src: str, cfg, block: int):
+    from .audio import read_audio, read_pcm
+
+    if src == "-":
+        yield from read_pcm(sys.stdin.buffer, block)
+        return
+    wave = read_audio(src, rate=cfg.sample_rate)
+    for i in range(0, wave.numel(), block):
+        yield wave[i: i + block]
+
+
+def _stream_one(src: str, model, tok, cfg, opts, a) -> dict:
+    """Stream one input, printing events as they come → its summary. On bad input (``AudioError``) the
+    audio received so far is finished (its final result printed) before the error propagates."""
+    from .audio import AudioError
+    from .search.stream import Recognizer
+
+    rec = Recognizer(model, tok, cfg, opts)
+    live = sys.stdout.isatty() and not a.json
+    name = "stdin" if src == "-" else src
+    try:
+        for block in _blocks(src, cfg, int(cfg.sample_rate * a.block_ms / 1000)):
+            for e in rec.accept(block):
+                _print_event(e, name, a.json, live)
+    except AudioError:
+        for e in rec.finish():
+            _print_event(e, name, a.json, live)
+        raise
+    for e in rec.finish():
+        _print_event(e, name, a.json, live)
+    return {"source": name, **rec.summary()}
+
+
+def _print_event(e, src: str, as_json: bool, live: bool) -> None:
+    if as_json:
+        print(json.dumps({"source": src, **e.to_dict()}, ensure_ascii=False), flush=True)
+    elif e.kind == "partial":
+        if live:
+            print(f"\r\x1b[K{e.text}", end="", flush=True)
+    else:
+        print(f"{chr(13) + chr(27) + '[K' if live else ''}[{e.start:7.2f} {e.end:7.2f}] {e.text}", flush=True)
+
+
+def _print_summary(summaries: list[dict], as_json: bool) -> None:
+    if not summaries:
+        return
+    audio, compute = sum(s["audio_s"] for s in summaries), sum(s["compute_s"] for s in summaries)
+    total = {"kind": "summary", "inputs": len(summaries), "audio_s": round(audio, 3),
+             "compute_s": round(compute, 3), "rtf": round(compute / max(audio, 1e-9), 4),
+             "chunk_ms": summaries[0]["chunk_ms"],
+             "latency_ms_mean": round(sum(s["latency_ms_mean"] for s in summaries) / len(summaries), 2),
+             "latency_ms_p95": max(s["latency_ms_p95"] for s in summaries)}
+    if as_json:
+        print(json.dumps(total), flush=True)
+    else:
+        print(f"{total['audio_s']} s of audio in {total['compute_s']} s: RTF {total['rtf']}; chunk "
+              f"{total['chunk_ms']} ms + compute per chunk {total['latency_ms_mean']} ms mean, "
+              f"{total['latency_ms_p95']} ms p95", file=sys.stderr)
+
+
+def _evaluate(a, model, tok, cfg, opts) -> None:
+    from .data.manifest import load_manifest
+    from .search.stream_eval import (
+        evaluate,
+        fit_calibration,
+        load_calibration,
+        save_calibration,
+        stream_utterances,
+    )
+
+    utts = load_manifest(a.manifest)[: a.max_utts]
+    if not a.calibrate:
+        opts = load_calibration(a.brick, opts)
+    results, totals = stream_utterances(model, tok, cfg, utts, opts, a.block_ms / 1000, progress=not a.json)
+    out = Path(a.out or Path(a.brick) / f"stream-{Path(a.manifest).stem}-{opts.key()}.jsonl")
+    out.write_text("".join(json.dumps({**r, "words": [w.__dict__ for w in r["words"]]}, ensure_ascii=False)
+                           + "\n" for r in results))
+    summary = {"manifest": a.manifest, "utts": len(results), "settings": opts.key(), **evaluate(results),
+               **totals, "threads": a.threads, "int8": a.int8, "hyps": str(out)}
+    if a.calibrate:
+        entry = {**fit_calibration(results), "dev": a.manifest}
+        summary["calibration"] = entry
+        summary["calibration_file"] = str(save_calibration(a.brick, opts, entry))
+    print(json.dumps(summary))
+
+
+def _deploy_int8(model, tok, cfg, opts, quiet: bool) -> None:
+    """Replace linear layers by fbgemm int8 where faster and within tolerance at streaming shapes (timed
+    on 2 s of synthetic noise streamed through the model)."""
+    import torch
+
+    from .compress.deploy import deploy
+    from .search.stream import Recognizer
+
+    noise = torch.randn(2 * cfg.sample_rate, generator=torch.Generator().manual_seed(0)) * 0.05
+
+    def warm(m):
+        rec = Recognizer(m, tok, cfg, replace(opts, fusion=None))
+        rec.accept(noise)
+        rec.finish()
+
+    plan = deploy(model, warm, ptq=True)
+    if not quiet:
+        print(plan.to_text(), file=sys.stderr)

@@ -1,0 +1,156 @@
+"""Streaming recognition of a manifest: WER, real-time factor, latency, word-time accuracy against the
+manifest's word times (the locale corpus records espeak's), word-confidence quality, and the
+calibration of both (fitted on a dev set, stored next to the brick, used by ``speechkit stream``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jiwer
+import torch
+
+from ..audio import read_audio
+from ..data.manifest import Utterance
+from ..features import FbankConfig
+from ..metrics import normalize_text, score
+from .stream import Recognizer, StreamOptions, Word, logit
+
+CALIBRATION = "stream_calibration.json"
+
+
+def stream_utterances(model, tok, cfg: FbankConfig, utts: list[Utterance], opts: StreamOptions,
+                      block_s: float = 0.1, progress: bool = True) -> tuple[list[dict], dict]:
+    """Stream each utterance's audio (in ``block_s`` pieces) through its own ``Recognizer`` →
+    (per utterance {id, ref, hyp, words, ref_words}, totals {audio_s, compute_s, rtf, latency…})."""
+    results, chunk_s, audio_s, compute_s = [], [], 0.0, 0.0
+    t0 = time.time()
+    for n, u in enumerate(utts):
+        wave = read_audio(u.audio, u.offset, u.duration, cfg.sample_rate)
+        rec = Recognizer(model, tok, cfg, opts)
+        step = int(block_s * cfg.sample_rate)
+        events = [e for i in range(0, wave.numel(), step) for e in rec.accept(wave[i: i + step])]
+        finals = [e for e in events + rec.finish() if e.kind == "final"]
+        results.append({"id": u.id, "ref": u.text, "hyp": " ".join(e.text for e in finals),
+                        "words": [w for e in finals for w in e.words], "ref_words": u.words})
+        chunk_s += rec.chunk_s
+        audio_s, compute_s = audio_s + rec.audio_s, compute_s + rec.compute_s
+        if progress:
+            print(f"\r  streamed {n + 1}/{len(utts)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    lat = sorted(chunk_s) or [0.0]
+    totals = {"audio_s": round(audio_s, 2), "compute_s": round(compute_s, 2),
+              "rtf": round(compute_s / max(audio_s, 1e-9), 4),
+              "chunk_ms": round(opts.chunk * rec.frame_s * 1000) if utts else None,
+              "latency_ms_mean": round(1000 * sum(lat) / len(lat), 2),
+              "latency_ms_p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2)}
+    return results, totals
+
+
+def word_pairs(ref_words: list, hyp_words: list[Word]) -> list[tuple[Word, bool, float | None]]:
+    """Each hypothesis word → (word, correct?, reference start time when correct). Words are
+    normalised (``metrics.normalize_text``) and aligned with jiwer; a reference word that normalises
+    to several tokens gives each its start time."""
+    ref = [(t, s) for w, s, _ in ref_words for t in normalize_text(w).split()]
+    hyp = [(t, w) for w in hyp_words for t in normalize_text(w.word).split()]
+    if not ref or not hyp:
+        return [(w, False, None) for _, w in hyp]
+    out: dict[int, tuple] = {}
+    align = jiwer.process_words(" ".join(t for t, _ in ref), " ".join(t for t, _ in hyp)).alignments[0]
+    for c in align:
+        for k in range(c.hyp_start_idx, c.hyp_end_idx):
+            ok = c.type == "equal"
+            word = hyp[k][1]
+            if id(word) not in out or not ok:  # a word is correct only when all its tokens are
+                out[id(word)] = (word, ok, ref[c.ref_start_idx + k - c.hyp_start_idx][1] if ok else None)
+    return list(out.values())
+
+
+def auc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` separating True from False labels (ties count ½)."""
+    pos, neg = sum(labels), len(labels) - sum(labels)
+    if not pos or not neg:
+        return None
+    s, y = torch.tensor(scores, dtype=torch.float64), torch.tensor(labels)
+    ranks = torch.empty_like(s)
+    order = s.argsort()
+    ranks[order] = torch.arange(1, len(s) + 1, dtype=torch.float64)
+    for v in s.unique():  # average ranks over ties
+        tie = s == v
+        ranks[tie] = ranks[tie].mean()
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def ece(conf: list[float], correct: list[bool], bins: int = 10) -> float:
+    """Expected calibration error: Σ_bins (n_bin / n) · |accuracy − mean confidence|."""
+    c, y = torch.tensor(conf), torch.tensor(correct, dtype=torch.float32)
+    idx = (c * bins).long().clamp(max=bins - 1)
+    return float(sum((idx == b).sum() * ((y[idx == b].mean() - c[idx == b].mean()).abs())
+                     for b in range(bins) if (idx == b).any()) / max(len(conf), 1))
+
+
+def evaluate(results: list[dict]) -> dict:
+    """WER/CER, word-start error (mean absolute, median signed, in ms; correct words), and word
+    confidence quality (AUC correct vs wrong, ECE) of streamed results."""
+    sc = score([r["ref"] for r in results], [r["hyp"] for r in results])
+    pairs = [p for r in results if r.get("ref_words") for p in word_pairs(r["ref_words"], r["words"])]
+    errs = [w.start - s for w, ok, s in pairs if ok]
+    conf, ok = [w.confidence for w, _, _ in pairs], [c for _, c, _ in pairs]
+    out = {"wer": round(sc.wer * 100, 2), "cer": round(sc.cer * 100, 2), "words": len(pairs)}
+    if errs:
+        out.update(start_mae_ms=round(1000 * sum(map(abs, errs)) / len(errs), 1),
+                   start_median_ms=round(1000 * statistics.median(errs), 1), timed_words=len(errs))
+    if pairs:
+        out.update(confidence_auc=auc(conf, ok) and round(auc(conf, ok), 4),
+                   confidence_ece=round(ece(conf, ok), 4), word_accuracy=round(sum(ok) / len(ok), 4))
+    return out
+
+
+def fit_calibration(results: list[dict]) -> dict:
+    """From raw streamed results (no shift, raw posteriors): the time shift (−median start error) and
+    the logistic map conf = σ(a · logit(p) + b) minimising cross-entropy on correct-vs-wrong words."""
+    pairs = [p for r in results if r.get("ref_words") for p in word_pairs(r["ref_words"], r["words"])]
+    if not pairs or all(ok for _, ok, _ in pairs) or not any(ok for _, ok, _ in pairs):
+        raise ValueError(f"calibration needs both correct and wrong words; got {len(pairs)} words")
+    errs = [w.start - s for w, ok, s in pairs if ok]
+    x = torch.tensor([logit(w.confidence) for w, _, _ in pairs], dtype=torch.float64)
+    y = torch.tensor([ok for _, ok, _ in pairs], dtype=torch.float64)
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return {"time_shift": round(-statistics.median(errs), 4),
+            "confidence": [round(float(v), 5) for v in ab.detach()], "words": len(pairs)}
+
+
+def load_calibration(brick: str | Path, opts: StreamOptions) -> StreamOptions:
+    """``opts`` with the time shift and confidence map stored for its settings (``StreamOptions.key``)
+    in BRICK/stream_calibration.json; unchanged (and a note on stderr) when there is none."""
+    path = Path(brick) / CALIBRATION
+    entry = json.loads(path.read_text()).get(opts.key()) if path.is_file() else None
+    if entry is None:
+        print(f"note: no calibration for {opts.key()} in {path}: word confidences are raw posteriors and "
+              "times are not shifted (calibrate: speechkit stream BRICK --manifest DEV --calibrate)",
+              file=sys.stderr)
+        return opts
+    return replace(opts, time_shift=entry["time_shift"], confidence=tuple(entry["confidence"]))
+
+
+def save_calibration(brick: str | Path, opts: StreamOptions, entry: dict) -> Path:
+    path = Path(brick) / CALIBRATION
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    table[opts.key()] = entry
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return path
