@@ -166,3 +166,20 @@ def test_every_preset_in_the_catalogue_builds():
         enc = brick(inputs, torch.tensor([inputs.shape[1]]))
         assert enc.logits.shape[-1] == brick.vocab_size + 1, p
         assert enc.lengths.tolist() == brick.output_lengths(torch.tensor([inputs.shape[1]])).tolist()
+
+
+@pytest.mark.parametrize("name", ["stateless1", "stateless3", "lstm", "transformer"])
+def test_predictor_step_by_step_equals_forward(name):
+    from speechkit.lego.transducer import LSTMPredictor, StatelessPredictor, TransformerPredictor
+
+    torch.manual_seed(0)
+    pred = {"stateless1": StatelessPredictor(20, 16, 1), "stateless3": StatelessPredictor(20, 16, 3),
+            "lstm": LSTMPredictor(20, 16), "transformer": TransformerPredictor(20, 16, 2, 2)}[name].eval()
+    y = torch.randint(0, 20, (3, 6))
+    want = pred(y)  # (B, U+1, P)
+    out, state = pred.step(torch.full((3,), 20), pred.initial_state(3, None))
+    got = [out]
+    for u in range(6):
+        out, state = pred.step(y[:, u], state)
+        got.append(out)
+    torch.testing.assert_close(torch.stack(got, 1), want, atol=1e-5, rtol=1e-4)
