@@ -70,6 +70,9 @@ def run(a) -> None:
         _deploy_int8(model, tok, cfg, opts, quiet=a.json)
     if a.manifest:
         return _evaluate(a, model, tok, cfg, opts)
+    if not a.inputs and sys.stdin.isatty():
+        raise SystemExit("error: give audio files, or pipe raw 16-kHz s16le PCM to stdin (e.g. arecord "
+                         "-f S16_LE -r 16000 -c 1 -t raw | speechkit stream BRICK -)")
     opts = load_calibration(a.brick, opts)
     failed = None
     summaries = []

@@ -227,3 +227,16 @@ def test_stream_cli_refuses_a_non_streaming_brick(tmp_path, tiny_corpus):
     brick = save_brick(m, tmp_path / "b", {"kind": "Transducer", "input": FbankConfig().to_dict()}, tok)
     p = subprocess.run(_cmd(brick, "-"), input="", capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "cannot stream" in p.stderr and "causal" in p.stderr
+
+
+def test_stream_cli_evaluates_a_manifest(tiny_corpus, tmp_path):
+    brick = _stream_brick(tmp_path, tiny_corpus)
+    train = tiny_corpus / "asr" / "train.jsonl"
+    p = subprocess.run(_cmd(brick, "--manifest", train, "--max-utts", 3, "--chunk", 4, "--json", "--beam", 2,
+                            "--out", tmp_path / "hyps.jsonl"), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "no calibration for chunk4-beam2-transducer" in p.stderr
+    s = json.loads(p.stdout.splitlines()[-1])
+    assert s["utts"] == 3 and s["wer"] >= 0 and 0 < s["rtf"] and s["chunk_ms"] == 160
+    rows = [json.loads(x) for x in open(tmp_path / "hyps.jsonl")]
+    assert len(rows) == 3 and {"id", "ref", "hyp", "words", "ref_words"} <= set(rows[0])

@@ -14,6 +14,7 @@ THREADS=${THREADS:-1}
 C=recipes/locale/conf
 X=${X:-exp/stream}
 CHUNKS=${CHUNKS:-4 8 16}
+DEV=(--max-utts "${DEV_UTTS:-400}")  # calibration on the first 400 dev utterances (~2,500 words)
 LM=${LM:-exp/fusion/lm_lstm/brick}
 source "$(dirname "$0")/lib.sh"
 
@@ -42,12 +43,12 @@ eval_() {
     local b=$X/$m/brick
     decode "$m full-context test" $b $test
     for c in $CHUNKS; do
-      stream "$m chunk$c dev calibrate" $b $dev --chunk $c --calibrate
+      stream "$m chunk$c dev calibrate" $b $dev --chunk $c --calibrate "${DEV[@]}"
       stream "$m chunk$c test" $b $test --chunk $c
     done
-    stream "$m chunk8 beam4 dev calibrate" $b $dev --chunk 8 --beam 4 --calibrate
+    stream "$m chunk8 beam4 dev calibrate" $b $dev --chunk 8 --beam 4 --calibrate "${DEV[@]}"
     stream "$m chunk8 beam4 test" $b $test --chunk 8 --beam 4
-    stream "$m chunk8 ctc-times dev calibrate" $b $dev --chunk 8 --timestamps ctc --calibrate
+    stream "$m chunk8 ctc-times dev calibrate" $b $dev --chunk 8 --timestamps ctc --calibrate "${DEV[@]}"
     stream "$m chunk8 ctc-times test" $b $test --chunk 8 --timestamps ctc
     stream "$m chunk8 int8 test" $b $test --chunk 8 --int8
   done
