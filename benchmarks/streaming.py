@@ -190,16 +190,17 @@ def torchaudio_beam_search(searcher: RNNTBeamSearch, model: nn.Module, enc,
 
 
 @torch.no_grad()
-def speechkit_beam_search(model: nn.Module, enc, beam: int) -> tuple[list[int], float]:
-    h = beam_search(model, enc, beam, 1)[0][0]
+def speechkit_beam_search(model: nn.Module, enc, beam: int, max_symbols: int) -> tuple[list[int], float]:
+    h = beam_search(model, enc, beam, 1, max_symbols=max_symbols)[0][0]
     return list(h.tokens), float(h.score)
 
 
 class SpeechkitStream:
     """speechkit's stateful search of one stream: ``advance(chunk)``, then ``best()`` → (labels, score)."""
 
-    def __init__(self, model: nn.Module, beam: int):
-        self.search = BeamSearch(model, 1, beam=beam) if beam > 1 else GreedySearch(model, 1)
+    def __init__(self, model: nn.Module, beam: int, max_symbols: int):
+        self.search = BeamSearch(model, 1, beam=beam, max_symbols=max_symbols) if beam > 1 else \
+            GreedySearch(model, 1, max_symbols=max_symbols)
 
     def advance(self, enc: Encoded) -> None:
         self.search.advance(enc)
@@ -285,11 +286,11 @@ def _median(xs: list[float]) -> float | None:
     return round(sorted(xs)[len(xs) // 2], 3) if xs else None
 
 
-def _whole_row(model, searcher, tok, batch, utt, ref: str, beam: int, first: int) -> dict:
+def _whole_row(model, searcher, tok, batch, utt, ref: str, beam: int, first: int, max_symbols: int) -> dict:
     enc = model(batch["inputs"], batch["input_lens"])
     row = {"id": utt.id, "audio_s": utt.duration or batch["input_lens"].item() * 0.01,
            "frames": int(enc.lengths[0]), "ref": ref}
-    runs = {"speechkit": lambda: speechkit_beam_search(model, enc, beam),
+    runs = {"speechkit": lambda: speechkit_beam_search(model, enc, beam, max_symbols),
             "torchaudio": lambda: torchaudio_beam_search(searcher, model, enc, beam)}
     for name in (SIDES if first == 0 else SIDES[::-1]):
         t0 = time.perf_counter()
@@ -303,7 +304,8 @@ def _whole_row(model, searcher, tok, batch, utt, ref: str, beam: int, first: int
 
 @torch.no_grad()
 def bench(brick: str, manifest: str, max_utts: int | None = None, beam: int = 4, chunk: int | None = None,
-          rank: str = "norm", step_max_tokens: int = 100, progress: bool = True, int8: bool = False) -> dict:
+          rank: str = "norm", step_max_tokens: int = 100, progress: bool = True, int8: bool = False,
+          max_symbols: int = 3) -> dict:
     """Whole-utterance mode (see the module docstring) → {summary, utterances[, int8]}."""
     model, iface = load(brick, chunk, stream=False)
     tok = Tokenizer(Path(brick) / "tokenizer.model")
@@ -317,7 +319,8 @@ def bench(brick: str, manifest: str, max_utts: int | None = None, beam: int = 4,
     searcher = torchaudio_searcher(model, rank, step_max_tokens)
     rows = []
     for i in range(len(ds)):
-        rows.append(_whole_row(model, searcher, tok, collate([ds[i]]), utts[i], ds.refs[i], beam, i % 2))
+        rows.append(_whole_row(model, searcher, tok, collate([ds[i]]), utts[i], ds.refs[i], beam, i % 2,
+                               max_symbols))
         _progress(progress, i, len(ds))
     summary = {"utts": len(rows), "audio_s": round(sum(r["audio_s"] for r in rows), 2),
                "frames": sum(r["frames"] for r in rows), **compare(rows)}
@@ -429,12 +432,13 @@ def stream_summary(rows: list[dict]) -> dict:
 @torch.no_grad()
 def bench_stream(brick: str, manifest: str, max_utts: int | None = None, beam: int = 4, chunk: int = 8,
                  rank: str = "norm", step_max_tokens: int = 100, progress: bool = True,
-                 int8: bool = False) -> dict:
+                 int8: bool = False, max_symbols: int = 3) -> dict:
     """Streaming mode (see the module docstring) → {summary, utterances[, int8]}."""
     model, iface = load(brick, chunk, stream=True)
     tok = Tokenizer(Path(brick) / "tokenizer.model")
     cfg = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
-    opts = StreamOptions(chunk=chunk, beam=beam, endpoint_trailing=1e9, endpoint_silence=1e9, max_segment=1e9)
+    opts = StreamOptions(chunk=chunk, beam=beam, endpoint_trailing=1e9, endpoint_silence=1e9, max_segment=1e9,
+                         max_symbols=max_symbols)
     res = {}
     if int8:  # shapes as ``speechkit stream --int8`` deploys at: 2 s of noise streamed
         noise = torch.randn(2 * cfg.sample_rate, generator=torch.Generator().manual_seed(0)) * 0.05
@@ -442,7 +446,7 @@ def bench_stream(brick: str, manifest: str, max_utts: int | None = None, beam: i
     utts = load_manifest(manifest, require_audio=True)[:max_utts]
     refs = target_texts(utts, None, str(manifest))
     searcher = torchaudio_searcher(model, rank, step_max_tokens)
-    sides = {"speechkit": lambda: SpeechkitStream(model, beam),
+    sides = {"speechkit": lambda: SpeechkitStream(model, beam, max_symbols),
              "torchaudio": lambda: TorchaudioStream(searcher, model, beam)}
     rows = []
     for i, u in enumerate(utts):
@@ -497,13 +501,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step-max-tokens", type=int, default=100, help="torchaudio: most labels per frame")
     ap.add_argument("--json", help="write the summary and per-utterance results here")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--max-symbols", type=int, default=3, help="speechkit: most labels per frame")
     args = ap.parse_args(argv)
     if args.stream and args.chunk is None:
         ap.error("--stream needs --chunk C (encoder frames per chunk)")
     torch.set_num_threads(args.threads)
     run = bench_stream if args.stream else bench
     res = run(args.brick, args.manifest, args.max_utts, args.beam, args.chunk, args.ta_rank,
-              args.step_max_tokens, not args.quiet, args.int8)
+              args.step_max_tokens, not args.quiet, args.int8, args.max_symbols)
     s = res["summary"]
     print(f"{args.brick}  {args.manifest}: {s['utts']} utts, {s['audio_s']} s audio, "
           f"{'streaming' if args.stream else 'whole utterances'}, chunk {args.chunk}, beam {args.beam}, "

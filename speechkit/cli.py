@@ -33,7 +33,7 @@ def _decode(a) -> None:
     fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward, not a.no_lm_eos)
     if fusion is not None and a.then:
         raise SystemExit("--lm/--ilm-weight/--length-reward apply to one brick, not to a cascade (--then)")
-    opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion)
+    opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion, max_symbols=a.max_symbols)
     if a.then:
         res, sc = cascade_manifest(a.brick, a.then, a.manifest, opts, a.max_utts, target_lang=target)
     else:
@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--out", default=None, help="hypotheses JSONL (default: BRICK/decode-NAME.jsonl)")
     de.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
     de.add_argument("--nbest", type=int, default=1)
+    de.add_argument("--max-symbols", type=int, default=1, help="transducer beam search: most labels per "
+                    "frame (1: modified beam search; streaming models want 3)")
     de.add_argument("--max-utts", type=int, default=None)
     de.add_argument("--threads", type=int, default=None)
     de.add_argument("--target-lang", default=None,

@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     st.add_argument("--chunk", type=int, default=8, help="encoder frames per chunk (40 ms each with "
                     "FrameStack 4): the latency / accuracy trade-off")
     st.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
+    st.add_argument("--max-symbols", type=int, default=3, help="most labels per encoder frame")
     st.add_argument("--lm", default=None, metavar="LM_BRICK", help="external LM brick (shallow fusion)")
     st.add_argument("--lm-weight", type=float, default=0.0)
     st.add_argument("--ilm-weight", type=float, default=0.0, help="λ_ILM (ILME)")
@@ -59,8 +60,9 @@ def run(a) -> None:
     tok = Tokenizer(Path(a.brick) / "tokenizer.model")
     cfg = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
     fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward)
-    opts = StreamOptions(a.chunk, a.beam, fusion, a.endpoint_trailing, a.endpoint_silence, a.max_segment,
-                         a.timestamps)
+    opts = StreamOptions(chunk=a.chunk, beam=a.beam, max_symbols=a.max_symbols, fusion=fusion,
+                         endpoint_trailing=a.endpoint_trailing, endpoint_silence=a.endpoint_silence,
+                         max_segment=a.max_segment, timestamps=a.timestamps)
     try:
         model.encoder.body.chunk = a.chunk
         model.encoder.stream_state(1)

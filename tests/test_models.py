@@ -50,22 +50,22 @@ def test_beam_search_nbest_sorted_and_beam1_matches_greedy_when_one_label_per_fr
         scores = [h.score for h in hyps]
         assert scores == sorted(scores, reverse=True)
         assert len({h.tokens for h in hyps}) == len(hyps)  # merged: no duplicates
-    one = beam_search(m, enc, beam=1)
-    greedy = greedy_search(m, enc, max_symbols=1)
-    assert [list(h[0].tokens) for h in one] == greedy
+    for symbols in (1, 3):  # a one-slot beam is greedy search, for any number of labels per frame
+        one = beam_search(m, enc, beam=1, max_symbols=symbols)
+        assert [list(h[0].tokens) for h in one] == greedy_search(m, enc, max_symbols=symbols)
 
 
-@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
-def test_beam_search_batched_equals_one_by_one(predictor):
+@pytest.mark.parametrize("predictor,symbols", [("stateless", 1), ("lstm", 1), ("stateless", 3)])
+def test_beam_search_batched_equals_one_by_one(predictor, symbols):
     m = tiny_transducer(predictor=predictor, seed=3).eval()
     with torch.no_grad():
         m.joiner.out.bias[-1] -= 3.0  # emit labels
     torch.manual_seed(2)
     lens = [120, 64, 93, 40]
     x = torch.randn(len(lens), max(lens), 80)
-    batched = beam_search(m, m(x, torch.tensor(lens)), beam=3, nbest=3)
+    batched = beam_search(m, m(x, torch.tensor(lens)), beam=3, nbest=3, max_symbols=symbols)
     for i, n in enumerate(lens):
-        alone = beam_search(m, m(x[i:i + 1, :n], torch.tensor([n])), beam=3, nbest=3)[0]
+        alone = beam_search(m, m(x[i:i + 1, :n], torch.tensor([n])), beam=3, nbest=3, max_symbols=symbols)[0]
         assert [h.tokens for h in batched[i]] == [h.tokens for h in alone]
         assert [h.score for h in batched[i]] == pytest.approx([h.score for h in alone], rel=1e-4)
     assert all(len(nb) == 3 and nb[0].tokens for nb in batched)

@@ -40,7 +40,7 @@ def test_the_scripts_list_their_models():
     assert {"lego.sh mt_ro_en", "lego.sh chain", "stast.sh de stast_mt_init", "stast.sh ro e2e_mt_init",
             "stast.sh ro mt", "fusion.sh lm_lstm", "fusion.sh mwer_ilme", "fusion.sh ilmt_lstm",
             "compress.sh sparse_int8", "compress.sh mt_sparse_int8", "compress.sh stast_sparse_int8",
-            "stream.sh small", "stream.sh full"} <= names
+            "stream.sh small", "stream.sh full", "stream.sh full_long"} <= names
     for _, files in MODELS:
         assert files and all((ROOT / f).is_file() for f in files), files
 

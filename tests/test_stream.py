@@ -114,8 +114,8 @@ def test_recognizer_final_equals_offline_decoding_under_the_same_chunk(tiny_corp
     cfg = FbankConfig()
     for u in load_manifest(tiny_corpus / "asr" / "dev.jsonl")[:3]:
         wave = read_audio(u.audio)
-        rec = Recognizer(m, tok, cfg, StreamOptions(chunk=chunk, beam=beam, endpoint_trailing=99,
-                                                    endpoint_silence=99))
+        opts = StreamOptions(chunk=chunk, beam=beam, max_symbols=2, endpoint_trailing=99, endpoint_silence=99)
+        rec = Recognizer(m, tok, cfg, opts)
         events = [e for i in range(0, wave.numel(), 1234) for e in rec.accept(wave[i: i + 1234])]
         events += rec.finish()
         finals = [e for e in events if e.kind == "final"]
@@ -123,7 +123,10 @@ def test_recognizer_final_equals_offline_decoding_under_the_same_chunk(tiny_corp
         m.encoder.body.chunk = chunk
         feats = fbank(wave, cfg)[None]
         enc = m.encoder(feats, torch.tensor([feats.shape[1]]))
-        want = beam_search(m, enc, beam)[0][0] if beam > 1 else GreedySearch(m, 1)
+        if beam > 1:
+            want = beam_search(m, enc, beam, max_symbols=2)[0][0]
+        else:
+            want = GreedySearch(m, 1, max_symbols=2)
         if beam == 1:
             want.advance(enc)
             want = want.best()[0]

@@ -93,13 +93,13 @@ def test_streaming_sides_match_whole_utterance_search(predictor, one_thread):
     wave = torch.randn(9000, generator=torch.Generator().manual_seed(0)) * 0.1
     for rank in ("norm", "score"):
         searcher = streaming.torchaudio_searcher(model, rank, step_max_tokens=4)  # bounded: a random model
-        sides = {"speechkit": lambda: streaming.SpeechkitStream(model, 3),
+        sides = {"speechkit": lambda: streaming.SpeechkitStream(model, 3, 2),
                  "torchaudio": lambda s=searcher: streaming.TorchaudioStream(s, model, 3)}
         times, best, enc = streaming.stream_utterance(model, wave, FbankConfig(), sides, streaming.SIDES)
         assert enc.hidden.shape[1] == 13 and set(times) == {"features", "encoder", *streaming.SIDES}
         ids, sc = streaming.torchaudio_beam_search(searcher, model, enc, 3)
         assert best["torchaudio"][0] == ids and best["torchaudio"][1] == pytest.approx(sc, abs=1e-4)
-        assert best["speechkit"][0] == streaming.speechkit_beam_search(model, enc, 3)[0]
+        assert best["speechkit"][0] == streaming.speechkit_beam_search(model, enc, 3, 2)[0]
     feats = fbank(wave)
     whole = model.encoder(feats[None], torch.tensor([feats.shape[0]]))  # same chunk mask, all at once
     torch.testing.assert_close(whole.hidden, enc.hidden, atol=1e-4, rtol=1e-4)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Streaming recognition on the locale corpus (recipes/locale/RESULTS.md "Streaming"): a small streaming
 # model trained from scratch and the full ASR brick made streaming (causal convolutions, chunked
-# attention, dynamic chunk training), then evaluated as `speechkit stream` runs them.
-#   bash recipes/locale/stream.sh train [small|full ...]  # (default: both; needs exp/locale/full/brick for full)
-#   bash recipes/locale/stream.sh eval [small|full ...]   # full-context WER; per chunk size: calibrate on dev,
+# attention, dynamic chunk training; full: 2,000 steps, full_long: 3,000 more), evaluated as
+# `speechkit stream` runs them.
+#   bash recipes/locale/stream.sh train [small|full|full_long ...]  # (default: all, in order; full needs
+#                                                         # exp/locale/full/brick)
+#   bash recipes/locale/stream.sh eval [small|full_long ...] # full-context WER; per chunk size: calibrate on dev,
 #                                                         # stream test (WER, RTF, latency, word times,
 #                                                         # confidence AUC); beam 4, CTC times, int8
-#   bash recipes/locale/stream.sh fusion                  # full model, held-out domains: beam 4 ± LM / ILME
+#   bash recipes/locale/stream.sh fusion                  # full_long, held-out domains: beam 4 ± LM / ILME
 #   bash recipes/locale/stream.sh list
 # Results → $X/results.jsonl (one JSON line each). THREADS=1 measures the one-thread RTF.
 set -euo pipefail
@@ -21,14 +23,14 @@ source "$(dirname "$0")/lib.sh"
 configs() {
   case $1 in
     small) echo $C/demo.yaml $C/stream/base.yaml $C/stream/small.yaml ;;
-    full) echo $C/demo.yaml $C/full.yaml $C/stream/base.yaml $C/stream/full.yaml ;;
+    full|full_long) echo $C/demo.yaml $C/full.yaml $C/stream/base.yaml $C/stream/$1.yaml ;;
     *) echo "unknown model $1" >&2; exit 2 ;;
   esac
 }
 
-list() { for m in small full; do echo "$m: $(configs $m)"; done; }
+list() { for m in small full full_long; do echo "$m: $(configs $m)"; done; }
 
-train() { for m in ${@:-small full}; do fit $X/$m $(configs "$m"); done; }
+train() { for m in ${@:-small full full_long}; do fit $X/$m $(configs "$m"); done; }
 
 stream() {  # stream NAME BRICK MANIFEST [args]: one JSON line → $X/results.jsonl
   local name=$1 brick=$2 manifest=$3; shift 3
@@ -39,7 +41,7 @@ stream() {  # stream NAME BRICK MANIFEST [args]: one JSON line → $X/results.js
 
 eval_() {
   local dev=data/locale/asr/dev.jsonl test=data/locale/asr/test.jsonl
-  for m in ${@:-small full}; do
+  for m in ${@:-small full_long}; do
     local b=$X/$m/brick
     decode "$m full-context test" $b $test
     for c in $CHUNKS; do
@@ -55,10 +57,11 @@ eval_() {
 }
 
 fusion() {  # the ILME weights tuned for the offline model (recipes/locale/fusion.sh), reused as they are
-  local b=$X/full/brick test=data/locale/asr/heldout_test.jsonl
-  stream "full chunk8 beam4 heldout" $b $test --chunk 8 --beam 4
-  stream "full chunk8 beam4 SF heldout" $b $test --chunk 8 --beam 4 --lm "$LM" --lm-weight 0.9 --length-reward 3
-  stream "full chunk8 beam4 ILME heldout" $b $test --chunk 8 --beam 4 --lm "$LM" --lm-weight 0.9 \
+  local b=$X/full_long/brick test=data/locale/asr/heldout_test.jsonl
+  stream "full_long chunk8 beam4 heldout" $b $test --chunk 8 --beam 4
+  stream "full_long chunk8 beam4 SF heldout" $b $test --chunk 8 --beam 4 --lm "$LM" --lm-weight 0.9 \
+    --length-reward 3
+  stream "full_long chunk8 beam4 ILME heldout" $b $test --chunk 8 --beam 4 --lm "$LM" --lm-weight 0.9 \
     --ilm-weight 0.4 --length-reward 1.5
 }
 
@@ -67,5 +70,5 @@ case ${1:-} in
   eval) shift; eval_ "$@" ;;
   fusion) fusion ;;
   list) list ;;
-  *) sed -n '2,11p' "$0"; exit 2 ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac

@@ -34,9 +34,11 @@ class DecodeOptions:
     num_workers: int = 0
     progress: bool = True
     fusion: Fusion | None = None  # external LM / ILME / length reward (search.fusion)
+    max_symbols: int = 1  # transducer beam search: labels per frame (1 = modified beam search; greedy: 3)
 
 
-def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = None) -> list[list[Hypothesis]]:
+def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = None,
+           max_symbols: int = 1) -> list[list[Hypothesis]]:
     """Search an encoded batch with whatever decoder ``model`` has → per utterance an N-best list.
 
     Attention decoders: batched beam search (beam 1 = greedy). Transducers: batched greedy
@@ -47,7 +49,7 @@ def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = No
         return attention_beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion)
     if beam <= 1 and fusion is None:
         return [[Hypothesis(tuple(h), None)] for h in greedy_search(model, enc)]
-    return beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion)
+    return beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion, max_symbols=max_symbols)
 
 
 def encode_dataset(model, ds: SpeechDataset | TextDataset,
@@ -73,7 +75,7 @@ def decode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions =
     results: list[dict | None] = [None] * len(ds)
     t0, done = time.time(), 0
     for index, enc in encoded if encoded is not None else encode_dataset(model, ds, opts):
-        for i, nb in zip(index, search(model, enc, opts.beam, opts.nbest, opts.fusion)):
+        for i, nb in zip(index, search(model, enc, opts.beam, opts.nbest, opts.fusion, opts.max_symbols)):
             r = {"id": ds.utts[i].id, "ref": ds.refs[i], "hyp": ds.tok.decode(list(nb[0].tokens))}
             if opts.nbest > 1:
                 r["nbest"] = [{"hyp": ds.tok.decode(list(h.tokens)), "score": h.score} for h in nb]

@@ -38,6 +38,7 @@ WORD_START = "\u2581"  # sentencepiece's word-boundary mark
 class StreamOptions:
     chunk: int = 8  # encoder frames per chunk (× the front end's stack × 10 ms: 8 → 320 ms with FrameStack 4)
     beam: int = 1  # 1 = greedy, > 1 = modified beam search
+    max_symbols: int = 3  # most labels per encoder frame (streaming models emit in bursts at chunk ends)
     fusion: Fusion | None = None
     endpoint_trailing: float = 1.2  # s without a new token that end a segment with text
     endpoint_silence: float = 2.4  # s after which a segment without text is dropped
@@ -100,8 +101,9 @@ class Recognizer:
 
     def _new_search(self):
         if self.opts.beam > 1 or self.opts.fusion is not None:
-            return BeamSearch(self.model, 1, beam=max(self.opts.beam, 1), fusion=self.opts.fusion)
-        return GreedySearch(self.model, 1)
+            return BeamSearch(self.model, 1, beam=max(self.opts.beam, 1), fusion=self.opts.fusion,
+                              max_symbols=self.opts.max_symbols)
+        return GreedySearch(self.model, 1, max_symbols=self.opts.max_symbols)
 
     @property
     def audio_s(self) -> float:

@@ -81,8 +81,14 @@ def greedy_search(model, enc: Encoded, max_symbols: int = 3) -> list[list[int]]:
 
 
 class BeamSearch:
-    """Modified beam search (at most one label per frame), batched over utterances, with its state
-    kept between calls (streaming): ``advance(enc)`` consumes the next frames, ``nbest()`` ranks.
+    """Modified beam search, batched over utterances, with its state kept between calls (streaming):
+    ``advance(enc)`` consumes the next frames, ``nbest()`` ranks.
+
+    Up to ``max_symbols`` labels per frame: each frame is expanded up to that many times, a hypothesis
+    leaving the frame by its blank (or by its last allowed label: with ``max_symbols=1`` this is
+    modified beam search proper, a label consumes its frame); the K best of the hypotheses that left and
+    those still in the frame go on. Streaming models emit in bursts at chunk ends, where one label per
+    frame is too few (recipes/locale/RESULTS.md "Streaming").
 
     Every utterance keeps ``beam`` hypothesis slots (B, K); the joiner and the predictor run on all
     B·K slots at once, each utterance's candidates are ranked and merged on their own (hypotheses
@@ -95,9 +101,14 @@ class BeamSearch:
     the LM's end-of-sentence score in ``nbest(final=True)``; scores are then fused scores.
     """
 
-    def __init__(self, model, batch: int, device=None, beam: int = 4, fusion: Fusion | None = None):
-        self.model, self.k, self.fusion, self.b = model, beam, fusion, batch
+    def __init__(self, model, batch: int, device=None, beam: int = 4, fusion: Fusion | None = None,
+                 max_symbols: int = 1):
+        self.model, self.k, self.fusion, self.b, self.max_symbols = model, beam, fusion, batch, max_symbols
         pred, blank = model.predictor, model.blank
+        self.pred, self.joiner, self.blank = pred, model.joiner, blank  # looked up once: search is per op
+        self.offsets = torch.arange(batch, device=device)[:, None] * beam  # (B, 1) first slot of each row
+        self.stay = torch.full((model.vocab_size + 1,), -math.inf, device=device)
+        self.stay[blank] = 0.0  # a hypothesis done with the frame: its one candidate is itself
         out, self.state = pred.step(torch.full((batch * beam,), blank, dtype=torch.long, device=device),
                                     pred.initial_state(batch * beam, device))
         self.pred_proj = model.joiner.pred_proj(out).view(batch, beam, -1)  # (B, K, J)
@@ -110,8 +121,8 @@ class BeamSearch:
 
     def _logp(self, enc_proj_t):
         """(B, J) frame → fused and transducer-only log-probs (B, K, V+1)."""
-        b, k, f, blank = self.b, self.k, self.fusion, self.model.blank
-        am = self.model.joiner.joint(enc_proj_t[:, None], self.pred_proj).log_softmax(-1)  # (B, K, V+1)
+        b, k, f, blank = self.b, self.k, self.fusion, self.blank
+        am = self.joiner.joint(enc_proj_t[:, None], self.pred_proj).log_softmax(-1)  # (B, K, V+1)
         if f is None:
             return am, am
         ilm = self.model.internal_lm_logprobs(self.pred_proj, projected=True) if f.ilm_weight else None
@@ -120,52 +131,64 @@ class BeamSearch:
 
     @torch.no_grad()
     def advance(self, enc: Encoded) -> None:
-        b, k, blank, pred = self.b, self.k, self.model.blank, self.model.predictor
         enc = self.model.decoder_input(enc)
-        enc_proj, lengths, dev = self.model.joiner.enc_proj(enc.hidden), enc.lengths.tolist(), \
-            enc.hidden.device
+        enc_proj, lengths = self.model.joiner.enc_proj(enc.hidden), enc.lengths.tolist()  # (B, T, J)
         for t in range(enc_proj.shape[1]):
-            logp, am = self._logp(enc_proj[:, t])
-            width = logp.shape[-1]
-            top_s, top_i = (self.scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
-            top_p = am.flatten(1).gather(1, top_i).exp().tolist()  # (B, 2K) transducer posteriors
-            rows = self.scores.tolist()  # (B, K) per utterance: kept scores, parent slots, labels
-            parents, toks = [list(range(k)) for _ in range(b)], [[blank] * k for _ in range(b)]
-            for i in range(b):
-                if t >= lengths[i]:  # finished rows stay put
-                    continue
-                merged: dict[tuple[int, ...], list] = {}
-                for sc, j, p in zip(top_s[i].tolist(), top_i[i].tolist(), top_p[i]):
-                    if sc == -math.inf:
-                        break
-                    parent, tok = divmod(j, width)
-                    seq, fr, pr = self.hyps[i][parent]
-                    if tok != blank:
-                        seq, fr, pr = seq + (tok,), fr + (self.frame + t,), pr + (p,)
-                    if seq in merged:
-                        hi, lo = max(merged[seq][0], sc), min(merged[seq][0], sc)
-                        merged[seq][0] = hi + math.log1p(math.exp(lo - hi))
-                    else:
-                        merged[seq] = [sc, parent, tok, (seq, fr, pr)]
-                kept = sorted(merged.values(), key=lambda v: -v[0])[:k]
-                self.hyps[i] = [v[3] for v in kept]
-                n = len(kept)
-                rows[i] = [v[0] for v in kept] + [-math.inf] * (k - n)
-                parents[i][:n] = [v[1] for v in kept]
-                toks[i][:n] = [v[2] for v in kept]
-            self.scores = torch.tensor(rows, device=dev)
-            parents, toks = torch.tensor(parents, device=dev), torch.tensor(toks, device=dev)
-            flat = (parents + torch.arange(b, device=dev)[:, None] * k).flatten()
-            self.state, pred_proj = pred.select(self.state, flat), self.pred_proj.flatten(0, 1)[flat]
-            emit = toks.flatten() != blank
-            if self.lm is not None:
-                self.lm.advance(flat, toks.flatten(), emit)
-            if emit.any():
-                new_out, new_state = pred.step(torch.where(emit, toks.flatten(), blank), self.state)
-                self.state = pred.where(emit, new_state, self.state)
-                pred_proj = torch.where(emit[:, None], self.model.joiner.pred_proj(new_out), pred_proj)
-            self.pred_proj = pred_proj.view(b, k, -1)
+            done = None
+            for _ in range(self.max_symbols):  # a hypothesis leaves the frame with its blank
+                done = self._expand(enc_proj[:, t], t, lengths, done)
+                if done.all():
+                    break
         self.frame += enc_proj.shape[1]
+
+    def _expand(self, enc_t, t: int, lengths: list[int], done):
+        """One expansion at frame ``t`` (enc_t (B, J)): every slot not ``done`` (B, K) with this frame
+        extends by each label (staying in the frame) or by blank (leaving it); ``done`` slots can only stay
+        as they are. Keeps the best K per utterance → which slots are now done (B, K)."""
+        b, k, blank, pred, dev = self.b, self.k, self.blank, self.pred, enc_t.device
+        logp, am = self._logp(enc_t)
+        if done is not None:  # finished with this frame: one candidate, themselves, score unchanged
+            logp = torch.where(done[..., None], self.stay, logp)
+        width = logp.shape[-1]
+        top_s, top_i = (self.scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
+        top_p = am.flatten(1).gather(1, top_i).exp().tolist()  # (B, 2K) transducer posteriors
+        rows = self.scores.tolist()  # (B, K) per utterance: kept scores, parent slots, labels
+        parents, toks = [list(range(k)) for _ in range(b)], [[blank] * k for _ in range(b)]
+        for i in range(b):
+            if t >= lengths[i]:  # finished rows stay put
+                continue
+            merged: dict[tuple[int, ...], list] = {}
+            for sc, j, p in zip(top_s[i].tolist(), top_i[i].tolist(), top_p[i]):
+                if sc == -math.inf:
+                    break
+                parent, tok = divmod(j, width)
+                seq, fr, pr = self.hyps[i][parent]
+                if tok != blank:
+                    seq, fr, pr = seq + (tok,), fr + (self.frame + t,), pr + (p,)
+                if seq in merged:
+                    hi, lo = max(merged[seq][0], sc), min(merged[seq][0], sc)
+                    merged[seq][0] = hi + math.log1p(math.exp(lo - hi))
+                else:
+                    merged[seq] = [sc, parent, tok, (seq, fr, pr)]
+            kept = sorted(merged.values(), key=lambda v: -v[0])[:k]
+            self.hyps[i] = [v[3] for v in kept]
+            n = len(kept)
+            rows[i] = [v[0] for v in kept] + [-math.inf] * (k - n)
+            parents[i][:n] = [v[1] for v in kept]
+            toks[i][:n] = [v[2] for v in kept]
+        self.scores = torch.tensor(rows, device=dev)
+        parents, toks = torch.tensor([parents, toks], device=dev)  # (B, K) each
+        flat = (parents + self.offsets).flatten()
+        self.state, pred_proj = pred.select(self.state, flat), self.pred_proj.flatten(0, 1)[flat]
+        emit = toks.flatten() != blank
+        if self.lm is not None:
+            self.lm.advance(flat, toks.flatten(), emit)
+        if emit.any():
+            new_out, new_state = pred.step(torch.where(emit, toks.flatten(), blank), self.state)
+            self.state = pred.where(emit, new_state, self.state)
+            pred_proj = torch.where(emit[:, None], self.joiner.pred_proj(new_out), pred_proj)
+        self.pred_proj = pred_proj.view(b, k, -1)
+        return toks == blank
 
     def nbest(self, n: int | None = None, final: bool = True) -> list[list[Hypothesis]]:
         """Per utterance up to ``n`` (default: beam) hypotheses, best first; ``final`` adds the LM's
@@ -185,10 +208,10 @@ class BeamSearch:
 
 
 def beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None = None,
-                fusion: Fusion | None = None) -> list[list[Hypothesis]]:
+                fusion: Fusion | None = None, max_symbols: int = 1) -> list[list[Hypothesis]]:
     """``BeamSearch`` over a whole batch → per utterance up to ``nbest`` (default ``beam``)
     hypotheses, best first."""
-    s = BeamSearch(model, enc.hidden.shape[0], enc.hidden.device, beam, fusion)
+    s = BeamSearch(model, enc.hidden.shape[0], enc.hidden.device, beam, fusion, max_symbols)
     s.advance(enc)
     return s.nbest(nbest)
 
