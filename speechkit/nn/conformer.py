@@ -10,7 +10,8 @@ Streaming (``causal=True``): the convolution looks only at past frames, and with
 size C the attention of a frame sees its own chunk of C frames and at most ``left_context``
 frames before that chunk (``chunk_mask``). ``forward_chunk`` processes one chunk at a time
 with caches (per layer: the last ``left_context`` keys and values, the last kernel−1
-convolution inputs) and gives the same outputs as ``forward`` under the same chunk size.
+convolution inputs; positions are the stream's frame numbers) and gives the same outputs as
+``forward`` under the same chunk size.
 Training with ``chunk_sizes`` draws a chunk size per batch (dynamic chunk training), so one
 model serves several latencies.
 """
@@ -42,13 +43,19 @@ def chunk_mask(t: int, chunk: int, left: int | None, device=None) -> Tensor:
     return seen
 
 
+_ROTARY: dict = {}  # (Dh, device, dtype) → cos, sin tables (N, Dh/2), grown on demand
+
+
 def rotary(x: Tensor, offset: int = 0, base: float = 10000.0) -> Tensor:
     """Apply rotary position embedding to x (B, H, T, Dh) at positions offset … offset+T−1."""
     dh, t = x.shape[-1], x.shape[-2]
-    inv = base ** (-torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh)
-    pos = torch.arange(offset, offset + t, device=x.device, dtype=torch.float32)
-    ang = pos[:, None] * inv  # (T, Dh/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    key = (dh, x.device, x.dtype, base)
+    if key not in _ROTARY or _ROTARY[key][0].shape[0] < offset + t:
+        n = max(offset + t, 2 * _ROTARY[key][0].shape[0] if key in _ROTARY else 1024)
+        inv = base ** (-torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh)
+        ang = torch.arange(n, device=x.device, dtype=torch.float32)[:, None] * inv  # (N, Dh/2)
+        _ROTARY[key] = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    cos, sin = (c[offset: offset + t] for c in _ROTARY[key])
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
@@ -80,14 +87,14 @@ class SelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         return self._out(y)
 
-    def forward_chunk(self, x: Tensor, keys: Tensor, values: Tensor, left: int | None):
-        """One chunk x (B, C, D) after cached un-rotated keys / values (B, H, L, Dh) → (B, C, D), and
-        the new cache: the last ``left`` frames (all when None). Positions count from the cache start
-        (rotary attention only depends on differences)."""
+    def forward_chunk(self, x: Tensor, keys: Tensor, values: Tensor, left: int | None, offset: int):
+        """One chunk x (B, C, D) starting at frame ``offset`` of the stream, after the cached (rotated)
+        keys and values (B, H, L, Dh) → (B, C, D), and the new cache: the last ``left`` frames (all
+        when None)."""
         q, k, v = self._qkv(x)
-        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)  # (B, H, L + C, Dh)
-        p = keys.shape[2] - x.shape[1]
-        y = F.scaled_dot_product_attention(rotary(q, p), rotary(keys), values)
+        keys = torch.cat([keys, rotary(k, offset)], 2)  # (B, H, L + C, Dh)
+        values = torch.cat([values, v], 2)
+        y = F.scaled_dot_product_attention(rotary(q, offset), keys, values)
         if left is not None:
             keys, values = keys[:, :, keys.shape[2] - min(left, keys.shape[2]):], \
                 values[:, :, values.shape[2] - min(left, values.shape[2]):]
@@ -153,10 +160,10 @@ class ConformerLayer(nn.Module):
         x = x + 0.5 * self.ff2(x)
         return self.norm_out(x)
 
-    def forward_chunk(self, x: Tensor, cache: tuple, left: int | None) -> tuple[Tensor, tuple]:
+    def forward_chunk(self, x: Tensor, cache: tuple, left: int | None, offset: int) -> tuple[Tensor, tuple]:
         keys, values, conv = cache
         x = x + 0.5 * self.ff1(x)
-        y, keys, values = self.att.forward_chunk(self.norm_att(x), keys, values, left)
+        y, keys, values = self.att.forward_chunk(self.norm_att(x), keys, values, left, offset)
         x = x + y
         y, conv = self.conv.forward_chunk(self.norm_conv(x), conv)
         x = x + y
@@ -166,7 +173,7 @@ class ConformerLayer(nn.Module):
 
 @dataclass
 class ConformerState:
-    """Caches of a stream: per layer (keys, values (B, H, ≤L, Dh), conv inputs (B, D, K−1))."""
+    """Caches of a stream: per layer (rotated keys, values (B, H, ≤L, Dh), conv inputs (B, D, K−1))."""
 
     layers: list[tuple[Tensor, Tensor, Tensor]]
     frames: int = 0  # frames processed so far
@@ -234,6 +241,6 @@ class Conformer(Brick):
         ``chunk = C`` (the last chunk may be shorter) on the whole stream."""
         caches = []
         for layer, cache in zip(self.layers, state.layers):
-            x, cache = layer.forward_chunk(x, cache, self.left_context)
+            x, cache = layer.forward_chunk(x, cache, self.left_context, state.frames)
             caches.append(cache)
         return x, ConformerState(caches, state.frames + x.shape[1])
