@@ -134,23 +134,32 @@ class BeamSearch:
         enc = self.model.decoder_input(enc)
         enc_proj, lengths = self.model.joiner.enc_proj(enc.hidden), enc.lengths.tolist()  # (B, T, J)
         for t in range(enc_proj.shape[1]):
-            done = None
+            done, past = None, enc.lengths <= t  # (B,) rows past their last frame
             for _ in range(self.max_symbols):  # a hypothesis leaves the frame with its blank
-                done = self._expand(enc_proj[:, t], t, lengths, done)
+                done = self._expand(enc_proj[:, t], t, lengths, done, past)
                 if done.all():
                     break
         self.frame += enc_proj.shape[1]
 
-    def _expand(self, enc_t, t: int, lengths: list[int], done):
+    def _expand(self, enc_t, t: int, lengths: list[int], done, past):
         """One expansion at frame ``t`` (enc_t (B, J)): every slot not ``done`` (B, K) with this frame
         extends by each label (staying in the frame) or by blank (leaving it); ``done`` slots can only stay
-        as they are. Keeps the best K per utterance → which slots are now done (B, K)."""
+        as they are. The K best candidates per utterance are merged (same labels: log-sum-exp) and kept
+        → which slots are now done (B, K)."""
         b, k, blank, pred, dev = self.b, self.k, self.blank, self.pred, enc_t.device
         logp, am = self._logp(enc_t)
         if done is not None:  # finished with this frame: one candidate, themselves, score unchanged
             logp = torch.where(done[..., None], self.stay, logp)
+        cand = self.scores[..., None] + logp  # (B, K, V+1)
+        leave = cand[..., blank]  # (B, K)
+        live = self.scores > -math.inf
+        worst = torch.where(live, leave, math.inf).amin(1)  # (B,) the worst slot leaving by blank
+        if bool((past | live.all(1) & (cand[..., :blank].amax((1, 2)) < worst)).all()):
+            # no label reaches the K best anywhere: every slot leaves by blank (the common frame)
+            self.scores = torch.where(past[:, None], self.scores, leave)
+            return torch.ones_like(live)
         width = logp.shape[-1]
-        top_s, top_i = (self.scores[..., None] + logp).flatten(1).topk(min(2 * k, k * width), dim=1)
+        top_s, top_i = cand.flatten(1).topk(k, dim=1)
         top_p = am.flatten(1).gather(1, top_i).exp().tolist()  # (B, 2K) transducer posteriors
         rows = self.scores.tolist()  # (B, K) per utterance: kept scores, parent slots, labels
         parents, toks = [list(range(k)) for _ in range(b)], [[blank] * k for _ in range(b)]
