@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
         _run(a)
     except BrickError as e:
         raise SystemExit(f"error: {e}") from None
+    except BrokenPipeError:  # the reader went away (`speechkit stream … | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 def _run(a) -> None:
