@@ -20,10 +20,9 @@ CONF = "recipes/locale/conf"
 
 
 def recipe_models() -> list[tuple[str, list[str]]]:
-    """(name, config files) for every model of lego.sh, stast.sh, fusion.sh, compress.sh and stream.sh
-    (``list``)."""
+    """(name, config files) for every model of the recipe scripts (``list``)."""
     models = [("demo", [f"{CONF}/demo.yaml"]), ("full", [f"{CONF}/demo.yaml", f"{CONF}/full.yaml"])]
-    for script in ("lego.sh", "stast.sh", "fusion.sh", "compress.sh", "stream.sh"):
+    for script in ("lego.sh", "stast.sh", "fusion.sh", "compress.sh", "stream.sh", "pruned.sh"):
         out = subprocess.run(["bash", f"recipes/locale/{script}", "list"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
         for line in out.splitlines():
@@ -40,7 +39,7 @@ def test_the_scripts_list_their_models():
     assert {"lego.sh mt_ro_en", "lego.sh chain", "stast.sh de stast_mt_init", "stast.sh ro e2e_mt_init",
             "stast.sh ro mt", "fusion.sh lm_lstm", "fusion.sh mwer_ilme", "fusion.sh ilmt_lstm",
             "compress.sh sparse_int8", "compress.sh mt_sparse_int8", "compress.sh stast_sparse_int8",
-            "stream.sh small", "stream.sh full", "stream.sh full_long"} <= names
+            "stream.sh small", "stream.sh full", "stream.sh full_long", "pruned.sh pruned"} <= names
     for _, files in MODELS:
         assert files and all((ROOT / f).is_file() for f in files), files
 

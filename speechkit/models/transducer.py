@@ -9,12 +9,14 @@ from torch import Tensor, nn
 from ..lego.interface import Encoded, interface_ctc, interface_logits
 from ..lego.transducer import Joiner
 from .base import EncoderDecoderModel
+from .pruned_rnnt import pruned_rnnt_loss
 
 
 class Transducer(EncoderDecoderModel):
     """RNN-T over the interface vocabulary, with the LegoNN marginal head trained by CTC.
 
-    loss = rnnt_weight · RNNT (torchaudio) + ctc_weight · CTC(marginal head)
+    loss = rnnt_weight · RNNT (torchaudio; or, with ``prune_range``, simple_weight · simple + pruned: the
+    pure-PyTorch pruned loss of ``models/pruned_rnnt.py``) + ctc_weight · CTC(marginal head)
     [+ ilm_weight · CE(internal LM) on the transcripts: ILM training, METHODS.md §3], each summed
     over the batch and divided by the batch size.
 
@@ -26,7 +28,7 @@ class Transducer(EncoderDecoderModel):
 
     def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner,
                  ctc_weight: float = 0.3, rnnt_weight: float = 1.0, ingestor: nn.Module | None = None,
-                 ilm_weight: float = 0.0):
+                 ilm_weight: float = 0.0, prune_range: int | None = None, simple_weight: float = 0.5):
         super().__init__()
         vocabs = {"encoder head": encoder.vocab_size, "predictor": predictor.vocab_size,
                   "joiner": joiner.vocab_size, "ingestor": getattr(ingestor, "vocab_size", None)}
@@ -34,6 +36,12 @@ class Transducer(EncoderDecoderModel):
             raise ValueError(f"vocabulary sizes of the parts disagree: {vocabs}")
         self.encoder, self.predictor, self.joiner, self.ingestor = encoder, predictor, joiner, ingestor
         self.ctc_weight, self.rnnt_weight, self.ilm_weight = ctc_weight, rnnt_weight, ilm_weight
+        self.prune_range, self.simple_weight = prune_range, simple_weight
+        if prune_range is not None:  # the pruned loss's additive "simple" joiner (models/pruned_rnnt.py)
+            if prune_range < 2:
+                raise ValueError(f"prune_range must be >= 2 label positions, got {prune_range}")
+            self.simple_am = nn.Linear(joiner.enc_proj.in_features, joiner.vocab_size + 1)
+            self.simple_lm = nn.Linear(joiner.pred_proj.in_features, joiner.vocab_size + 1)
 
     @property
     def vocab_size(self) -> int:
@@ -56,7 +64,11 @@ class Transducer(EncoderDecoderModel):
         computed (a CTC-only warm-up skips the costly (B, T, U+1, V+1) transducer lattice)."""
         b = targets.shape[0]
         out = {}
-        if self.rnnt_weight and "rnnt" not in skip:
+        if self.rnnt_weight and "rnnt" not in skip and self.prune_range is not None:
+            simple, pruned = self.pruned_loss(self.decoder_input(enc), targets, target_lengths)
+            out["simple"], out["pruned"] = simple.sum() / b, pruned.sum() / b
+            out["rnnt"] = self.simple_weight * out["simple"] + (0.0 if "pruned" in skip else out["pruned"])
+        elif self.rnnt_weight and "rnnt" not in skip:
             out["rnnt"] = self.rnnt_loss(self.decoder_input(enc), targets, target_lengths).sum() / b
         if self.ctc_weight and "ctc" not in skip:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
@@ -72,6 +84,14 @@ class Transducer(EncoderDecoderModel):
         logits = self.joiner(dec.hidden[:, :, None], self.predictor(targets)[:, None])  # (B, T, U+1, V+1)
         return AF.rnnt_loss(logits.float(), targets.int(), dec.lengths.int(), target_lengths.int(),
                             blank=self.blank, reduction="none")
+
+    def pruned_loss(self, dec: Encoded, targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """(simple, pruned) −log P(targets | joiner input), each (B,): the pruned RNN-T loss with windows
+        of ``prune_range`` label positions (``speechkit.models.pruned_rnnt``; no (B, T, U+1, V+1) lattice)."""
+        pred = self.predictor(targets)  # (B, U+1, P)
+        am, lm = self.simple_am(dec.hidden), self.simple_lm(pred)  # (B, T, V+1), (B, U+1, V+1)
+        return pruned_rnnt_loss(self.joiner, dec.hidden, pred, am, lm, targets, dec.lengths, target_lengths,
+                                self.blank, self.prune_range)
 
     def internal_lm_logprobs(self, pred_out: Tensor, projected: bool = False) -> Tensor:
         """log P_ILM over non-blank labels from predictor outputs (..., P) → (..., V): the joiner

@@ -1,0 +1,109 @@
+"""Pruned RNN-T loss in pure PyTorch (METHODS.md §6): nothing to compile.
+
+torchaudio's ``rnnt_loss`` needs the joiner on the whole (B, T, U+1, V+1) lattice. The pruned loss:
+
+1. **simple loss**: a transducer whose joiner is additive, ``am (B, T, V+1) + lm (B, U+1, V+1)``
+   (separate linear projections of the encoder and predictor outputs). Its per-node normaliser
+   ``log Σ_v exp(am[t, v] + lm[u, v])`` is one batched matrix product, so the lattice costs
+   (B, T, U+1) scalars, not V of them per node.
+2. **pruning bounds**: the gradient of the simple loss's log-likelihood with respect to the
+   lattice's arcs is the occupancy of each node; each frame keeps the window of ``s`` label
+   positions with the most occupancy, made monotone and connected (``prune_ranges``).
+3. **pruned loss**: the real joiner only inside the windows (B, T, s, V+1), and the same
+   forward algorithm on the lattice with every node outside the windows removed.
+
+``lattice_logprob`` is the forward algorithm, one ``logcumsumexp`` per frame (the label steps
+inside a frame form a linear recursion in log space), in float64. With ``s ≥ U+1`` the pruned loss
+is exactly the full RNN-T loss (tested against torchaudio, values and gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NEG = -1.0e4  # log-probability of a removed arc: finite, so cumulative sums stay exact in float64
+
+
+def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
+    """log P(y | x) summed over all alignments of the RNN-T lattice.
+
+    px: (B, T, U+1) log-prob of emitting label y_{u+1} at node (t, u) (ignored at u ≥ U_b);
+    py: (B, T, U+1) log-prob of blank at node (t, u); frames (B,) = T_b; labels (B,) = U_b → (B,).
+    """
+    b, t_max, u1 = px.shape
+    px, py = px.double(), py.double()
+    u_idx = torch.arange(u1, device=px.device)
+    px = px.masked_fill(u_idx >= labels[:, None, None], NEG)  # no label after the last one
+    alpha = torch.full((b, u1), float("-inf"), dtype=torch.float64, device=px.device)
+    alpha[:, 0] = 0.0
+    final = torch.zeros(b, dtype=torch.float64, device=px.device)
+    rows = torch.arange(b, device=px.device)
+    for t in range(t_max):
+        enter = alpha if t == 0 else alpha + py[:, t - 1]  # (B, U+1): arrive at frame t by blank
+        c = torch.cat([px.new_zeros(b, 1), px[:, t, :-1].cumsum(-1)], -1)  # Σ_{j<u} px[t, j]
+        alpha = torch.logcumsumexp(enter - c, -1) + c  # label steps within frame t
+        last = frames - 1 == t
+        final = torch.where(last, alpha[rows, labels] + py[rows, t, labels], final)
+    return final
+
+
+def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int) -> tuple[Tensor, Tensor]:
+    """The additive joiner's lattice: am (B, T, V+1), lm (B, U+1, V+1), targets (B, U) →
+    px, py (B, T, U+1) (px at u = U is padding)."""
+    am_max, lm_max = am.amax(-1, keepdim=True), lm.amax(-1, keepdim=True)  # (B, T, 1), (B, U+1, 1)
+    norm = torch.bmm((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2)).clamp_min(1e-30).log() \
+        + am_max + lm_max.transpose(1, 2)  # (B, T, U+1) = log Σ_v exp(am + lm)
+    y = torch.cat([targets, targets.new_zeros(targets.shape[0], 1)], 1)  # (B, U+1), last is padding
+    px = am.gather(2, y[:, None].expand(-1, am.shape[1], -1)) + lm.gather(2, y[..., None]).transpose(1, 2)
+    py = am[..., blank, None] + lm[..., blank].unsqueeze(1)  # (B, T, 1) + (B, 1, U+1)
+    return px - norm, py - norm
+
+
+def prune_ranges(px_grad: Tensor, py_grad: Tensor, frames: Tensor, labels: Tensor, s: int) -> Tensor:
+    """Per frame, the first label position of a window of ``s`` (B, T): the window with the most
+    occupancy (px_grad + py_grad, each (B, T, U+1)), then made feasible: 0 at the first frame, the last
+    label inside the window at each utterance's last frame, non-decreasing, rising by ≤ s − 1 per frame
+    (so ≤ s − 1 labels per frame: an utterance with more labels than (s − 1)·T cannot be covered)."""
+    occ = (px_grad + py_grad).float()  # (B, T, U+1)
+    b, t_max, u1 = occ.shape
+    if s >= u1:
+        return occ.new_zeros(b, t_max, dtype=torch.long)
+    sums = occ.unfold(2, s, 1).sum(-1)  # (B, T, U+2−s) occupancy of each window
+    start = sums.argmax(-1)  # (B, T)
+    top = (labels + 1 - s).clamp_min(0)[:, None]  # (B, 1) the highest useful start
+    t_idx = torch.arange(t_max, device=occ.device)
+    start = torch.where(t_idx == frames[:, None] - 1, top, torch.minimum(start, top))  # reach (T−1, U)
+    start = start.cummax(1).values  # non-decreasing
+    slope = (s - 1) * t_idx
+    later = (start - slope).flip(1).cummax(1).values.flip(1) + slope  # max over t' ≥ t of s_t' − (s−1)(t'−t)
+    start = torch.maximum(start, later)  # connected to every later window
+    start[:, 0] = 0  # the path starts at (0, 0) …
+    start = (start - slope).cummin(1).values + slope  # … and rises by at most s − 1 per frame
+    return torch.minimum(start, top)
+
+
+def pruned_rnnt_loss(joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, targets: Tensor,
+                     frames: Tensor, labels: Tensor, blank: int, s: int = 5) -> tuple[Tensor, Tensor]:
+    """(simple loss, pruned loss), each −log P(y|x) per utterance (B,).
+
+    joiner: ``(enc (B, T, S, E), pred (B, T, S, P)) → logits (…, V+1)``; enc (B, T, E), pred
+    (B, U+1, P) its inputs; am (B, T, V+1), lm (B, U+1, V+1) the simple projections; targets (B, U);
+    frames, labels (B,) the lengths; ``s`` the window width in label positions.
+    """
+    px, py = simple_lattice(am.float(), lm.float(), targets, blank)
+    simple = lattice_logprob(px, py, frames, labels)
+    px_grad, py_grad = torch.autograd.grad(simple.sum(), (px, py), retain_graph=True)
+    start = prune_ranges(px_grad, py_grad, frames, labels, s)  # (B, T)
+    b, t_max = start.shape
+    u1 = pred.shape[1]
+    u_win = start[..., None] + torch.arange(s, device=start.device)  # (B, T, s) label positions
+    pred_pad = torch.cat([pred, pred.new_zeros(b, s, pred.shape[-1])], 1)  # (B, U+1+s, P)
+    pred_win = pred_pad.gather(1, u_win.flatten(1)[..., None].expand(-1, -1, pred.shape[-1]))
+    logits = joiner(enc[:, :, None], pred_win.view(b, t_max, s, -1)).float().log_softmax(-1)
+    y_pad = torch.cat([targets, targets.new_zeros(b, s + 1)], 1)  # (B, U+1+s)
+    y_win = y_pad.gather(1, u_win.flatten(1)).view(b, t_max, s)
+    px_win, py_win = logits.gather(3, y_win[..., None])[..., 0], logits[..., blank]  # (B, T, s)
+    px_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, px_win)[..., :u1]
+    py_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, py_win)[..., :u1]
+    return -simple, -lattice_logprob(px_p, py_p, frames, labels)

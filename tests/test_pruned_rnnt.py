@@ -1,0 +1,89 @@
+"""The pure-PyTorch pruned RNN-T loss against torchaudio's rnnt_loss (issue 9, first part)."""
+
+import pytest
+import torch
+import torchaudio.functional as AF
+
+from speechkit.lego.transducer import Joiner
+from speechkit.models.pruned_rnnt import lattice_logprob, prune_ranges, pruned_rnnt_loss, simple_lattice
+
+B, T, U, V, E, P = 3, 12, 5, 10, 8, 8
+
+
+def _inputs(seed: int = 0):
+    torch.manual_seed(seed)
+    joiner = Joiner(E, P, V, 16).double()
+    enc = torch.randn(B, T, E, dtype=torch.float64, requires_grad=True)
+    pred = torch.randn(B, U + 1, P, dtype=torch.float64, requires_grad=True)
+    am = torch.randn(B, T, V + 1, dtype=torch.float64, requires_grad=True)
+    lm = torch.randn(B, U + 1, V + 1, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, V, (B, U))
+    return joiner, enc, pred, am, lm, y, torch.tensor([12, 9, 7]), torch.tensor([5, 3, 4])
+
+
+def _torchaudio(logits, y, frames, labels):
+    return AF.rnnt_loss(logits.float(), y.int(), frames.int(), labels.int(), blank=V, reduction="none")
+
+
+def test_simple_loss_is_the_rnnt_loss_of_the_additive_joiner():
+    _, _, _, am, lm, y, frames, labels = _inputs()
+    px, py = simple_lattice(am, lm, y, V)
+    ours = -lattice_logprob(px, py, frames, labels)
+    ref = _torchaudio(am[:, :, None] + lm[:, None], y, frames, labels)
+    torch.testing.assert_close(ours.float(), ref, rtol=1e-5, atol=1e-4)
+    g_ours = torch.autograd.grad(ours.sum(), (am, lm))
+    g_ref = torch.autograd.grad(ref.sum(), (am, lm))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_pruned_loss_with_a_full_window_equals_torchaudio_values_and_joiner_gradients():
+    joiner, enc, pred, am, lm, y, frames, labels = _inputs(1)
+    _, pruned = pruned_rnnt_loss(joiner, enc, pred, am, lm, y, frames, labels, V, s=U + 1)
+    ref = _torchaudio(joiner(enc[:, :, None], pred[:, None]), y, frames, labels)
+    torch.testing.assert_close(pruned.float(), ref, rtol=1e-5, atol=1e-4)
+    params = (enc, pred, *joiner.parameters())
+    g_ours = torch.autograd.grad(pruned.sum(), params)
+    g_ref = torch.autograd.grad(ref.sum(), params)
+    for a, b in zip(g_ours, g_ref):  # torchaudio computes in float32: tolerance 1e-4
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_narrower_windows_bound_the_loss_from_above_and_converge():
+    joiner, enc, pred, am, lm, y, frames, labels = _inputs(2)
+    losses = [pruned_rnnt_loss(joiner, enc, pred, am, lm, y, frames, labels, V, s=s)[1].detach()
+              for s in (2, 3, 4, 5, 6)]
+    for narrow, wide in zip(losses, losses[1:]):
+        assert (narrow >= wide - 1e-9).all()  # fewer alignments: −log P can only grow
+    assert torch.isfinite(losses[0]).all() and (losses[0] < 1e3).all()  # s = 2 still reaches the end
+
+
+@pytest.mark.parametrize("s", [2, 3, 5])
+def test_prune_ranges_are_feasible(s):
+    torch.manual_seed(s)
+    frames, labels = torch.tensor([12, 9, 7]), torch.tensor([5, 3, 4])
+    occ = torch.rand(B, T, U + 1)
+    start = prune_ranges(occ, occ, frames, labels, s)
+    assert (start[:, 0] == 0).all()
+    assert (start[:, 1:] >= start[:, :-1]).all() and (start[:, 1:] - start[:, :-1] <= s - 1).all()
+    for b in range(B):  # the last node (T_b − 1, U_b) lies in the last frame's window
+        last = int(start[b, frames[b] - 1])
+        assert last <= labels[b] < last + s
+
+
+def test_transducer_trains_with_the_pruned_loss_and_warm_up_skips_it():
+    from conftest import tiny_transducer
+
+    from speechkit.models.transducer import Transducer
+
+    base = tiny_transducer()
+    m = Transducer(base.encoder, base.predictor, base.joiner, prune_range=3).train()
+    x, lens = torch.randn(2, 80, 80), torch.tensor([80, 64])
+    y, ylens = torch.randint(0, 40, (2, 4)), torch.tensor([4, 3])
+    out = m.loss(x, lens, y, ylens)
+    assert {"simple", "pruned", "rnnt", "ctc", "loss"} <= set(out)
+    torch.testing.assert_close(out["rnnt"], 0.5 * out["simple"] + out["pruned"])
+    out["loss"].backward()
+    assert m.simple_am.weight.grad.abs().sum() > 0 and m.joiner.out.weight.grad.abs().sum() > 0
+    warm = m.loss(x, lens, y, ylens, skip=frozenset({"pruned"}))
+    torch.testing.assert_close(warm["rnnt"], 0.5 * warm["simple"])
