@@ -87,3 +87,6 @@ def test_transducer_trains_with_the_pruned_loss_and_warm_up_skips_it():
     assert m.simple_am.weight.grad.abs().sum() > 0 and m.joiner.out.weight.grad.abs().sum() > 0
     warm = m.loss(x, lens, y, ylens, skip=frozenset({"pruned"}))
     torch.testing.assert_close(warm["rnnt"], 0.5 * warm["simple"])
+    with_grad = m.eval().loss(x, lens, y, ylens)["pruned"]
+    with torch.no_grad():  # validation computes it without autograd
+        torch.testing.assert_close(m.loss(x, lens, y, ylens)["pruned"], with_grad.detach())

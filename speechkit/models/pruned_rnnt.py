@@ -93,7 +93,13 @@ def pruned_rnnt_loss(joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, 
     """
     px, py = simple_lattice(am.float(), lm.float(), targets, blank)
     simple = lattice_logprob(px, py, frames, labels)
-    px_grad, py_grad = torch.autograd.grad(simple.sum(), (px, py), retain_graph=True)
+    if px.requires_grad:  # training: the occupancies are the simple loss's own gradients
+        px_grad, py_grad = torch.autograd.grad(simple.sum(), (px, py), retain_graph=True)
+    else:  # no_grad (validation): a separate forward on detached copies
+        with torch.enable_grad():
+            pxd, pyd = px.detach().requires_grad_(), py.detach().requires_grad_()
+            occupancy = lattice_logprob(pxd, pyd, frames, labels).sum()
+            px_grad, py_grad = torch.autograd.grad(occupancy, (pxd, pyd))
     start = prune_ranges(px_grad, py_grad, frames, labels, s)  # (B, T)
     b, t_max = start.shape
     u1 = pred.shape[1]
