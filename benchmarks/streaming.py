@@ -34,8 +34,8 @@ text is checked against (a)'s (``recognizer.same_text``: how many are equal).
 
 ``--int8``: before anything is timed, ``speechkit.compress.deploy.deploy(model, run, ptq=True)`` swaps
 each linear layer for an fbgemm int8 kernel where that is faster and within tolerance at the shapes
-``run`` uses (streaming mode: 2 s of noise streamed through a ``Recognizer``, as ``speechkit stream
---int8`` does; whole mode: the first utterance encoded and beam-searched). Both searches then run on
+``run`` uses (streaming mode: ``speechkit.search.stream.deploy_int8``, as ``speechkit stream --int8`` does;
+whole mode: the first utterance encoded and beam-searched). Both searches then run on
 the same deployed model; its choices are printed and stored.
 
 The torchaudio side. ``TorchaudioRNNT`` adapts a speechkit ``Transducer`` to the methods that
@@ -115,7 +115,7 @@ from speechkit.lego.interface import Encoded
 from speechkit.lego.transducer import LSTMPredictor, StatelessPredictor
 from speechkit.metrics import score
 from speechkit.search.decode import brick_dataset
-from speechkit.search.stream import Recognizer, StreamOptions
+from speechkit.search.stream import Recognizer, StreamOptions, deploy_int8
 from speechkit.search.transducer import BeamSearch, GreedySearch, beam_search
 from speechkit.tokenizer import Tokenizer
 
@@ -259,9 +259,8 @@ def load(brick: str, chunk: int | None, stream: bool) -> tuple[nn.Module, dict]:
     return model, iface
 
 
-def deploy_int8(model: nn.Module, run) -> dict:
-    """``deploy(model, run, ptq=True)`` → its choices: per kernel the layer count, per layer the kernel."""
-    plan = deploy(model, run, ptq=True)
+def plan_choices(plan) -> dict:
+    """A deploy ``Plan`` → its choices: per kernel the layer count, per layer the kernel."""
     return {"choices": dict(Counter(r["choice"] for r in plan.rows)),
             "layers": {r["layer"]: r["choice"] for r in plan.rows}, "inputs_off": plan.inputs_off}
 
@@ -314,8 +313,9 @@ def bench(brick: str, manifest: str, max_utts: int | None = None, beam: int = 4,
     res = {}
     if int8:
         first = collate([ds[0]])
-        res["int8"] = deploy_int8(model, lambda m: beam_search(m, m(first["inputs"], first["input_lens"]),
-                                                               beam))
+        plan = deploy(model, lambda m: beam_search(m, m(first["inputs"], first["input_lens"]), beam),
+                      ptq=True)
+        res["int8"] = plan_choices(plan)
     searcher = torchaudio_searcher(model, rank, step_max_tokens)
     rows = []
     for i in range(len(ds)):
@@ -376,9 +376,7 @@ def recognize(model: nn.Module, tok: Tokenizer, cfg: FbankConfig, wave: Tensor, 
               block_s: float = 0.1) -> tuple[str, float, float]:
     """speechkit's streaming pipeline on ``wave`` fed in ``block_s`` blocks → (text, compute s, audio s)."""
     rec = Recognizer(model, tok, cfg, opts)
-    step = int(block_s * cfg.sample_rate)
-    events = [e for i in range(0, wave.numel(), step) for e in rec.accept(wave[i: i + step])]
-    finals = [e.text for e in events + rec.finish() if e.kind == "final"]
+    finals = [e.text for e in rec.run(wave, block_s) if e.kind == "final"]
     return " ".join(finals), rec.compute_s, rec.audio_s
 
 
@@ -436,13 +434,12 @@ def bench_stream(brick: str, manifest: str, max_utts: int | None = None, beam: i
     """Streaming mode (see the module docstring) → {summary, utterances[, int8]}."""
     model, iface = load(brick, chunk, stream=True)
     tok = Tokenizer(Path(brick) / "tokenizer.model")
-    cfg = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
+    cfg = FbankConfig.from_dict(iface["input"])
     opts = StreamOptions(chunk=chunk, beam=beam, endpoint_trailing=1e9, endpoint_silence=1e9, max_segment=1e9,
                          max_symbols=max_symbols)
     res = {}
-    if int8:  # shapes as ``speechkit stream --int8`` deploys at: 2 s of noise streamed
-        noise = torch.randn(2 * cfg.sample_rate, generator=torch.Generator().manual_seed(0)) * 0.05
-        res["int8"] = deploy_int8(model, lambda m: recognize(m, tok, cfg, noise, opts))
+    if int8:  # as ``speechkit stream --int8`` deploys
+        res["int8"] = plan_choices(deploy_int8(model, tok, cfg, opts))
     utts = load_manifest(manifest, require_audio=True)[:max_utts]
     refs = target_texts(utts, None, str(manifest))
     searcher = torchaudio_searcher(model, rank, step_max_tokens)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 
@@ -50,7 +49,7 @@ def run(a) -> None:
     from .features import FbankConfig
     from .lego.brick import load_brick
     from .search.decode import make_fusion
-    from .search.stream import StreamOptions
+    from .search.stream import StreamOptions, deploy_int8
     from .search.stream_eval import load_calibration
     from .tokenizer import Tokenizer
 
@@ -58,7 +57,7 @@ def run(a) -> None:
     model, iface = load_brick(a.brick)
     model.eval()
     tok = Tokenizer(Path(a.brick) / "tokenizer.model")
-    cfg = FbankConfig(**{k: v for k, v in iface["input"].items() if k != "kind"})
+    cfg = FbankConfig.from_dict(iface["input"])
     fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward)
     opts = StreamOptions(chunk=a.chunk, beam=a.beam, max_symbols=a.max_symbols, fusion=fusion,
                          endpoint_trailing=a.endpoint_trailing, endpoint_silence=a.endpoint_silence,
@@ -68,8 +67,10 @@ def run(a) -> None:
         model.encoder.stream_state(1)
     except (AttributeError, ValueError) as e:
         raise SystemExit(f"error: {a.brick} cannot stream: {e}") from None
-    if a.int8:
-        _deploy_int8(model, tok, cfg, opts, quiet=a.json)
+    if a.int8:  # linear layers → fbgemm int8 where faster at the streaming shapes
+        plan = deploy_int8(model, tok, cfg, opts)
+        if not a.json:
+            print(plan.to_text(), file=sys.stderr)
     if a.manifest:
         return _evaluate(a, model, tok, cfg, opts)
     if not a.inputs and sys.stdin.isatty():
@@ -77,14 +78,14 @@ def run(a) -> None:
                          "-f S16_LE -r 16000 -c 1 -t raw | speechkit stream BRICK -)")
     opts = load_calibration(a.brick, opts)
     failed = None
-    summaries = []
+    recognizers = []
     for src in a.inputs or ["-"]:
         try:
-            summaries.append(_stream_one(src, model, tok, cfg, opts, a))
+            recognizers.append(_stream_one(src, model, tok, cfg, opts, a))
         except AudioError as e:
             failed = e
             break
-    _print_summary(summaries, a.json)
+    _print_summary(recognizers, a.json)
     if failed is not None:
         raise SystemExit(f"error: {failed}")
 
@@ -100,9 +101,9 @@ def _blocks(src: str, cfg, block: int):
         yield wave[i: i + block]
 
 
-def _stream_one(src: str, model, tok, cfg, opts, a) -> dict:
-    """Stream one input, printing events as they come → its summary. On bad input (``AudioError``) the
-    audio received so far is finished (its final result printed) before the error propagates."""
+def _stream_one(src: str, model, tok, cfg, opts, a):
+    """Stream one input, printing events as they come → its ``Recognizer``. On bad input (``AudioError``)
+    the audio received so far is finished (its final result printed) before the error propagates."""
     from .audio import AudioError
     from .search.stream import Recognizer
 
@@ -119,7 +120,10 @@ def _stream_one(src: str, model, tok, cfg, opts, a) -> dict:
         raise
     for e in rec.finish():
         _print_event(e, name, a.json, live)
-    return {"source": name, **rec.summary()}
+    return rec
+
+
+CLEAR_LINE = "\r\x1b[K"  # back to the start of the terminal line and erase it (the live partial)
 
 
 def _print_event(e, src: str, as_json: bool, live: bool) -> None:
@@ -127,20 +131,18 @@ def _print_event(e, src: str, as_json: bool, live: bool) -> None:
         print(json.dumps({"source": src, **e.to_dict()}, ensure_ascii=False), flush=True)
     elif e.kind == "partial":
         if live:
-            print(f"\r\x1b[K{e.text}", end="", flush=True)
+            print(CLEAR_LINE + e.text, end="", flush=True)
     else:
-        print(f"{chr(13) + chr(27) + '[K' if live else ''}[{e.start:7.2f} {e.end:7.2f}] {e.text}", flush=True)
+        print(f"{CLEAR_LINE if live else ''}[{e.start:7.2f} {e.end:7.2f}] {e.text}", flush=True)
 
 
-def _print_summary(summaries: list[dict], as_json: bool) -> None:
-    if not summaries:
+def _print_summary(recognizers: list, as_json: bool) -> None:
+    """RTF and per-chunk latency over every chunk of every input (stdout with --json, else stderr)."""
+    from .search.stream import timing
+
+    if not recognizers:
         return
-    audio, compute = sum(s["audio_s"] for s in summaries), sum(s["compute_s"] for s in summaries)
-    total = {"kind": "summary", "inputs": len(summaries), "audio_s": round(audio, 3),
-             "compute_s": round(compute, 3), "rtf": round(compute / max(audio, 1e-9), 4),
-             "chunk_ms": summaries[0]["chunk_ms"],
-             "latency_ms_mean": round(sum(s["latency_ms_mean"] for s in summaries) / len(summaries), 2),
-             "latency_ms_p95": max(s["latency_ms_p95"] for s in summaries)}
+    total = {"kind": "summary", "inputs": len(recognizers), **timing(recognizers)}
     if as_json:
         print(json.dumps(total), flush=True)
     else:
@@ -174,22 +176,3 @@ def _evaluate(a, model, tok, cfg, opts) -> None:
         summary["calibration_file"] = str(save_calibration(a.brick, opts, entry))
     print(json.dumps(summary))
 
-
-def _deploy_int8(model, tok, cfg, opts, quiet: bool) -> None:
-    """Replace linear layers by fbgemm int8 where faster and within tolerance at streaming shapes (timed
-    on 2 s of synthetic noise streamed through the model)."""
-    import torch
-
-    from .compress.deploy import deploy
-    from .search.stream import Recognizer
-
-    noise = torch.randn(2 * cfg.sample_rate, generator=torch.Generator().manual_seed(0)) * 0.05
-
-    def warm(m):
-        rec = Recognizer(m, tok, cfg, replace(opts, fusion=None))
-        rec.accept(noise)
-        rec.finish()
-
-    plan = deploy(model, warm, ptq=True)
-    if not quiet:
-        print(plan.to_text(), file=sys.stderr)

@@ -25,6 +25,11 @@ class FbankConfig:
     def to_dict(self) -> dict:
         return {"kind": "fbank", **asdict(self)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> FbankConfig:
+        """The settings of ``to_dict`` (a brick's interface.json ``input``)."""
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
+
 
 def fbank(wave: Tensor, cfg: FbankConfig = FbankConfig()) -> Tensor:
     """Waveform (N,) in [-1, 1] → log-mel features (T, F) via torchaudio's kaldi fbank."""

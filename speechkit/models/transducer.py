@@ -64,12 +64,15 @@ class Transducer(EncoderDecoderModel):
         computed (a CTC-only warm-up skips the costly (B, T, U+1, V+1) transducer lattice)."""
         b = targets.shape[0]
         out = {}
-        if self.rnnt_weight and "rnnt" not in skip and self.prune_range is not None:
-            simple, pruned = self.pruned_loss(self.decoder_input(enc), targets, target_lengths)
-            out["simple"], out["pruned"] = simple.sum() / b, pruned.sum() / b
-            out["rnnt"] = self.simple_weight * out["simple"] + (0.0 if "pruned" in skip else out["pruned"])
-        elif self.rnnt_weight and "rnnt" not in skip:
-            out["rnnt"] = self.rnnt_loss(self.decoder_input(enc), targets, target_lengths).sum() / b
+        if self.rnnt_weight and "rnnt" not in skip:
+            dec = self.decoder_input(enc)
+            if self.prune_range is None:
+                out["rnnt"] = self.rnnt_loss(dec, targets, target_lengths).sum() / b
+            else:
+                simple, pruned = self.pruned_loss(dec, targets, target_lengths)
+                out["simple"], out["pruned"] = simple.sum() / b, pruned.sum() / b
+                pruned_term = 0.0 if "pruned" in skip else out["pruned"]  # warm-up: the simple loss alone
+                out["rnnt"] = self.simple_weight * out["simple"] + pruned_term
         if self.ctc_weight and "ctc" not in skip:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
         if self.ilm_weight and "ilm" not in skip:

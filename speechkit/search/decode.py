@@ -99,7 +99,7 @@ def brick_dataset(brick: str | Path, iface: dict, utts: list[Utterance], target_
             raise BrickError(f"{brick}/source_tokenizer.model has fingerprint {src_tok.fingerprint}, "
                              f"interface.json says {inp['fingerprint']}")
         return TextDataset(utts, tok, src_tok, target_lang, source=source)
-    fbank = FbankConfig(**{k: v for k, v in inp.items() if k != "kind"})
+    fbank = FbankConfig.from_dict(inp)
     return SpeechDataset(utts, tok, fbank, source=source, target_lang=target_lang)
 
 

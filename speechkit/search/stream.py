@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torchaudio.functional as AF
@@ -143,6 +143,12 @@ class Recognizer:
         """End of the stream: the last, partial chunk and the final result."""
         return self.accept(torch.zeros(0), final=True)
 
+    def run(self, wave: torch.Tensor, block_s: float = 0.1) -> list[Event]:
+        """A whole waveform (N,) fed in ``block_s`` pieces, then finished → all its events."""
+        step = max(1, int(block_s * self.cfg.sample_rate))
+        events = [e for i in range(0, wave.numel(), step) for e in self.accept(wave[i: i + step])]
+        return events + self.finish()
+
     def _best(self, final: bool = False) -> Hypothesis:
         return self.search.best(final)[0]
 
@@ -218,12 +224,30 @@ class Recognizer:
 
     def summary(self) -> dict:
         """Real-time factor and per-chunk compute latency of the stream so far."""
-        lat = sorted(self.chunk_s) or [0.0]
-        return {"audio_s": round(self.audio_s, 3), "compute_s": round(self.compute_s, 3),
-                "rtf": round(self.compute_s / max(self.audio_s, 1e-9), 4),
-                "chunk_ms": round(self.opts.chunk * self.frame_s * 1000),
-                "latency_ms_mean": round(1000 * sum(lat) / len(lat), 2),
-                "latency_ms_p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2)}
+        return timing([self])
+
+
+def timing(recognizers: list[Recognizer]) -> dict:
+    """Real-time factor and per-chunk compute latency (mean, 95th percentile over every chunk) of the
+    streams of ``recognizers`` together."""
+    audio, compute = sum(r.audio_s for r in recognizers), sum(r.compute_s for r in recognizers)
+    lat = sorted(s for r in recognizers for s in r.chunk_s) or [0.0]
+    first = recognizers[0] if recognizers else None
+    return {"audio_s": round(audio, 3), "compute_s": round(compute, 3),
+            "rtf": round(compute / max(audio, 1e-9), 4),
+            "chunk_ms": round(first.opts.chunk * first.frame_s * 1000) if first else None,
+            "latency_ms_mean": round(1000 * sum(lat) / len(lat), 2),
+            "latency_ms_p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2)}
+
+
+def deploy_int8(model, tokenizer, fbank_cfg: FbankConfig, opts: StreamOptions):
+    """``compress.deploy`` with fbgemm int8 (max-abs scales where the weights have none) at the shapes
+    streaming uses: timed on 2 s of synthetic noise streamed through ``model`` → its ``Plan``."""
+    from ..compress.deploy import deploy
+
+    noise = torch.randn(2 * fbank_cfg.sample_rate, generator=torch.Generator().manual_seed(0)) * 0.05
+    return deploy(model, lambda m: Recognizer(m, tokenizer, fbank_cfg, replace(opts, fusion=None)).run(noise),
+                  ptq=True)
 
 
 def logit(p: float, eps: float = 1e-6) -> float:

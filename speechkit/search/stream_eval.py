@@ -19,7 +19,7 @@ from ..audio import read_audio
 from ..data.manifest import Utterance
 from ..features import FbankConfig
 from ..metrics import normalize_text, score
-from .stream import Recognizer, StreamOptions, Word, logit
+from .stream import Recognizer, StreamOptions, Word, logit, timing
 
 CALIBRATION = "stream_calibration.json"
 
@@ -28,29 +28,20 @@ def stream_utterances(model, tok, cfg: FbankConfig, utts: list[Utterance], opts:
                       block_s: float = 0.1, progress: bool = True) -> tuple[list[dict], dict]:
     """Stream each utterance's audio (in ``block_s`` pieces) through its own ``Recognizer`` →
     (per utterance {id, ref, hyp, words, ref_words}, totals {audio_s, compute_s, rtf, latency…})."""
-    results, chunk_s, audio_s, compute_s = [], [], 0.0, 0.0
+    results, recognizers = [], []
     t0 = time.time()
     for n, u in enumerate(utts):
         wave = read_audio(u.audio, u.offset, u.duration, cfg.sample_rate)
         rec = Recognizer(model, tok, cfg, opts)
-        step = int(block_s * cfg.sample_rate)
-        events = [e for i in range(0, wave.numel(), step) for e in rec.accept(wave[i: i + step])]
-        finals = [e for e in events + rec.finish() if e.kind == "final"]
+        finals = [e for e in rec.run(wave, block_s) if e.kind == "final"]
         results.append({"id": u.id, "ref": u.text, "hyp": " ".join(e.text for e in finals),
                         "words": [w for e in finals for w in e.words], "ref_words": u.words})
-        chunk_s += rec.chunk_s
-        audio_s, compute_s = audio_s + rec.audio_s, compute_s + rec.compute_s
+        recognizers.append(rec)
         if progress:
             print(f"\r  streamed {n + 1}/{len(utts)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
-    lat = sorted(chunk_s) or [0.0]
-    totals = {"audio_s": round(audio_s, 2), "compute_s": round(compute_s, 2),
-              "rtf": round(compute_s / max(audio_s, 1e-9), 4),
-              "chunk_ms": round(opts.chunk * rec.frame_s * 1000) if utts else None,
-              "latency_ms_mean": round(1000 * sum(lat) / len(lat), 2),
-              "latency_ms_p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2)}
-    return results, totals
+    return results, timing(recognizers)
 
 
 def word_pairs(ref_words: list, hyp_words: list[Word]) -> list[tuple[Word, bool, float | None]]:
@@ -70,6 +61,11 @@ def word_pairs(ref_words: list, hyp_words: list[Word]) -> list[tuple[Word, bool,
             if id(word) not in out or not ok:  # a word is correct only when all its tokens are
                 out[id(word)] = (word, ok, ref[c.ref_start_idx + k - c.hyp_start_idx][1] if ok else None)
     return list(out.values())
+
+
+def all_word_pairs(results: list[dict]) -> list[tuple[Word, bool, float | None]]:
+    """``word_pairs`` of every streamed result that has reference word times."""
+    return [p for r in results if r.get("ref_words") for p in word_pairs(r["ref_words"], r["words"])]
 
 
 def auc(scores: list[float], labels: list[bool]) -> float | None:
@@ -99,7 +95,7 @@ def evaluate(results: list[dict]) -> dict:
     """WER/CER, word-start error (mean absolute, median signed, in ms; correct words), and word
     confidence quality (AUC correct vs wrong, ECE) of streamed results."""
     sc = score([r["ref"] for r in results], [r["hyp"] for r in results])
-    pairs = [p for r in results if r.get("ref_words") for p in word_pairs(r["ref_words"], r["words"])]
+    pairs = all_word_pairs(results)
     errs = [w.start - s for w, ok, s in pairs if ok]
     conf, ok = [w.confidence for w, _, _ in pairs], [c for _, c, _ in pairs]
     out = {"wer": round(sc.wer * 100, 2), "cer": round(sc.cer * 100, 2), "words": len(pairs)}
@@ -107,7 +103,8 @@ def evaluate(results: list[dict]) -> dict:
         out.update(start_mae_ms=round(1000 * sum(map(abs, errs)) / len(errs), 1),
                    start_median_ms=round(1000 * statistics.median(errs), 1), timed_words=len(errs))
     if pairs:
-        out.update(confidence_auc=auc(conf, ok) and round(auc(conf, ok), 4),
+        area = auc(conf, ok)
+        out.update(confidence_auc=area and round(area, 4),
                    confidence_ece=round(ece(conf, ok), 4), word_accuracy=round(sum(ok) / len(ok), 4))
     return out
 
@@ -115,7 +112,7 @@ def evaluate(results: list[dict]) -> dict:
 def fit_calibration(results: list[dict]) -> dict:
     """From raw streamed results (no shift, raw posteriors): the time shift (−median start error) and
     the logistic map conf = σ(a · logit(p) + b) minimising cross-entropy on correct-vs-wrong words."""
-    pairs = [p for r in results if r.get("ref_words") for p in word_pairs(r["ref_words"], r["words"])]
+    pairs = all_word_pairs(results)
     if not pairs or all(ok for _, ok, _ in pairs) or not any(ok for _, ok, _ in pairs):
         raise ValueError(f"calibration needs both correct and wrong words; got {len(pairs)} words")
     errs = [w.start - s for w, ok, s in pairs if ok]
