@@ -137,7 +137,7 @@ def test_skipped_loss_terms_are_not_computed():
     m = tiny_transducer(seed=2).train()
     x, n = torch.randn(2, 64, 80), torch.tensor([64, 50])
     y, yl = torch.randint(0, 40, (2, 4)), torch.tensor([4, 3])
-    out = m.loss(x, n, y, yl, skip=frozenset({"rnnt"}))
+    out = m.loss(x, n, y, yl, scales={"rnnt": 0})
     assert set(out) == {"ctc", "loss"}
     torch.testing.assert_close(out["loss"], m.ctc_weight * out["ctc"])
     out["loss"].backward()

@@ -37,6 +37,39 @@ def test_simple_loss_is_the_rnnt_loss_of_the_additive_joiner():
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
 
 
+def test_smoothed_simple_lattice_interpolates_joint_lm_only_and_am_only_log_probs():
+    _, _, _, am, lm, y, *_ = _inputs(3)
+    yy = torch.cat([y, y.new_zeros(B, 1)], 1)[:, None].expand(-1, T, -1)  # (B, T, U+1) label at each node
+
+    def arcs(logp):  # logp (B, T, U+1, V+1) → (px, py)
+        return logp.gather(3, yy[..., None])[..., 0], logp[..., V]
+
+    joint = arcs((am[:, :, None] + lm[:, None]).log_softmax(-1))
+    lm_only = arcs(lm.log_softmax(-1)[:, None].expand(-1, T, -1, -1))
+    unigram = lm.softmax(-1).mean((0, 1))
+    am_only = arcs((am + unigram.log()).log_softmax(-1)[:, :, None].expand(-1, -1, U + 1, -1))
+    for lm_s, am_s in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.25, 0.1)):
+        px, py = simple_lattice(am, lm, y, V, lm_only_scale=lm_s, am_only_scale=am_s)
+        for i, got in enumerate((px, py)):
+            want = (1 - lm_s - am_s) * joint[i] + lm_s * lm_only[i] + am_s * am_only[i]
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="smoothing"):
+        simple_lattice(am, lm, y, V, lm_only_scale=0.9, am_only_scale=0.2)
+
+
+def test_loss_schedule_starts_then_ramps_each_term():
+    from speechkit.train.module import SpeechTask
+
+    task = SpeechTask(torch.nn.Linear(1, 1), loss_start_steps={"rnnt": 100, "pruned": 100},
+                      loss_ramp_steps={"pruned": 50})
+    assert task.loss_scales(99) == {"rnnt": 0.0, "pruned": 0.0}
+    assert task.loss_scales(100) == {"rnnt": 1.0, "pruned": 1 / 50}
+    assert task.loss_scales(124)["pruned"] == pytest.approx(0.5) and task.loss_scales(149)["pruned"] == 1.0
+    assert task.loss_scales(5000) == {"rnnt": 1.0, "pruned": 1.0}
+    with pytest.raises(ValueError, match="loss_ramp_steps"):
+        SpeechTask(torch.nn.Linear(1, 1), loss_ramp_steps={"pruned": 0})
+
+
 def test_pruned_loss_with_a_full_window_equals_torchaudio_values_and_joiner_gradients():
     joiner, enc, pred, am, lm, y, frames, labels = _inputs(1)
     _, pruned = pruned_rnnt_loss(joiner, enc, pred, am, lm, y, frames, labels, V, s=U + 1)
@@ -85,8 +118,13 @@ def test_transducer_trains_with_the_pruned_loss_and_warm_up_skips_it():
     torch.testing.assert_close(out["rnnt"], 0.5 * out["simple"] + out["pruned"])
     out["loss"].backward()
     assert m.simple_am.weight.grad.abs().sum() > 0 and m.joiner.out.weight.grad.abs().sum() > 0
-    warm = m.loss(x, lens, y, ylens, skip=frozenset({"pruned"}))
+    warm = m.loss(x, lens, y, ylens, scales={"pruned": 0})
     torch.testing.assert_close(warm["rnnt"], 0.5 * warm["simple"])
+    ramp = m.loss(x, lens, y, ylens, scales={"pruned": 0.3})
+    torch.testing.assert_close(ramp["rnnt"], 0.5 * ramp["simple"] + 0.3 * ramp["pruned"])
+    with pytest.raises(ValueError, match="lm_only_scale"):
+        Transducer(base.encoder, base.predictor, base.joiner, prune_range=3, lm_only_scale=0.8,
+                   am_only_scale=0.3)
     with_grad = m.eval().loss(x, lens, y, ylens)["pruned"]
     with torch.no_grad():  # validation computes it without autograd
         torch.testing.assert_close(m.loss(x, lens, y, ylens)["pruned"], with_grad.detach())

@@ -140,8 +140,8 @@ def test_st_and_mt_paths_share_parameters(distance):
     shared = list(model.text_encoder.body.named_parameters()) + list(model.decoder.named_parameters())
     for term in ("st", "mt"):  # each CE term alone trains the shared modules
         model.zero_grad()
-        out = model.loss(feats, lens, tgt, tgt_lens, skip=frozenset({"st", "mt", "ctc", "adapt"} - {term}),
-                         **tr)
+        off = {"st", "mt", "ctc", "adapt"} - {term}
+        out = model.loss(feats, lens, tgt, tgt_lens, scales=dict.fromkeys(off, 0), **tr)
         out["loss"].backward()
         assert set(out) == {term, "loss"}
         for name, p in shared:
@@ -154,14 +154,15 @@ def test_st_and_mt_paths_share_parameters(distance):
     # the MT model built from the shared modules computes the text path's loss
     model.eval()
     torch.testing.assert_close(mt.eval().loss(tr["transcripts"], tr["transcript_lens"], tgt, tgt_lens)["ce"],
-                               model.loss(feats, lens, tgt, tgt_lens, skip=frozenset({"st", "ctc", "adapt"}),
-                                          **tr)["mt"])
+                               model.loss(feats, lens, tgt, tgt_lens, **tr,
+                                          scales=dict.fromkeys(("st", "ctc", "adapt"), 0))["mt"])
 
 
 def test_adaptation_stop_gradient_keeps_the_text_side_fixed():
     model = stast()
     feats, lens, tgt, tgt_lens, tr = batch()
-    model.loss(feats, lens, tgt, tgt_lens, skip=frozenset({"st", "mt", "ctc"}), **tr)["loss"].backward()
+    model.loss(feats, lens, tgt, tgt_lens, scales=dict.fromkeys(("st", "mt", "ctc"), 0),
+               **tr)["loss"].backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.text_encoder.frontend.parameters())
     assert sum(p.grad.abs().sum() for p in model.adapter.parameters()) > 0
 

@@ -7,12 +7,13 @@ The LegoNN model of METHODS.md §1: ``loss = ce_weight · CE(decoder) + ctc_weig
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 from torch import Tensor, nn
 
 from ..lego.decoders import AttentionDecoder
 from ..lego.interface import Encoded, interface_ctc
-from .base import EncoderDecoderModel
+from .base import EncoderDecoderModel, term_scales
 
 
 class AttentionModel(EncoderDecoderModel):
@@ -50,18 +51,18 @@ class AttentionModel(EncoderDecoderModel):
         return self.decoder.vocab_size
 
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
-                     skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+                     scales: Mapping[str, float] | None = None) -> dict[str, Tensor]:
         """Losses of an encoded batch, targets (B, U) → {'loss', 'ce', 'ctc'[, 'ilm']} (per utterance)."""
         b = targets.shape[0]
+        w = term_scales(scales, {"ce": self.ce_weight, "ctc": self.ctc_weight, "ilm": self.ilm_weight})
         out = {}
-        if self.ce_weight and "ce" not in skip:
+        if w["ce"]:
             out["ce"] = self.decoder.cross_entropy(enc, targets, target_lengths, self.label_smoothing) / b
-        if self.ctc_weight and "ctc" not in skip:
+        if w["ctc"]:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
-        if self.ilm_weight and "ilm" not in skip:
+        if w["ilm"]:
             out["ilm"] = self.decoder.cross_entropy(None, targets, target_lengths) / b
-        out["loss"] = (self.ce_weight * out.get("ce", 0.0) + self.ctc_weight * out.get("ctc", 0.0)
-                       + self.ilm_weight * out.get("ilm", 0.0))
+        out["loss"] = sum(w[k] * v for k, v in out.items())
         return out
 
     def internal_lm_logprobs(self, prev: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ also the start label the body is fed first (the id of the CTC/transducer blank, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,7 +56,7 @@ class LanguageModel(Brick):
         return self.token_logprobs(targets, target_lengths, eos).sum(1)
 
     def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
-             skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
+             scales: Mapping[str, float] | None = None) -> dict[str, Tensor]:
         """{'loss': summed NLL per sentence, 'tokens': mean tokens per sentence (end included)}."""
         nll = -self.score(targets, target_lengths).sum()
         b = targets.shape[0]

@@ -48,16 +48,41 @@ def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> T
     return final
 
 
-def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int) -> tuple[Tensor, Tensor]:
+def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int, lm_only_scale: float = 0.0,
+                   am_only_scale: float = 0.0) -> tuple[Tensor, Tensor]:
     """The additive joiner's lattice: am (B, T, V+1), lm (B, U+1, V+1), targets (B, U) →
-    px, py (B, T, U+1) (px at u = U is padding)."""
+    px, py (B, T, U+1) (px at u = U is padding).
+
+    Smoothing (k2's ``rnnt_loss_smoothed``): each arc's log-prob is interpolated with weights
+    ``1 − lm_only_scale − am_only_scale``, ``lm_only_scale`` and ``am_only_scale`` between the joint one,
+    the predictor's projection alone as a language model (normalised over its own V+1 outputs) and the
+    encoder's projection with a unigram label prior (the batch's mean ``softmax(lm)``) in place of the
+    label context. The LM-only term keeps the simple predictor a real language model, which sharpens
+    the occupancies the pruning bounds come from.
+    """
     am_max, lm_max = am.amax(-1, keepdim=True), lm.amax(-1, keepdim=True)  # (B, T, 1), (B, U+1, 1)
-    norm = torch.bmm((am - am_max).exp(), (lm - lm_max).exp().transpose(1, 2)).clamp_min(1e-30).log() \
+    am_e, lm_e = (am - am_max).exp(), (lm - lm_max).exp()
+    norm = torch.bmm(am_e, lm_e.transpose(1, 2)).clamp_min(1e-30).log() \
         + am_max + lm_max.transpose(1, 2)  # (B, T, U+1) = log Σ_v exp(am + lm)
     y = torch.cat([targets, targets.new_zeros(targets.shape[0], 1)], 1)  # (B, U+1), last is padding
-    px = am.gather(2, y[:, None].expand(-1, am.shape[1], -1)) + lm.gather(2, y[..., None]).transpose(1, 2)
-    py = am[..., blank, None] + lm[..., blank].unsqueeze(1)  # (B, T, 1) + (B, 1, U+1)
-    return px - norm, py - norm
+    px_am = am.gather(2, y[:, None].expand(-1, am.shape[1], -1))  # (B, T, U+1)
+    px_lm = lm.gather(2, y[..., None]).transpose(1, 2)  # (B, 1, U+1)
+    py_am, py_lm = am[..., blank, None], lm[..., blank].unsqueeze(1)  # (B, T, 1), (B, 1, U+1)
+    joint = 1.0 - lm_only_scale - am_only_scale
+    if joint < 0 or lm_only_scale < 0 or am_only_scale < 0:
+        raise ValueError(f"simple-loss smoothing scales must be >= 0 with a sum <= 1, got lm_only_scale="
+                         f"{lm_only_scale}, am_only_scale={am_only_scale}")
+    px, py = joint * (px_am + px_lm - norm), joint * (py_am + py_lm - norm)
+    if lm_only_scale:
+        lm_norm = lm.logsumexp(-1).unsqueeze(1)  # (B, 1, U+1)
+        px, py = px + lm_only_scale * (px_lm - lm_norm), py + lm_only_scale * (py_lm - lm_norm)
+    if am_only_scale:
+        unigram = (lm_e / lm_e.sum(-1, keepdim=True)).mean((0, 1)).clamp_min(1e-30)  # (V+1,)
+        am_norm = (am_e @ unigram).log()[..., None] + am_max  # (B, T, 1) = log Σ_v exp(am_v) unigram_v
+        log_uni = unigram.log()
+        px = px + am_only_scale * (px_am + log_uni[y][:, None] - am_norm)
+        py = py + am_only_scale * (py_am + log_uni[blank] - am_norm)
+    return px, py
 
 
 def prune_ranges(px_grad: Tensor, py_grad: Tensor, frames: Tensor, labels: Tensor, s: int) -> Tensor:
@@ -84,14 +109,16 @@ def prune_ranges(px_grad: Tensor, py_grad: Tensor, frames: Tensor, labels: Tenso
 
 
 def pruned_rnnt_loss(joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, targets: Tensor,
-                     frames: Tensor, labels: Tensor, blank: int, s: int = 5) -> tuple[Tensor, Tensor]:
+                     frames: Tensor, labels: Tensor, blank: int, s: int = 5, lm_only_scale: float = 0.0,
+                     am_only_scale: float = 0.0) -> tuple[Tensor, Tensor]:
     """(simple loss, pruned loss), each −log P(y|x) per utterance (B,).
 
     joiner: ``(enc (B, T, S, E), pred (B, T, S, P)) → logits (…, V+1)``; enc (B, T, E), pred
     (B, U+1, P) its inputs; am (B, T, V+1), lm (B, U+1, V+1) the simple projections; targets (B, U);
-    frames, labels (B,) the lengths; ``s`` the window width in label positions.
+    frames, labels (B,) the lengths; ``s`` the window width in label positions; ``lm_only_scale``,
+    ``am_only_scale`` the simple loss's smoothing (``simple_lattice``).
     """
-    px, py = simple_lattice(am.float(), lm.float(), targets, blank)
+    px, py = simple_lattice(am.float(), lm.float(), targets, blank, lm_only_scale, am_only_scale)
     simple = lattice_logprob(px, py, frames, labels)
     if px.requires_grad:  # training: the occupancies are the simple loss's own gradients
         px_grad, py_grad = torch.autograd.grad(simple.sum(), (px, py), retain_graph=True)

@@ -18,6 +18,8 @@ semantic encoder reads every acoustic frame), ``mt_weight=0`` (no shared MT task
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,7 +29,7 @@ from ..lego.encoders import SequenceEncoder, SpeechEncoder
 from ..lego.interface import Encoded, Shrink, ctc_loss
 from ..nn.transformer import padding_mask, sinusoids
 from .aed import AttentionModel
-from .base import EncoderDecoderModel
+from .base import EncoderDecoderModel, term_scales
 
 DISTANCES = ("mse_mean", "token_mse", "contrastive")
 
@@ -141,7 +143,7 @@ class STAST(EncoderDecoderModel):
         return Encoded(self.text_encoder.body(x, n), n, None, (ac,))
 
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
-                     skip: frozenset[str] = frozenset(), transcripts: Tensor | None = None,
+                     scales: Mapping[str, float] | None = None, transcripts: Tensor | None = None,
                      transcript_lens: Tensor | None = None) -> dict[str, Tensor]:
         """Losses of an encoded batch → {'loss', 'st', 'mt', 'ctc', 'adapt'} per utterance.
 
@@ -149,7 +151,8 @@ class STAST(EncoderDecoderModel):
         ctc and adapt terms, which are left out without them).
         """
         b = targets.shape[0]
-        on = {k for k, w in self.weights.items() if w and k not in skip}
+        weights = term_scales(scales, self.weights)
+        on = {k for k, w in weights.items() if w}
         if transcripts is None:
             on &= {"st"}
         out = {}
@@ -167,7 +170,7 @@ class STAST(EncoderDecoderModel):
                 d = adaptation_distance(self.adapt_distance, enc.hidden.float(), enc.lengths, t.float(),
                                         text.lengths, self.contrastive_temperature)
                 out["adapt"] = d.sum() / b
-        out["loss"] = sum(self.weights[k] * v for k, v in out.items())
+        out["loss"] = sum(weights[k] * v for k, v in out.items())
         return out
 
     def mt_model(self) -> AttentionModel:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
 from ..lego.interface import Encoded, interface_ctc, interface_logits
 from ..lego.transducer import Joiner
-from .base import EncoderDecoderModel
+from .base import EncoderDecoderModel, scale_of, term_scales
 from .pruned_rnnt import pruned_rnnt_loss
 
 
@@ -18,7 +20,10 @@ class Transducer(EncoderDecoderModel):
     loss = rnnt_weight · RNNT (torchaudio; or, with ``prune_range``, simple_weight · simple + pruned: the
     pure-PyTorch pruned loss of ``models/pruned_rnnt.py``) + ctc_weight · CTC(marginal head)
     [+ ilm_weight · CE(internal LM) on the transcripts: ILM training, METHODS.md §3], each summed
-    over the batch and divided by the batch size.
+    over the batch and divided by the batch size. The pruned loss's options: ``prune_range`` (s, label
+    positions per frame), ``simple_weight``, and the simple loss's smoothing ``lm_only_scale`` /
+    ``am_only_scale`` (k2's defaults 0.25 / 0; ``pruned_rnnt.simple_lattice``); its warm-up is
+    SpeechTask's ``loss_start_steps`` / ``loss_ramp_steps`` for the term "pruned".
 
     With an ``ingestor`` (``WEmb``/``BeamConv``) this is the LegoNN transducer: the joiner
     reads the ingested marginals instead of the encoder's hidden states, so the
@@ -28,7 +33,8 @@ class Transducer(EncoderDecoderModel):
 
     def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner,
                  ctc_weight: float = 0.3, rnnt_weight: float = 1.0, ingestor: nn.Module | None = None,
-                 ilm_weight: float = 0.0, prune_range: int | None = None, simple_weight: float = 0.5):
+                 ilm_weight: float = 0.0, prune_range: int | None = None, simple_weight: float = 0.5,
+                 lm_only_scale: float = 0.25, am_only_scale: float = 0.0):
         super().__init__()
         vocabs = {"encoder head": encoder.vocab_size, "predictor": predictor.vocab_size,
                   "joiner": joiner.vocab_size, "ingestor": getattr(ingestor, "vocab_size", None)}
@@ -37,9 +43,13 @@ class Transducer(EncoderDecoderModel):
         self.encoder, self.predictor, self.joiner, self.ingestor = encoder, predictor, joiner, ingestor
         self.ctc_weight, self.rnnt_weight, self.ilm_weight = ctc_weight, rnnt_weight, ilm_weight
         self.prune_range, self.simple_weight = prune_range, simple_weight
+        self.lm_only_scale, self.am_only_scale = lm_only_scale, am_only_scale
         if prune_range is not None:  # the pruned loss's additive "simple" joiner (models/pruned_rnnt.py)
             if prune_range < 2:
                 raise ValueError(f"prune_range must be >= 2 label positions, got {prune_range}")
+            if min(lm_only_scale, am_only_scale) < 0 or lm_only_scale + am_only_scale > 1:
+                raise ValueError(f"lm_only_scale and am_only_scale must be >= 0 with a sum <= 1, got "
+                                 f"{lm_only_scale} and {am_only_scale}")
             self.simple_am = nn.Linear(joiner.enc_proj.in_features, joiner.vocab_size + 1)
             self.simple_lm = nn.Linear(joiner.pred_proj.in_features, joiner.vocab_size + 1)
 
@@ -59,26 +69,27 @@ class Transducer(EncoderDecoderModel):
         return Encoded(hidden, lengths)
 
     def encoded_loss(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
-                     skip: frozenset[str] = frozenset()) -> dict[str, Tensor]:
-        """Losses of an encoded batch → {'loss', 'rnnt', 'ctc'[, 'ilm']}. Terms named in ``skip`` are not
-        computed (a CTC-only warm-up skips the costly (B, T, U+1, V+1) transducer lattice)."""
+                     scales: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+        """Losses of an encoded batch → {'loss', 'rnnt', 'ctc'[, 'ilm'][, 'simple', 'pruned']}. A term
+        whose scale is 0 is not computed (a CTC-only warm-up skips the costly transducer lattice); with
+        ``prune_range`` the 'pruned' scale multiplies the pruned loss inside the 'rnnt' term (its warm-up:
+        the simple loss alone first, then a ramp)."""
         b = targets.shape[0]
+        w = term_scales(scales, {"rnnt": self.rnnt_weight, "ctc": self.ctc_weight, "ilm": self.ilm_weight})
         out = {}
-        if self.rnnt_weight and "rnnt" not in skip:
+        if w["rnnt"]:
             dec = self.decoder_input(enc)
             if self.prune_range is None:
                 out["rnnt"] = self.rnnt_loss(dec, targets, target_lengths).sum() / b
             else:
                 simple, pruned = self.pruned_loss(dec, targets, target_lengths)
                 out["simple"], out["pruned"] = simple.sum() / b, pruned.sum() / b
-                pruned_term = 0.0 if "pruned" in skip else out["pruned"]  # warm-up: the simple loss alone
-                out["rnnt"] = self.simple_weight * out["simple"] + pruned_term
-        if self.ctc_weight and "ctc" not in skip:
+                out["rnnt"] = self.simple_weight * out["simple"] + scale_of(scales, "pruned") * out["pruned"]
+        if w["ctc"]:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
-        if self.ilm_weight and "ilm" not in skip:
+        if w["ilm"]:
             out["ilm"] = -self.internal_lm_score(targets, target_lengths).sum() / b
-        out["loss"] = (self.rnnt_weight * out.get("rnnt", 0.0) + self.ctc_weight * out.get("ctc", 0.0)
-                       + self.ilm_weight * out.get("ilm", 0.0))
+        out["loss"] = sum(w[k] * out[k] for k in w if k in out)
         return out
 
     def rnnt_loss(self, dec: Encoded, targets: Tensor, target_lengths: Tensor) -> Tensor:
@@ -94,7 +105,7 @@ class Transducer(EncoderDecoderModel):
         pred = self.predictor(targets)  # (B, U+1, P)
         am, lm = self.simple_am(dec.hidden), self.simple_lm(pred)  # (B, T, V+1), (B, U+1, V+1)
         return pruned_rnnt_loss(self.joiner, dec.hidden, pred, am, lm, targets, dec.lengths, target_lengths,
-                                self.blank, self.prune_range)
+                                self.blank, self.prune_range, self.lm_only_scale, self.am_only_scale)
 
     def internal_lm_logprobs(self, pred_out: Tensor, projected: bool = False) -> Tensor:
         """log P_ILM over non-blank labels from predictor outputs (..., P) → (..., V): the joiner

@@ -40,6 +40,8 @@ class SpeechTask(L.LightningModule):
             is unknown, as under ``max_time``).
         loss_start_steps: per loss term, the training step from which it is used, e.g.
             ``{"rnnt": 1500}`` trains the encoder with CTC alone first (see recipes/locale/README.md).
+        loss_ramp_steps: per loss term, over how many steps from its start its weight rises linearly
+            from 0 to full, e.g. ``{"pruned": 1000}`` (the pruned RNN-T loss's warm-up).
         init_from: per submodule of ``model`` ("" = the whole model), a brick directory to
             copy weights from, optionally ``DIR#attr.path`` for a part of that brick, e.g.
             ``{"encoder": "exp/asr/brick#encoder"}``. Shapes must match exactly.
@@ -51,8 +53,10 @@ class SpeechTask(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, lr: float = 2e-3, weight_decay: float = 1e-3,
                  warmup_steps: int = 500, total_steps: int | None = None, final_lr_ratio: float = 0.05,
-                 loss_start_steps: dict[str, int] | None = None, init_from: dict[str, str] | None = None,
-                 freeze: list[str] | None = None, compress: CompressConfig | None = None):
+                 loss_start_steps: dict[str, int] | None = None,
+                 loss_ramp_steps: dict[str, int] | None = None,
+                 init_from: dict[str, str] | None = None, freeze: list[str] | None = None,
+                 compress: CompressConfig | None = None):
         super().__init__()
         self.model = model
         for name, src in (init_from or {}).items():
@@ -64,6 +68,10 @@ class SpeechTask(L.LightningModule):
             self.coverage = compress_model(model, compress)
             print(self.coverage.to_text())
         self.loss_start_steps = dict(loss_start_steps or {})
+        self.loss_ramp_steps = dict(loss_ramp_steps or {})
+        bad = {k: n for k, n in self.loss_ramp_steps.items() if not (isinstance(n, int) and n > 0)}
+        if bad:
+            raise ValueError(f"loss_ramp_steps must be positive step counts, got {bad}")
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
         self._val = ([], [], [])
@@ -93,10 +101,18 @@ class SpeechTask(L.LightningModule):
 
         squat_step(self.model, optimizer, optimizer_closure, q.sam_rho, self.global_step)
 
+    def loss_scales(self, step: int) -> dict[str, float]:
+        """Per scheduled loss term its weight's scale at training ``step``: 0 before its start step, then
+        rising linearly to 1 over its ramp steps (``loss_start_steps``, ``loss_ramp_steps``)."""
+        scales = {}
+        for k in self.loss_start_steps.keys() | self.loss_ramp_steps.keys():
+            since, ramp = step - self.loss_start_steps.get(k, 0), self.loss_ramp_steps.get(k)
+            scales[k] = 0.0 if since < 0 else min(1.0, (since + 1) / ramp) if ramp else 1.0
+        return scales
+
     def training_step(self, batch, batch_idx):
-        skip = frozenset(k for k, s in self.loss_start_steps.items() if self.global_step < s)
         out = self.model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
-                              skip=skip, **_extras(batch))
+                              scales=self.loss_scales(self.global_step), **_extras(batch))
         b = batch["inputs"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
