@@ -1,16 +1,19 @@
-"""torchaudio's ``rnnt_loss`` vs speechkit's pure-PyTorch pruned RNN-T loss: time and peak memory of
-forward + backward through the joiner, side by side.
+"""torchaudio's ``rnnt_loss`` vs speechkit's transducer losses: time and peak memory of forward +
+backward through the joiner, side by side.
 
-    python benchmarks/transducer_loss.py [--threads 1] [--repeats 3] [--shapes B,T,U,V ...] [--json]
+    python benchmarks/transducer_loss.py [--threads 1] [--repeats 3] [--shapes B,T,U,V ...]
+        [--kinds torchaudio sub-batched pruned] [--sub-batch 2] [--json]
 
 Per shape (B utterances, T encoder frames, U labels, V+1 outputs; joiner width 256, encoder and
 predictor width 256): the reference builds the joiner on the full (B, T, U+1, V+1) lattice and
-calls ``torchaudio.functional.rnnt_loss``; speechkit's ``Transducer.pruned_loss`` path
+calls ``torchaudio.functional.rnnt_loss``; "sub-batched" is the same loss with the joiner and the
+lattice ``--sub-batch`` utterances at a time under checkpointing (``Transducer(rnnt_sub_batch=…)``,
+``speechkit.models.transducer.joiner_rnnt_loss``); speechkit's ``Transducer.pruned_loss`` path
 (``speechkit.models.pruned_rnnt.pruned_rnnt_loss``, windows of ``--prune-range`` labels) runs the
 simple loss and the joiner on (B, T, s, V+1) only. Time: median of ``--repeats`` forward + backward
-passes. Peak memory: each case runs in its own subprocess and reports its peak resident memory (CPU;
-``ru_maxrss``) above the memory held after building its inputs, or ``torch.cuda.max_memory_allocated``
-on a GPU. Results: benchmarks/RESULTS.md.
+passes after a warm-up on a tiny batch. Peak memory: each case runs in its own subprocess and reports
+its peak resident memory (CPU; ``ru_maxrss``) above the memory held after building its inputs, or
+``torch.cuda.max_memory_allocated`` on a GPU. Results: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import sys
 import time
 
 import torch
-import torchaudio.functional as AF
 
 from speechkit.lego.transducer import Joiner
 from speechkit.models.pruned_rnnt import pruned_rnnt_loss
+from speechkit.models.transducer import joiner_rnnt_loss
 
 SHAPES = ("8,100,25,129", "8,200,50,501", "8,400,100,501", "16,400,100,1001")
 WIDTH = 256
@@ -44,11 +47,14 @@ def inputs(b: int, t: int, u: int, v: int, device: str):
     return joiner, enc, pred, simple, y, frames, labels
 
 
-def step(kind: str, joiner, enc, pred, simple, y, frames, labels, prune_range: int) -> None:
-    """One forward + backward of the loss ``kind`` ('torchaudio' or 'pruned')."""
-    if kind == "torchaudio":
-        logits = joiner(enc[:, :, None], pred[:, None])  # (B, T, U+1, V+1)
-        loss = AF.rnnt_loss(logits, y.int(), frames.int(), labels.int(), blank=logits.shape[-1] - 1).sum()
+KINDS = ("torchaudio", "sub-batched", "pruned")
+
+
+def step(kind: str, joiner, enc, pred, simple, y, frames, labels, prune_range: int, sub_batch: int) -> None:
+    """One forward + backward of the loss ``kind`` (one of ``KINDS``)."""
+    if kind in ("torchaudio", "sub-batched"):
+        loss = joiner_rnnt_loss(joiner, enc, pred, y, frames, labels, joiner.vocab_size,
+                                sub_batch if kind == "sub-batched" else None).sum()
     else:
         s, p = pruned_rnnt_loss(joiner, enc, pred, simple[0](enc), simple[1](pred), y, frames, labels,
                                 joiner.vocab_size, prune_range)
@@ -56,8 +62,9 @@ def step(kind: str, joiner, enc, pred, simple, y, frames, labels, prune_range: i
     loss.backward()
 
 
-def run_case(kind: str, shape: str, repeats: int, prune_range: int, device: str) -> dict:
+def run_case(kind: str, shape: str, repeats: int, prune_range: int, sub_batch: int, device: str) -> dict:
     b, t, u, v = (int(x) for x in shape.split(","))
+    step(kind, *inputs(2, 8, 3, v, device), prune_range, 1)  # warm-up: lazy imports are not counted
     args = inputs(b, t, u, v, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
@@ -68,7 +75,7 @@ def run_case(kind: str, shape: str, repeats: int, prune_range: int, device: str)
     for _ in range(repeats):
         sync()
         t0 = time.perf_counter()
-        step(kind, *args, prune_range)
+        step(kind, *args, prune_range, sub_batch)
         sync()
         times.append(time.perf_counter() - t0)
     if device == "cuda":
@@ -84,6 +91,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prune-range", type=int, default=5)
+    ap.add_argument("--sub-batch", type=int, default=2, help="utterances per joiner call ('sub-batched')")
+    ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), help="B,T,U,V (V counts the blank)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--case", nargs=2, metavar=("KIND", "SHAPE"), help=argparse.SUPPRESS)
@@ -91,21 +100,24 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.case:  # one case, in this fresh process (peak memory of its own)
-        print(json.dumps(run_case(a.case[0], a.case[1], a.repeats, a.prune_range, a.device)))
+        print(json.dumps(run_case(a.case[0], a.case[1], a.repeats, a.prune_range, a.sub_batch, a.device)))
         return
     rows = []
     for shape in a.shapes:
         res = {}
-        for kind in ("torchaudio", "pruned"):
+        for kind in dict.fromkeys(["torchaudio", *a.kinds]):
             cmd = [sys.executable, __file__, "--case", kind, shape, "--threads", str(a.threads), "--repeats",
-                   str(a.repeats), "--prune-range", str(a.prune_range), "--device", a.device]
+                   str(a.repeats), "--prune-range", str(a.prune_range), "--sub-batch", str(a.sub_batch),
+                   "--device", a.device]
             p = subprocess.run(cmd, capture_output=True, text=True)
             res[kind] = json.loads(p.stdout) if p.returncode == 0 else {"error": p.stderr.strip()[-300:]}
         row = {"shape": shape, **{f"{k}_{f}": r[f] for k, r in res.items()
                                   for f in ("ms", "peak_mb", "error") if f in r}}
-        if "ms" in res["torchaudio"] and "ms" in res["pruned"]:
-            row["time_ratio"] = round(res["pruned"]["ms"] / res["torchaudio"]["ms"], 3)
-            row["memory_ratio"] = round(res["pruned"]["peak_mb"] / max(res["torchaudio"]["peak_mb"], 1e-9), 3)
+        ref = res["torchaudio"]
+        for kind, r in res.items():  # ratios to torchaudio's loss on the whole batch
+            if kind != "torchaudio" and "ms" in r and "ms" in ref:
+                row[f"{kind}_time_ratio"] = round(r["ms"] / ref["ms"], 3)
+                row[f"{kind}_memory_ratio"] = round(r["peak_mb"] / max(ref["peak_mb"], 1e-9), 3)
         rows.append(row)
         print(json.dumps(row) if a.json else "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 

@@ -128,3 +128,22 @@ def test_transducer_trains_with_the_pruned_loss_and_warm_up_skips_it():
     with_grad = m.eval().loss(x, lens, y, ylens)["pruned"]
     with torch.no_grad():  # validation computes it without autograd
         torch.testing.assert_close(m.loss(x, lens, y, ylens)["pruned"], with_grad.detach())
+
+
+@pytest.mark.parametrize("sub_batch", [1, 2])
+def test_sub_batched_full_loss_equals_the_whole_batch_values_and_gradients(sub_batch):
+    from speechkit.models.transducer import joiner_rnnt_loss
+
+    joiner, enc, pred, _, _, y, frames, labels = _inputs(4)
+    joiner = joiner.float()
+    enc, pred = (x.detach().float().requires_grad_() for x in (enc, pred))
+    params = (enc, pred, *joiner.parameters())
+    whole = joiner_rnnt_loss(joiner, enc, pred, y, frames, labels, V)
+    torch.testing.assert_close(whole, _torchaudio(joiner(enc[:, :, None], pred[:, None]), y, frames, labels))
+    parts = joiner_rnnt_loss(joiner, enc, pred, y, frames, labels, V, sub_batch=sub_batch)
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)  # groups are cut to their own T, U
+    for a, b in zip(torch.autograd.grad(parts.sum(), params), torch.autograd.grad(whole.sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(joiner_rnnt_loss(joiner, enc, pred, y, frames, labels, V, sub_batch),
+                                   whole.detach(), rtol=1e-5, atol=1e-5)

@@ -7,11 +7,39 @@ from collections.abc import Mapping
 import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..lego.interface import Encoded, interface_ctc, interface_logits
 from ..lego.transducer import Joiner
 from .base import EncoderDecoderModel, scale_of, term_scales
 from .pruned_rnnt import pruned_rnnt_loss
+
+
+def joiner_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor, frames: Tensor,
+                     labels: Tensor, blank: int, sub_batch: int | None = None) -> Tensor:
+    """−log P(y | x) per utterance (B,): torchaudio's ``rnnt_loss`` on the joiner's full lattice (its fused
+    log-softmax: no separate log-prob lattice is stored). enc (B, T, E), pred (B, U+1, P) the joiner's
+    inputs, targets (B, U), frames / labels (B,) the lengths.
+
+    ``sub_batch``: the joiner and the loss run for that many utterances at a time (grouped by lattice
+    size, each group cut to its own longest T and U) under ``torch.utils.checkpoint``, so only one
+    group's (n, T_g, U_g+1, V+1) lattice is alive at once, in the forward and in the backward (which
+    runs each group's joiner again): peak lattice memory ∝ sub_batch / B for one more joiner forward.
+    """
+    def lattice_loss(enc, pred, targets, frames, labels):
+        logits = joiner(enc[:, :, None], pred[:, None])  # (n, T, U+1, V+1)
+        return AF.rnnt_loss(logits.float(), targets.int(), frames.int(), labels.int(), blank=blank,
+                            reduction="none")
+
+    if not sub_batch or sub_batch >= enc.shape[0]:
+        return lattice_loss(enc, pred, targets, frames, labels)
+    order = (frames * (labels + 1)).argsort(descending=True)  # similar lattice sizes together
+    parts = []
+    for idx in order.split(sub_batch):
+        t, u = int(frames[idx].max()), int(labels[idx].max())
+        parts.append(checkpoint(lattice_loss, enc[idx, :t], pred[idx, : u + 1], targets[idx, :u], frames[idx],
+                                labels[idx], use_reentrant=False))
+    return torch.cat(parts)[order.argsort()]
 
 
 class Transducer(EncoderDecoderModel):
@@ -23,7 +51,9 @@ class Transducer(EncoderDecoderModel):
     over the batch and divided by the batch size. The pruned loss's options: ``prune_range`` (s, label
     positions per frame), ``simple_weight``, and the simple loss's smoothing ``lm_only_scale`` /
     ``am_only_scale`` (k2's defaults 0.25 / 0; ``pruned_rnnt.simple_lattice``); its warm-up is
-    SpeechTask's ``loss_start_steps`` / ``loss_ramp_steps`` for the term "pruned".
+    SpeechTask's ``loss_start_steps`` / ``loss_ramp_steps`` for the term "pruned". ``rnnt_sub_batch``: the
+    full loss's lattice a few utterances at a time (``joiner_rnnt_loss``: less memory, a second joiner
+    forward).
 
     With an ``ingestor`` (``WEmb``/``BeamConv``) this is the LegoNN transducer: the joiner
     reads the ingested marginals instead of the encoder's hidden states, so the
@@ -34,7 +64,7 @@ class Transducer(EncoderDecoderModel):
     def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner,
                  ctc_weight: float = 0.3, rnnt_weight: float = 1.0, ingestor: nn.Module | None = None,
                  ilm_weight: float = 0.0, prune_range: int | None = None, simple_weight: float = 0.5,
-                 lm_only_scale: float = 0.25, am_only_scale: float = 0.0):
+                 lm_only_scale: float = 0.25, am_only_scale: float = 0.0, rnnt_sub_batch: int | None = None):
         super().__init__()
         vocabs = {"encoder head": encoder.vocab_size, "predictor": predictor.vocab_size,
                   "joiner": joiner.vocab_size, "ingestor": getattr(ingestor, "vocab_size", None)}
@@ -44,6 +74,9 @@ class Transducer(EncoderDecoderModel):
         self.ctc_weight, self.rnnt_weight, self.ilm_weight = ctc_weight, rnnt_weight, ilm_weight
         self.prune_range, self.simple_weight = prune_range, simple_weight
         self.lm_only_scale, self.am_only_scale = lm_only_scale, am_only_scale
+        if rnnt_sub_batch is not None and rnnt_sub_batch < 1:
+            raise ValueError(f"rnnt_sub_batch must be >= 1 utterances, got {rnnt_sub_batch}")
+        self.rnnt_sub_batch = rnnt_sub_batch
         if prune_range is not None:  # the pruned loss's additive "simple" joiner (models/pruned_rnnt.py)
             if prune_range < 2:
                 raise ValueError(f"prune_range must be >= 2 label positions, got {prune_range}")
@@ -95,9 +128,8 @@ class Transducer(EncoderDecoderModel):
     def rnnt_loss(self, dec: Encoded, targets: Tensor, target_lengths: Tensor) -> Tensor:
         """−log P(targets | joiner input), all alignments (torchaudio) → (B,). ``dec``: what the
         joiner reads (``decoder_input``), one row per target row."""
-        logits = self.joiner(dec.hidden[:, :, None], self.predictor(targets)[:, None])  # (B, T, U+1, V+1)
-        return AF.rnnt_loss(logits.float(), targets.int(), dec.lengths.int(), target_lengths.int(),
-                            blank=self.blank, reduction="none")
+        return joiner_rnnt_loss(self.joiner, dec.hidden, self.predictor(targets), targets, dec.lengths,
+                                target_lengths, self.blank, self.rnnt_sub_batch)
 
     def pruned_loss(self, dec: Encoded, targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(simple, pruned) −log P(targets | joiner input), each (B,): the pruned RNN-T loss with windows
