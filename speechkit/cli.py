@@ -269,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--allow-hidden", action="store_true",
                     help="join a decoder that reads hidden states (monolithic; the control experiment)")
     co.add_argument("--json", action="store_true")
+    rn = sub.add_parser("run", help="run a recipe's numbered, resumable stages (RECIPE/stages.yaml)")
+    rn.add_argument("recipe", help="the recipe folder, e.g. recipes/locale")
+    rn.add_argument("--stage", default=None, help="first stage (number or name; default: the first)")
+    rn.add_argument("--stop-stage", default=None, help="last stage (number or name; default: the last)")
+    rn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a variable of stages.yaml (repeatable), e.g. --set corpus=/data/LS")
+    rn.add_argument("--force", action="store_true", help="rerun the selected stages even when done")
+    rn.add_argument("--list", action="store_true", help="list the stages, their commands and whether done")
+    rn.add_argument("--dry-run", action="store_true", help="print what would run")
     dm = sub.add_parser("demo", help="prepare locale, train a small transducer, decode, print WER")
     dm.add_argument("--minutes", type=float, default=None, help="training time budget")
     dm.add_argument("--max-utts", type=int, default=None)
@@ -307,7 +316,21 @@ def _run(a) -> None:
         return
     {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose,
      "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench,
-     "stream": _stream}[a.verb](a)
+     "stream": _stream, "run": _run_recipe}[a.verb](a)
+
+
+def _run_recipe(a) -> None:
+    from .recipe import RecipeError, load_stages, parse_sets, run_stages, select
+
+    try:
+        stages = select(load_stages(a.recipe, parse_sets(a.set)), a.stage, a.stop_stage)
+        if a.list:
+            for s in stages:
+                print(f"{s.number:2d} {s.name:12s} {'done' if s.done() else 'todo'}  {s.command}")
+            return
+        run_stages(stages, force=a.force, dry_run=a.dry_run)
+    except RecipeError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _stream(a) -> None:

@@ -1,0 +1,179 @@
+"""Numbered, resumable recipe stages, the same for every dataset:
+``speechkit run recipes/<dataset> [--stage A] [--stop-stage B] [--set NAME=VALUE ...]``.
+
+A recipe folder holds ``stages.yaml``::
+
+    vars:                        # defaults, overridden by --set NAME=VALUE; {recipe} is the folder
+      data: data/librispeech
+      exp: exp/librispeech
+      corpus: null               # null: the user must --set it (the error says so)
+    stages:
+      - name: prepare            # a command (speechkit / python run from this environment)
+        run: speechkit prepare librispeech --root {corpus} --out {data}
+        creates: "{data}/train.jsonl"   # optional: done when this exists
+      - name: train              # speechkit fit on configs of the recipe folder, resumed after a kill
+        fit: [conf/transducer.yaml]
+        root: "{exp}/transducer"
+        args: --trainer.max_steps=1000  # optional extra arguments
+
+A ``run`` stage is done when its ``creates`` path exists, or else when its marker
+``{exp}/stages/NN-name.done`` holds the same command (a changed command runs again); a ``fit``
+stage is done when ``ROOT/brick`` exists and otherwise resumes from ``ROOT/checkpoints/last.ckpt``.
+``--force`` reruns the selected stages. Stages are chosen by number (1-based) or name.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SPEECHKIT = (sys.executable, "-m", "speechkit.cli")  # the CLI of this environment, whatever PATH says
+STAGE_KEYS = {"name", "run", "fit", "root", "args", "creates"}
+
+
+class RecipeError(ValueError):
+    """A recipe's stages.yaml or a --set/--stage option is wrong (the message names the file and key)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int
+    name: str
+    argv: tuple[str, ...]  # the command, with speechkit / python resolved to this environment
+    done_path: Path  # exists → done (fit: the brick's weights; run: `creates` or the marker)
+    marker: Path | None  # run stages without `creates`: the marker holding the command
+    resume: Path | None = None  # fit stages: the checkpoint a killed run resumes from
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def done(self) -> bool:
+        if not self.done_path.exists():
+            return False
+        return self.marker is None or self.marker.read_text().strip() == self.command
+
+
+class _Vars(dict):
+    def __init__(self, values: dict, where: str):
+        super().__init__(values)
+        self.where = where
+
+    def __missing__(self, key):
+        raise RecipeError(f"{self.where}: unknown variable {{{key}}} (known: {', '.join(sorted(self))})")
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if value is None:
+            raise RecipeError(f"{self.where} needs {{{key}}}: set it with --set {key}=VALUE")
+        return value
+
+
+def load_stages(recipe: str | Path, overrides: dict[str, str] | None = None) -> list[Stage]:
+    """The stages of ``recipe/stages.yaml`` with variables filled in (``overrides`` win)."""
+    folder = Path(recipe)
+    path = folder / "stages.yaml"
+    if not path.is_file():
+        raise RecipeError(f"{folder} is not a recipe: no stages.yaml in it")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - {"vars", "stages"}
+    if unknown:
+        raise RecipeError(f"{path}: unknown top-level key(s) {sorted(unknown)} (expected vars, stages)")
+    values = {"recipe": str(folder), **(spec.get("vars") or {})}
+    for key in overrides or {}:
+        if key not in values:
+            raise RecipeError(f"--set {key}: {path} has no variable {key!r} (known: "
+                              f"{', '.join(sorted(values))})")
+    values.update(overrides or {})
+    values.setdefault("exp", f"exp/{folder.name}")
+    stages, names = [], set()
+    for i, raw in enumerate(spec.get("stages") or [], 1):
+        where = f"{path} stage {i}"
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise RecipeError(f"{where}: a stage is a mapping with a name")
+        bad = set(raw) - STAGE_KEYS
+        if bad or ("run" in raw) == ("fit" in raw):
+            raise RecipeError(f"{where} ({raw['name']}): needs exactly one of run / fit, and only the keys "
+                              f"{sorted(STAGE_KEYS)}" + (f"; unknown: {sorted(bad)}" if bad else ""))
+        if raw["name"] in names:
+            raise RecipeError(f"{where}: the stage name {raw['name']!r} is used twice")
+        names.add(raw["name"])
+        stages.append(_stage(i, raw, folder, _Vars(values, f"{where} ({raw['name']})")))
+    if not stages:
+        raise RecipeError(f"{path}: no stages")
+    return stages
+
+
+def _stage(number: int, raw: dict, folder: Path, v: _Vars) -> Stage:
+    fill = lambda s: str(s).format_map(v)  # noqa: E731
+    extra = shlex.split(fill(raw.get("args", "")))
+    marker = Path(fill("{exp}")) / "stages" / f"{number:02d}-{raw['name']}.done"
+    if "fit" in raw:
+        if "root" not in raw:
+            raise RecipeError(f"{v.where}: a fit stage needs root (its default_root_dir)")
+        root = Path(fill(raw["root"]))
+        configs = [raw["fit"]] if isinstance(raw["fit"], str) else list(raw["fit"])
+        argv = [*SPEECHKIT, "fit", *(f"--config={folder / fill(c)}" for c in configs),
+                f"--trainer.default_root_dir={root}", *extra]
+        return Stage(number, raw["name"], tuple(argv), root / "brick" / "weights.safetensors", None,
+                     root / "checkpoints" / "last.ckpt")
+    argv = shlex.split(fill(raw["run"])) + extra
+    if argv[0] == "speechkit":
+        argv = [*SPEECHKIT, *argv[1:]]
+    elif argv[0] in ("python", "python3"):
+        argv = [sys.executable, *argv[1:]]
+    creates = raw.get("creates")
+    return Stage(number, raw["name"], tuple(argv), Path(fill(creates)) if creates else marker,
+                 None if creates else marker)
+
+
+def select(stages: list[Stage], first: str | None, last: str | None) -> list[Stage]:
+    """The stages from ``first`` to ``last`` (numbers or names; default: all)."""
+    def index(key: str | None, default: int) -> int:
+        if key is None:
+            return default
+        for s in stages:
+            if key in (str(s.number), s.name):
+                return s.number
+        raise RecipeError(f"no stage {key!r}; stages: " + ", ".join(f"{s.number} {s.name}" for s in stages))
+
+    lo, hi = index(first, 1), index(last, len(stages))
+    if lo > hi:
+        raise RecipeError(f"--stage {first} comes after --stop-stage {last}")
+    return stages[lo - 1: hi]
+
+
+def run_stages(stages: list[Stage], force: bool = False, dry_run: bool = False, log=print) -> None:
+    """Run each stage that is not done (all with ``force``), in order; stop at the first failure."""
+    for s in stages:
+        if s.done() and not force:
+            log(f"== stage {s.number} {s.name}: done, skipped (--force reruns it)")
+            continue
+        argv = list(s.argv)
+        if s.resume is not None and s.resume.exists() and not force:
+            argv.append("--ckpt_path=last")  # a killed fit resumes
+        log(f"== stage {s.number} {s.name}: {shlex.join(argv)}")
+        if dry_run:
+            continue
+        rc = subprocess.call(argv)
+        if rc != 0:
+            raise SystemExit(f"stage {s.number} ({s.name}) failed with exit code {rc}; rerun from it with "
+                             f"--stage {s.number}")
+        if s.marker is not None:
+            s.marker.parent.mkdir(parents=True, exist_ok=True)
+            s.marker.write_text(s.command + "\n")
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise RecipeError(f"--set {item!r}: expected NAME=VALUE")
+        out[key] = value
+    return out
