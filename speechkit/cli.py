@@ -269,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--allow-hidden", action="store_true",
                     help="join a decoder that reads hidden states (monolithic; the control experiment)")
     co.add_argument("--json", action="store_true")
+    tk = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on a manifest's normalised "
+                        "transcripts (or translations)")
+    tk.add_argument("manifest", help="JSONL manifest (or a plain text file, one sentence per line)")
+    tk.add_argument("--out", required=True, help="the .model file to write")
+    tk.add_argument("--vocab-size", type=int, default=256)
+    tk.add_argument("--target-lang", default=None, help="train on this translation instead of the transcript")
+    tk.add_argument("--force", action="store_true", help="overwrite an existing model")
     rn = sub.add_parser("run", help="run a recipe's numbered, resumable stages (RECIPE/stages.yaml)")
     rn.add_argument("recipe", help="the recipe folder, e.g. recipes/locale")
     rn.add_argument("--stage", default=None, help="first stage (number or name; default: the first)")
@@ -316,7 +323,24 @@ def _run(a) -> None:
         return
     {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose,
      "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench,
-     "stream": _stream, "run": _run_recipe}[a.verb](a)
+     "stream": _stream, "run": _run_recipe, "tokenizer": _tokenizer}[a.verb](a)
+
+
+def _tokenizer(a) -> None:
+    from .data.dataset import target_texts
+    from .data.manifest import load_texts
+    from .tokenizer import Tokenizer, train_tokenizer
+
+    if Path(a.out).exists() and not a.force:
+        have = Tokenizer(a.out).vocab_size
+        if have != a.vocab_size:
+            raise SystemExit(f"error: {a.out} exists with {have} pieces, not --vocab-size {a.vocab_size}; "
+                             "--force retrains it")
+        print(f"have {a.out} ({have} pieces; --force retrains it)")
+        return
+    texts = target_texts(load_texts(a.manifest), a.target_lang, a.manifest)
+    tok = train_tokenizer(texts, a.out, a.vocab_size)
+    print(f"tokenizer ({tok.vocab_size} pieces, {len(texts)} sentences) → {a.out}")
 
 
 def _run_recipe(a) -> None:

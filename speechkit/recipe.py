@@ -8,7 +8,7 @@ A recipe folder holds ``stages.yaml``::
       exp: exp/librispeech
       corpus: null               # null: the user must --set it (the error says so)
     stages:
-      - name: prepare            # a command (speechkit / python run from this environment)
+      - name: prepare            # a command, or a list of them (speechkit / python: this environment's)
         run: speechkit prepare librispeech --root {corpus} --out {data}
         creates: "{data}/train.jsonl"   # optional: done when this exists
       - name: train              # speechkit fit on configs of the recipe folder, resumed after a kill
@@ -44,14 +44,14 @@ class RecipeError(ValueError):
 class Stage:
     number: int
     name: str
-    argv: tuple[str, ...]  # the command, with speechkit / python resolved to this environment
+    commands: tuple[tuple[str, ...], ...]  # argv lists, speechkit / python resolved to this environment
     done_path: Path  # exists → done (fit: the brick's weights; run: `creates` or the marker)
     marker: Path | None  # run stages without `creates`: the marker holding the command
     resume: Path | None = None  # fit stages: the checkpoint a killed run resumes from
 
     @property
     def command(self) -> str:
-        return shlex.join(self.argv)
+        return " && ".join(shlex.join(argv) for argv in self.commands)
 
     def done(self) -> bool:
         if not self.done_path.exists():
@@ -120,15 +120,20 @@ def _stage(number: int, raw: dict, folder: Path, v: _Vars) -> Stage:
         configs = [raw["fit"]] if isinstance(raw["fit"], str) else list(raw["fit"])
         argv = [*SPEECHKIT, "fit", *(f"--config={folder / fill(c)}" for c in configs),
                 f"--trainer.default_root_dir={root}", *extra]
-        return Stage(number, raw["name"], tuple(argv), root / "brick" / "weights.safetensors", None,
+        return Stage(number, raw["name"], (tuple(argv),), root / "brick" / "weights.safetensors", None,
                      root / "checkpoints" / "last.ckpt")
-    argv = shlex.split(fill(raw["run"])) + extra
-    if argv[0] == "speechkit":
-        argv = [*SPEECHKIT, *argv[1:]]
-    elif argv[0] in ("python", "python3"):
-        argv = [sys.executable, *argv[1:]]
+    commands = []
+    for cmd in [raw["run"]] if isinstance(raw["run"], str) else raw["run"]:
+        argv = shlex.split(fill(cmd)) + extra
+        if not argv:
+            raise RecipeError(f"{v.where}: an empty command")
+        if argv[0] == "speechkit":
+            argv = [*SPEECHKIT, *argv[1:]]
+        elif argv[0] in ("python", "python3"):
+            argv = [sys.executable, *argv[1:]]
+        commands.append(tuple(argv))
     creates = raw.get("creates")
-    return Stage(number, raw["name"], tuple(argv), Path(fill(creates)) if creates else marker,
+    return Stage(number, raw["name"], tuple(commands), Path(fill(creates)) if creates else marker,
                  None if creates else marker)
 
 
@@ -154,17 +159,16 @@ def run_stages(stages: list[Stage], force: bool = False, dry_run: bool = False, 
         if s.done() and not force:
             log(f"== stage {s.number} {s.name}: done, skipped (--force reruns it)")
             continue
-        argv = list(s.argv)
+        commands = [list(argv) for argv in s.commands]
         if s.resume is not None and s.resume.exists() and not force:
-            argv.append("--ckpt_path=last")  # a killed fit resumes
-        log(f"== stage {s.number} {s.name}: {shlex.join(argv)}")
-        if dry_run:
-            continue
-        rc = subprocess.call(argv)
-        if rc != 0:
-            raise SystemExit(f"stage {s.number} ({s.name}) failed with exit code {rc}; rerun from it with "
-                             f"--stage {s.number}")
-        if s.marker is not None:
+            commands[0].append("--ckpt_path=last")  # a killed fit resumes
+        for argv in commands:
+            log(f"== stage {s.number} {s.name}: {shlex.join(argv)}")
+            rc = 0 if dry_run else subprocess.call(argv)
+            if rc != 0:
+                raise SystemExit(f"stage {s.number} ({s.name}) failed with exit code {rc}; rerun from it "
+                                 f"with --stage {s.number}")
+        if s.marker is not None and not dry_run:
             s.marker.parent.mkdir(parents=True, exist_ok=True)
             s.marker.write_text(s.command + "\n")
 

@@ -52,8 +52,9 @@ def test_stages_run_in_order_once_and_again_when_their_command_changes(recipe, t
 
 def test_fit_stage_resumes_from_its_last_checkpoint_and_is_done_with_a_brick(recipe, tmp_path):
     (train,) = select(load_stages(recipe, {"corpus": "x"}), "train", None)
-    assert train.argv[:4] == (sys.executable, "-m", "speechkit.cli", "fit")
-    assert f"--config={recipe / 'conf/a.yaml'}" in train.argv and "--trainer.max_steps=2" in train.argv
+    (argv,) = train.commands
+    assert argv[:4] == (sys.executable, "-m", "speechkit.cli", "fit")
+    assert f"--config={recipe / 'conf/a.yaml'}" in argv and "--trainer.max_steps=2" in argv
     lines = []
     run_stages([train], dry_run=True, log=lines.append)
     assert "--ckpt_path=last" not in lines[-1]
