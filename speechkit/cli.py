@@ -13,14 +13,17 @@ LIGHTNING_VERBS = ("fit", "validate", "test")
 
 
 def _prepare(a) -> None:
-    if a.corpus != "locale":
-        raise SystemExit(f"unknown corpus {a.corpus!r}; available: locale")
-    from .corpora.locale import prepare_locale
+    from .corpora import prepare
+    from .corpora.common import LayoutError, PrepareError
 
-    langs = a.langs.split(",") if a.langs else None
-    kw = {"heldout": a.heldout.split(",")} if a.heldout else {}
-    summary = prepare_locale(a.out, max_utts=a.max_utts, langs=langs, workers=a.workers, **kw)
-    print(json.dumps(summary.get("counts", summary), indent=1))
+    split = lambda v: v.split(",") if v else None  # noqa: E731
+    try:
+        summary = prepare(a.corpus, out=a.out or f"data/{a.corpus}", root=a.root, max_utts=a.max_utts,
+                          langs=split(a.langs), heldout=split(a.heldout), parts=split(a.parts),
+                          workers=a.workers, skip_bad=a.skip_bad)
+    except (LayoutError, PrepareError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(json.dumps(summary.get("counts", summary.get("manifests", summary)), indent=1))
 
 
 def _decode(a) -> None:
@@ -188,8 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in LIGHTNING_VERBS:
         sub.add_parser(verb, help=f"LightningCLI {verb} (speechkit {verb} -c CONFIG --help)", add_help=False)
     pr = sub.add_parser("prepare", help="build a corpus and its manifests")
-    pr.add_argument("corpus", help="corpus name (locale)")
-    pr.add_argument("--out", default="data/locale")
+    pr.add_argument("corpus", help="corpus name: locale (built here), librispeech (README \"Recipes\")")
+    pr.add_argument("--root", default=None, help="where the downloaded dataset lies (its distributed layout)")
+    pr.add_argument("--out", default=None, help="manifest folder (default: data/CORPUS)")
+    pr.add_argument("--parts", default=None, help="comma-separated parts/splits (default: all found)")
+    pr.add_argument("--skip-bad", action="store_true",
+                    help="leave out bad entries (missing/unreadable audio, empty transcripts; listed in "
+                    "prepare.json) instead of stopping")
     pr.add_argument("--max-utts", type=int, default=None)
     pr.add_argument("--langs", default=None, help="comma-separated target languages, e.g. de,fr,ro")
     pr.add_argument("--heldout", default=None, help="comma-separated held-out catalog prefixes")

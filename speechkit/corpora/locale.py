@@ -350,16 +350,23 @@ def word_times(text: str, events: list, wave: np.ndarray) -> tuple[list[list], i
 _ENGINE: Espeak | None = None
 
 
-def _synth_one(task: tuple) -> dict:
-    """Worker: synthesise one message, write its FLAC atomically, return its metadata."""
+def speak(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50) -> tuple[np.ndarray, list]:
+    """espeak-ng speech of ``text``: float32 samples (N,) at 16 kHz and its word events (this process's
+    engine; also how the tests write dataset fixtures)."""
     global _ENGINE
-    uid, text, voice, rate, pitch, path = task
     if _ENGINE is None:
-        torch.set_num_threads(1)  # one process per core already
         _ENGINE = Espeak()
     samples, events = _ENGINE.synth(text, voice, rate, pitch)
     wave = resample(torch.from_numpy(samples.astype(np.float32) / 32768), _ENGINE.rate, MODEL_RATE)
-    wave = wave.clamp(-1, 1).numpy()
+    return wave.clamp(-1, 1).numpy(), events
+
+
+def _synth_one(task: tuple) -> dict:
+    """Worker: synthesise one message, write its FLAC atomically, return its metadata."""
+    uid, text, voice, rate, pitch, path = task
+    if _ENGINE is None:
+        torch.set_num_threads(1)  # one process per core already
+    wave, events = speak(text, voice, rate, pitch)
     words, merged = word_times(text, events, wave)
     tmp = Path(path).with_name(f"{uid}.tmp.flac")
     write_audio(tmp, wave)

@@ -1,0 +1,146 @@
+"""What every dataset preparation shares (``speechkit prepare <corpus> --root PATH``): checking the
+distributed layout, audio headers, writing manifests only when they change, validating what was
+written, and the ``prepare.json`` summary. Nothing is downloaded: a missing part of the layout is an
+error that says where the dataset comes from and how its folder must look.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..audio import AudioError, audio_info
+from ..data.manifest import Utterance, load_manifest
+from ..metrics import normalize_text
+
+
+class LayoutError(FileNotFoundError):
+    """The dataset folder is not in its distributed layout (the message says what is missing, where the
+    data comes from, and the expected tree)."""
+
+
+class PrepareError(ValueError):
+    """The dataset has bad entries (missing or unreadable audio, empty transcripts, segments past the end
+    of their audio); the message lists them by file."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """How to obtain a dataset and how its folder must look (shown in every layout error)."""
+
+    name: str
+    source: str  # where to get it (nothing is downloaded here)
+    layout: str  # the expected tree under --root
+
+    def require(self, path: Path, what: str) -> Path:
+        """``path`` if it exists, else a ``LayoutError`` naming it."""
+        if not path.exists():
+            raise self.error(f"{what} not found: {path}")
+        return path
+
+    def error(self, message: str) -> LayoutError:
+        return LayoutError(f"{self.name}: {message}\n{self.help()}")
+
+    def help(self) -> str:
+        return (f"{self.name} is not downloaded by speechkit: get it from {self.source} and pass the "
+                f"folder with --root. Expected layout:\n{self.layout}")
+
+
+def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    """The lines of a text file (a ``PrepareError`` naming it when it is not valid ``encoding``)."""
+    try:
+        return path.read_text(encoding=encoding).splitlines()
+    except UnicodeDecodeError as e:
+        raise PrepareError(f"{path}: not {encoding} text ({e})") from None
+
+
+def open_text(path: Path):
+    """A text file for reading, gzipped (``.gz``) or not."""
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def check_audio(utts: list[Utterance], workers: int = 8) -> tuple[list[Utterance], list[str]]:
+    """Fill in missing durations from the audio headers and check every utterance's audio: (the good
+    utterances, a problem per bad one: missing or unreadable file, segment past the end)."""
+    def one(u: Utterance) -> tuple[Utterance | None, str | None]:
+        if not Path(u.audio).is_file():
+            return None, f"{u.id}: audio file missing: {u.audio}"
+        try:
+            frames, rate = audio_info(u.audio)
+        except AudioError as e:
+            return None, f"{u.id}: {e}"
+        total = frames / rate
+        if u.duration is None:
+            return (replace(u, duration=round(total - u.offset, 3)), None) if total > u.offset else \
+                (None, f"{u.id}: audio {u.audio} is empty")
+        if u.offset + u.duration > total + 0.05:
+            return None, (f"{u.id}: segment {u.offset:.2f}+{u.duration:.2f} s ends after its audio "
+                          f"{u.audio} ({total:.2f} s)")
+        return u, None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(one, utts, chunksize=64))
+    return [u for u, _ in results if u is not None], [p for _, p in results if p is not None]
+
+
+def drop_empty(utts: Iterable[Utterance], source: str) -> tuple[list[Utterance], list[str]]:
+    """Utterances whose transcript (and every translation) is non-empty after normalisation, and a
+    problem line per dropped one."""
+    keep, problems = [], []
+    for u in utts:
+        texts = (("transcript", u.text), *u.translation.items())
+        empty = [k for k, t in texts if not normalize_text(t or "")]
+        if empty:
+            problems.append(f"{source}: {u.id}: empty {' and '.join(empty)} after normalisation ({u.text!r})")
+        else:
+            keep.append(u)
+    return keep, problems
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically unless it already holds exactly that; True if written."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return True
+
+
+def finish(out: Path, corpus: Corpus, manifests: dict[str, list[Utterance]], problems: list[str],
+           params: dict, skip_bad: bool = False, extra: dict | None = None) -> dict:
+    """Write ``out/<name>.jsonl`` for each manifest (only when changed; audio paths relative to it), read
+    each back to validate it, and write ``out/prepare.json`` (counts, hours, problems). Bad entries
+    raise a ``PrepareError`` listing them, unless ``skip_bad`` (then they are left out and listed)."""
+    if problems and not skip_bad:
+        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        shown = "\n  ".join(problems[:20]) + more
+        raise PrepareError(f"{corpus.name}: {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'} "
+                           f"(rerun with --skip-bad to leave them out):\n  {shown}")
+    summary, written = {"corpus": corpus.name, "params": params, "manifests": {}, **(extra or {})}, []
+    for name, utts in manifests.items():
+        path = out / f"{name}.jsonl"
+        if not utts:
+            raise PrepareError(f"{corpus.name}: no usable utterances for {path}")
+        base = path.parent.resolve()
+        lines = [replace(u, audio=_relative(u.audio, base)).to_json() for u in utts]
+        if write_if_changed(path, "\n".join(lines) + "\n"):
+            written.append(str(path))
+        back = load_manifest(path) if utts[0].audio is None else load_manifest(path, require_audio=True)
+        if len(back) != len(utts):  # pragma: no cover - a write that went wrong
+            raise PrepareError(f"{path}: wrote {len(utts)} utterances, read back {len(back)}")
+        hours = sum(u.duration or 0.0 for u in back) / 3600
+        summary["manifests"][name] = {"utterances": len(back), "hours": round(hours, 3)}
+    summary["problems"] = problems
+    write_if_changed(out / "prepare.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return {**summary, "written": written}
+
+
+def _relative(audio: str | None, base: Path) -> str | None:
+    return None if audio is None else os.path.relpath(Path(audio).resolve(), base)

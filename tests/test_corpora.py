@@ -1,0 +1,55 @@
+"""Dataset preparations (issue 8) on tiny fixtures in each dataset's real layout (tests/dataset_fixtures.py):
+manifests, validation, idempotence, and errors that name what is wrong."""
+
+import json
+
+import pytest
+from dataset_fixtures import make_librispeech
+
+from speechkit.cli import main
+from speechkit.corpora import prepare
+from speechkit.corpora.common import LayoutError, PrepareError
+from speechkit.data.manifest import load_manifest
+
+
+@pytest.fixture(scope="module")
+def librispeech(tmp_path_factory):
+    return make_librispeech(tmp_path_factory.mktemp("ls"))
+
+
+def test_librispeech_manifests_from_the_distributed_layout(librispeech, tmp_path):
+    out = tmp_path / "data"
+    summary = prepare("librispeech", root=librispeech.parent, out=out, workers=2)
+    assert summary["manifests"]["asr/train-clean-100"] == {"utterances": 6, "hours": pytest.approx(
+        summary["manifests"]["asr/train"]["hours"])}
+    assert set(summary["manifests"]) == {f"asr/{p}" for p in ("train-clean-100", "dev-clean", "test-clean",
+                                                               "train", "dev")}
+    utts = load_manifest(out / "asr/test-clean.jsonl", require_audio=True)
+    assert {u.id for u in utts} >= {"21-200-0000", "105-1242-0002"}
+    assert utts[0].speaker == utts[0].id.split("-")[0]
+    assert utts[0].text == utts[0].text.upper() and 1.0 < utts[0].duration < 5.0
+    assert (out / "lm/train.txt").read_text().count("\n") == 30 and summary["lm"]["sentences"] == 30
+    again = prepare("librispeech", root=librispeech, out=out, workers=2)  # LibriSpeech/ itself as root
+    assert again["written"] == [] and again["manifests"] == summary["manifests"]  # idempotent
+
+
+def test_librispeech_bad_entries_are_named_or_skipped(librispeech, tmp_path):
+    missing = librispeech / "dev-clean/20/199/20-199-0001.flac"
+    missing.rename(missing.with_suffix(".bak"))
+    try:
+        with pytest.raises(PrepareError, match=r"1 bad entry .*\n  20-199-0001: audio file missing: .*0001"):
+            prepare("librispeech", root=librispeech, out=tmp_path, parts=["dev-clean"])
+        summary = prepare("librispeech", root=librispeech, out=tmp_path, parts=["dev-clean"], skip_bad=True)
+        assert summary["manifests"]["asr/dev-clean"]["utterances"] == 5
+        assert json.loads((tmp_path / "prepare.json").read_text())["problems"][0].startswith("20-199-0001")
+    finally:
+        missing.with_suffix(".bak").rename(missing)
+
+
+def test_layout_errors_say_where_the_data_comes_from(tmp_path, capsys):
+    with pytest.raises(LayoutError, match=r"(?s)none of the parts .*openslr.org/12.*<chapter>.trans.txt"):
+        prepare("librispeech", root=tmp_path)
+    with pytest.raises(SystemExit, match="--langs does not apply to the librispeech corpus"):
+        main(["prepare", "librispeech", "--root", str(tmp_path), "--langs", "de"])
+    with pytest.raises(SystemExit, match=r"error: LibriSpeech: part dev-other not found"):
+        main(["prepare", "librispeech", "--root", str(tmp_path), "--parts", "dev-other"])
