@@ -3,7 +3,8 @@
 
 A recipe folder holds ``stages.yaml``::
 
-    vars:                        # defaults, overridden by --set NAME=VALUE; {recipe} is the folder
+    vars:                        # defaults, overridden by --set NAME=VALUE; {recipe} is the folder;
+                                 # a variable may use others ({data}/tokenizer/unigram{vocab}.model)
       data: data/librispeech
       exp: exp/librispeech
       corpus: null               # null: the user must --set it (the error says so)
@@ -91,6 +92,12 @@ def load_stages(recipe: str | Path, overrides: dict[str, str] | None = None) -> 
                               f"{', '.join(sorted(values))})")
     values.update(overrides or {})
     values.setdefault("exp", f"exp/{folder.name}")
+    for _ in range(len(values)):  # variables may use other variables: {data}/tokenizer/unigram{vocab}.model
+        known = _Vars(values, f"{path} vars")
+        filled = {k: v.format_map(known) if isinstance(v, str) and "{" in v else v for k, v in values.items()}
+        if filled == values:
+            break
+        values = filled
     stages, names = [], set()
     for i, raw in enumerate(spec.get("stages") or [], 1):
         where = f"{path} stage {i}"

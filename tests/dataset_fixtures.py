@@ -8,6 +8,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from speechkit.corpora.librispeech import PARTS as LIBRISPEECH_PARTS
 from speechkit.corpora.locale import speak
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
@@ -24,7 +25,7 @@ def say(text: str, path: Path, voice: str = "en-us", rate: int = 16000, subtype:
     return len(wave) / rate
 
 
-def make_librispeech(root: Path, parts=("train-clean-100", "dev-clean", "test-clean"), per_chapter=3) -> Path:
+def make_librispeech(root: Path, parts=LIBRISPEECH_PARTS, per_chapter=2) -> Path:
     """``root/LibriSpeech/<part>/<speaker>/<chapter>/…`` as OpenSLR 12 ships it, and
     ``root/librispeech-lm-norm.txt.gz`` (OpenSLR 11)."""
     ls, k = root / "LibriSpeech", 0

@@ -9,6 +9,7 @@ from dataset_fixtures import make_librispeech
 from speechkit.cli import main
 from speechkit.corpora import prepare
 from speechkit.corpora.common import LayoutError, PrepareError
+from speechkit.corpora.librispeech import PARTS
 from speechkit.data.manifest import load_manifest
 
 
@@ -20,28 +21,30 @@ def librispeech(tmp_path_factory):
 def test_librispeech_manifests_from_the_distributed_layout(librispeech, tmp_path):
     out = tmp_path / "data"
     summary = prepare("librispeech", root=librispeech.parent, out=out, workers=2)
-    assert summary["manifests"]["asr/train-clean-100"] == {"utterances": 6, "hours": pytest.approx(
-        summary["manifests"]["asr/train"]["hours"])}
-    assert set(summary["manifests"]) == {f"asr/{p}" for p in ("train-clean-100", "dev-clean", "test-clean",
-                                                               "train", "dev")}
+    parts = summary["manifests"]
+    assert parts["asr/train-clean-100"]["utterances"] == 4 and parts["asr/train"]["utterances"] == 12
+    train_hours = sum(parts[f"asr/{p}"]["hours"] for p in PARTS[:3])
+    assert parts["asr/train"]["hours"] == pytest.approx(train_hours, abs=1e-3)
+    assert set(parts) == {f"asr/{p}" for p in (*PARTS, "train", "dev")}
     utts = load_manifest(out / "asr/test-clean.jsonl", require_audio=True)
-    assert {u.id for u in utts} >= {"21-200-0000", "105-1242-0002"}
+    assert {u.id for u in utts} == {"24-203-0000", "24-203-0001", "108-1245-0000", "108-1245-0001"}
     assert utts[0].speaker == utts[0].id.split("-")[0]
     assert utts[0].text == utts[0].text.upper() and 1.0 < utts[0].duration < 5.0
     assert (out / "lm/train.txt").read_text().count("\n") == 30 and summary["lm"]["sentences"] == 30
+    assert parts["asr/dev"]["utterances"] == 8
     again = prepare("librispeech", root=librispeech, out=out, workers=2)  # LibriSpeech/ itself as root
     assert again["written"] == [] and again["manifests"] == summary["manifests"]  # idempotent
 
 
 def test_librispeech_bad_entries_are_named_or_skipped(librispeech, tmp_path):
-    missing = librispeech / "dev-clean/20/199/20-199-0001.flac"
+    missing = librispeech / "dev-clean/22/201/22-201-0001.flac"
     missing.rename(missing.with_suffix(".bak"))
     try:
-        with pytest.raises(PrepareError, match=r"1 bad entry .*\n  20-199-0001: audio file missing: .*0001"):
+        with pytest.raises(PrepareError, match=r"1 bad entry .*\n  22-201-0001: audio file missing: .*0001"):
             prepare("librispeech", root=librispeech, out=tmp_path, parts=["dev-clean"])
         summary = prepare("librispeech", root=librispeech, out=tmp_path, parts=["dev-clean"], skip_bad=True)
-        assert summary["manifests"]["asr/dev-clean"]["utterances"] == 5
-        assert json.loads((tmp_path / "prepare.json").read_text())["problems"][0].startswith("20-199-0001")
+        assert summary["manifests"]["asr/dev-clean"]["utterances"] == 3
+        assert json.loads((tmp_path / "prepare.json").read_text())["problems"][0].startswith("22-201-0001")
     finally:
         missing.with_suffix(".bak").rename(missing)
 
@@ -53,3 +56,17 @@ def test_layout_errors_say_where_the_data_comes_from(tmp_path, capsys):
         main(["prepare", "librispeech", "--root", str(tmp_path), "--langs", "de"])
     with pytest.raises(SystemExit, match=r"error: LibriSpeech: part dev-other not found"):
         main(["prepare", "librispeech", "--root", str(tmp_path), "--parts", "dev-other"])
+
+
+def test_librispeech_recipe_runs_every_stage(librispeech, tmp_path):
+    """prepare → tokenizer → train → lm → decode → score → streaming → stream → export, a few steps each."""
+    fit = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
+           "--data.init_args.max_frames=4000 --trainer.enable_progress_bar=false")
+    sets = {"corpus": librispeech.parent, "data": tmp_path / "data", "exp": tmp_path / "exp", "vocab": 40,
+            "fit_args": fit}
+    main(["run", "recipes/librispeech", *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
+    bricks = ("transducer/brick", "lm/brick", "streaming/brick", "transducer_2of4_int8")
+    for brick in bricks:
+        assert (tmp_path / "exp" / brick / "weights.safetensors").is_file(), brick
+    for name in ("test-clean", "test-other", "test-other-ilme", "stream-test-clean"):
+        assert (tmp_path / "exp/decode" / f"{name}.jsonl").read_text().count("\n") == 4, name

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from ..compress.apply import CompressConfig
@@ -20,6 +21,8 @@ class SpeechkitCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("threads"):
             torch.set_num_threads(cfg.threads)
+        if cfg.get("vocab_size"):
+            set_everywhere(cfg, "vocab_size", cfg.vocab_size)
         # Checkpoints go to <default_root_dir>/checkpoints unless a config says otherwise,
         # so that `--ckpt_path last` finds the previous run's last.ckpt.
         root = cfg.trainer.get("default_root_dir") or "."
@@ -30,10 +33,30 @@ class SpeechkitCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--threads", type=int, default=None,
                             help="torch intra-op threads (default: torch's choice)")
+        parser.add_argument("--vocab_size", type=int, default=None,
+                            help="set every vocab_size key of the config (model bricks and data) at once")
         parser.add_argument("--compress", type=CompressConfig | None, default=None,
                             help="N:M sparsity / quantization-aware training of every weight "
                             "(README.md, 'Compression'); passed to the task's `compress` argument")
         parser.link_arguments("compress", "model.init_args.compress")
+
+
+def set_everywhere(node, key: str, value) -> int:
+    """Set every ``key`` in a nested config (Namespaces, dicts, lists) to ``value``; how many were set."""
+    if isinstance(node, list):
+        return sum(set_everywhere(v, key, value) for v in node)
+    if isinstance(node, Namespace):
+        node = vars(node)  # its attribute dict: assignments go through
+    if not isinstance(node, dict):
+        return 0
+    n = 0
+    for k, v in node.items():
+        if k == key:
+            node[k] = value
+            n += 1
+        else:
+            n += set_everywhere(v, key, value)
+    return n
 
 
 def run_lightning(args: list[str]) -> SpeechkitCLI:
