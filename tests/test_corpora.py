@@ -59,14 +59,15 @@ def test_layout_errors_say_where_the_data_comes_from(tmp_path, capsys):
 
 
 def test_librispeech_recipe_runs_every_stage(librispeech, tmp_path):
-    """prepare → tokenizer → train → lm → decode → score → streaming → stream → export, a few steps each."""
+    """Every stage (prepare, tokenizer, the transducer, LM, streaming and pruned-loss trainings for two steps
+    each, decodes with and without the LM, streaming evaluation, export) through `speechkit run`."""
     fit = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
            "--data.init_args.max_frames=4000 --trainer.enable_progress_bar=false")
     sets = {"corpus": librispeech.parent, "data": tmp_path / "data", "exp": tmp_path / "exp", "vocab": 40,
             "fit_args": fit}
     main(["run", "recipes/librispeech", *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
-    bricks = ("transducer/brick", "lm/brick", "streaming/brick", "transducer_2of4_int8")
+    bricks = ("transducer/brick", "lm/brick", "streaming/brick", "pruned/brick", "transducer_2of4_int8")
     for brick in bricks:
         assert (tmp_path / "exp" / brick / "weights.safetensors").is_file(), brick
-    for name in ("test-clean", "test-other", "test-other-ilme", "stream-test-clean"):
+    for name in ("test-clean", "test-other", "test-other-ilme", "stream-test-clean", "pruned-test-other"):
         assert (tmp_path / "exp/decode" / f"{name}.jsonl").read_text().count("\n") == 4, name
