@@ -95,3 +95,21 @@ def test_cli_reports_a_failing_stage_and_how_to_resume(recipe, tmp_path, capsys)
     assert " 1 prepare      done" in out and " 2 count        todo" in out and " 3 train        todo" in out
     with pytest.raises(SystemExit, match="error: --set 'corpus': expected NAME=VALUE"):
         main(["run", str(recipe), "--set", "corpus"])
+
+
+def test_vocab_sizes_are_set_on_the_target_and_the_source_side_separately():
+    from jsonargparse import Namespace as N
+
+    from speechkit.train.cli import set_vocab_sizes
+
+    emb = N(class_path="speechkit.nn.transformer.TokenEmbedding", init_args=N(vocab_size=512, dim=8))
+    head = N(class_path="speechkit.lego.interface.MarginalHead", init_args=N(vocab_size=128))
+    model = N(class_path="speechkit.models.aed.AttentionModel", init_args=N(
+        encoder=N(class_path="E", init_args=N(frontend=emb, head=head)),
+        decoder=N(class_path="D", init_args=N(vocab_size=128))))
+    data = N(class_path="DM", init_args=N(vocab_size=128, source_vocab_size=512, transcript_vocab_size=64))
+    assert set_vocab_sizes(model, 1000, None) == 2 and emb.init_args.vocab_size == 512
+    assert set_vocab_sizes(model, None, 2000) == 1 and emb.init_args.vocab_size == 2000
+    assert head.init_args.vocab_size == model.init_args.decoder.init_args.vocab_size == 1000
+    assert set_vocab_sizes(data, 1000, 300) == 3 and vars(data.init_args) == {
+        "vocab_size": 1000, "source_vocab_size": 300, "transcript_vocab_size": 300}

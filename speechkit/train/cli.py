@@ -21,8 +21,9 @@ class SpeechkitCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("threads"):
             torch.set_num_threads(cfg.threads)
-        if cfg.get("vocab_size"):
-            set_everywhere(cfg, "vocab_size", cfg.vocab_size)
+        if cfg.get("vocab_size") or cfg.get("source_vocab_size"):
+            for key in ("model", "data"):
+                set_vocab_sizes(cfg.get(key), cfg.get("vocab_size"), cfg.get("source_vocab_size"))
         # Checkpoints go to <default_root_dir>/checkpoints unless a config says otherwise,
         # so that `--ckpt_path last` finds the previous run's last.ckpt.
         root = cfg.trainer.get("default_root_dir") or "."
@@ -34,28 +35,40 @@ class SpeechkitCLI(LightningCLI):
         parser.add_argument("--threads", type=int, default=None,
                             help="torch intra-op threads (default: torch's choice)")
         parser.add_argument("--vocab_size", type=int, default=None,
-                            help="set every vocab_size key of the config (model bricks and data) at once")
+                            help="the target vocabulary size: every vocab_size of the model and data at once")
+        parser.add_argument("--source_vocab_size", type=int, default=None,
+                            help="the source (text input) vocabulary size: the text encoders' token "
+                            "embeddings and data.source_vocab_size / transcript_vocab_size at once")
         parser.add_argument("--compress", type=CompressConfig | None, default=None,
                             help="N:M sparsity / quantization-aware training of every weight "
                             "(README.md, 'Compression'); passed to the task's `compress` argument")
         parser.link_arguments("compress", "model.init_args.compress")
 
 
-def set_everywhere(node, key: str, value) -> int:
-    """Set every ``key`` in a nested config (Namespaces, dicts, lists) to ``value``; how many were set."""
+SOURCE_SIDE = ("TokenEmbedding",)  # classes whose vocab_size is the source (input text) vocabulary
+
+
+def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: bool = False) -> int:
+    """Set every vocabulary size of a nested config (Namespaces, dicts, lists): ``target`` for each
+    ``vocab_size`` except a source-side class's (``SOURCE_SIDE``: the text encoders' token embeddings),
+    ``source`` for those and for the data's ``source_vocab_size`` / ``transcript_vocab_size``; None
+    leaves that side alone. Returns how many keys were set."""
     if isinstance(node, list):
-        return sum(set_everywhere(v, key, value) for v in node)
+        return sum(set_vocab_sizes(v, target, source, _source_side) for v in node)
     if isinstance(node, Namespace):
         node = vars(node)  # its attribute dict: assignments go through
     if not isinstance(node, dict):
         return 0
+    side = _source_side or str(node.get("class_path", "")).endswith(SOURCE_SIDE)
     n = 0
     for k, v in node.items():
-        if k == key:
+        value = (source if side else target) if k == "vocab_size" else \
+            source if k in ("source_vocab_size", "transcript_vocab_size") else None
+        if value is not None and not isinstance(v, (Namespace, dict, list)):
             node[k] = value
             n += 1
         else:
-            n += set_everywhere(v, key, value)
+            n += set_vocab_sizes(v, target, source, side)
     return n
 
 
