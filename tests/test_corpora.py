@@ -71,3 +71,34 @@ def test_librispeech_recipe_runs_every_stage(librispeech, tmp_path):
         assert (tmp_path / "exp" / brick / "weights.safetensors").is_file(), brick
     for name in ("test-clean", "test-other", "test-other-ilme", "stream-test-clean", "pruned-test-other"):
         assert (tmp_path / "exp/decode" / f"{name}.jsonl").read_text().count("\n") == 4, name
+
+
+def test_iwslt14_splits_as_fairseq_prepares_them(tmp_path):
+    from dataset_fixtures import DE_EN, make_iwslt14
+
+    make_iwslt14(tmp_path / "raw")
+    summary = prepare("iwslt14", root=tmp_path / "raw", out=tmp_path / "data")
+    m = summary["manifests"]  # 5 talks × (title + description + 10 sentences) = 60 pairs, every 23rd is valid
+    assert (m["mt/de-en/train"]["utterances"], m["mt/de-en/valid"]["utterances"]) == (57, 3)
+    assert m["mt/de-en/test"]["utterances"] == 15  # 5 test sets × 3 segments
+    train = load_manifest(tmp_path / "data/mt/de-en/train.jsonl")
+    assert all("<" not in u.text and "<" not in u.translation["en"] for u in train)
+    assert train[0].text == "TED Talk Das Wetter ist heute schön." and train[0].lang == "de"
+    assert {(u.text, u.translation["en"]) for u in train} >= set(DE_EN[1:])
+    test = load_manifest(tmp_path / "data/mt/de-en/test.jsonl")
+    assert test[0].id == "IWSLT14.TED.dev2010-0000" and test[0].translation == {"en": DE_EN[0][1]}
+
+
+def test_wmt16_and_parallel_file_errors(tmp_path):
+    from dataset_fixtures import make_wmt16
+
+    raw = make_wmt16(tmp_path / "raw")
+    m = prepare("wmt16", root=raw, out=tmp_path / "data")["manifests"]
+    assert [m[f"mt/ro-en/{s}"]["utterances"] for s in ("train", "valid", "test")] == [64, 4, 4]
+    en = raw / "SETIMES.en-ro.en"
+    en.write_text(en.read_text() + "one more line\n")
+    with pytest.raises(PrepareError, match=r"SETIMES.en-ro.ro has 32 lines but .*SETIMES.en-ro.en has 33"):
+        prepare("wmt16", root=raw, out=tmp_path / "data")
+    en.unlink()
+    with pytest.raises(LayoutError, match=r"(?s)SETIMES.en-ro.en not found under .*opus.nlpl.eu"):
+        prepare("wmt16", root=raw, out=tmp_path / "data")

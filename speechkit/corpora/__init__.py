@@ -12,6 +12,8 @@ import inspect
 CORPORA = {  # name → "module:function"
     "locale": "locale:prepare_locale",
     "librispeech": "librispeech:prepare_librispeech",
+    "iwslt14": "iwslt14:prepare_iwslt14",
+    "wmt16": "wmt16:prepare_wmt16",
 }
 
 

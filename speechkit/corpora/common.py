@@ -7,8 +7,10 @@ error that says where the dataset comes from and how its folder must look.
 from __future__ import annotations
 
 import gzip
+import html
 import json
 import os
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -43,6 +45,16 @@ class Corpus:
             raise self.error(f"{what} not found: {path}")
         return path
 
+    def find(self, root: Path, name: str) -> Path:
+        """The one file called ``name`` anywhere under ``root`` (archives unpack to varying depths)."""
+        hits = sorted(root.rglob(name))
+        if not hits:
+            raise self.error(f"{name} not found under {root}")
+        if len(hits) > 1:
+            shown = ", ".join(map(str, hits[:3]))
+            raise self.error(f"{name} found {len(hits)} times under {root} ({shown}): point --root at one")
+        return hits[0]
+
     def error(self, message: str) -> LayoutError:
         return LayoutError(f"{self.name}: {message}\n{self.help()}")
 
@@ -57,6 +69,47 @@ def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
         return path.read_text(encoding=encoding).splitlines()
     except UnicodeDecodeError as e:
         raise PrepareError(f"{path}: not {encoding} text ({e})") from None
+
+
+def read_parallel(src: Path, tgt: Path) -> list[tuple[str, str]]:
+    """Line-aligned sentence pairs of two text files (a ``PrepareError`` naming both when the line
+    counts differ)."""
+    a, b = read_lines(src), read_lines(tgt)
+    if len(a) != len(b):
+        raise PrepareError(f"{src} has {len(a)} lines but {tgt} has {len(b)}: the files are not parallel")
+    return list(zip(a, b))
+
+
+SEG = re.compile(r"<seg[^>]*>(.*?)</seg>", re.S)
+
+
+def read_segs(path: Path) -> list[str]:
+    """The ``<seg …>text</seg>`` contents of an IWSLT/WMT xml or sgm file, in order, whitespace-trimmed
+    and with XML entities unescaped."""
+    segs = [html.unescape(m.group(1)).strip() for m in SEG.finditer("\n".join(read_lines(path)))]
+    if not segs:
+        raise PrepareError(f"{path}: no <seg> elements")
+    return segs
+
+
+def parallel_segs(src: Path, tgt: Path) -> list[tuple[str, str]]:
+    """Aligned ``<seg>`` pairs of a source and a reference file (counts must match)."""
+    a, b = read_segs(src), read_segs(tgt)
+    if len(a) != len(b):
+        raise PrepareError(f"{src} has {len(a)} segments but {tgt} has {len(b)}")
+    return list(zip(a, b))
+
+
+def translation_manifests(splits: dict[str, list[tuple[str, str, str]]], src: str, tgt: str, domain: str,
+                          source: Path) -> tuple[dict[str, list[Utterance]], list[str]]:
+    """Text-only MT manifests ``mt/<src>-<tgt>/<split>`` from (id, source sentence, target sentence) per
+    split, empty pairs left out and listed."""
+    manifests, problems = {}, []
+    for split, items in splits.items():
+        utts = [Utterance(uid, a, lang=src, translation={tgt: b}, domain=domain) for uid, a, b in items]
+        manifests[f"mt/{src}-{tgt}/{split}"], bad = drop_empty(utts, f"{source} ({split})")
+        problems += bad
+    return manifests, problems
 
 
 def open_text(path: Path):
