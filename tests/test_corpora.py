@@ -18,6 +18,15 @@ def librispeech(tmp_path_factory):
     return make_librispeech(tmp_path_factory.mktemp("ls"))
 
 
+def _run(recipe: str, **sets) -> None:
+    main(["run", f"recipes/{recipe}", *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
+
+
+FIT = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
+       "--trainer.enable_progress_bar=false")
+TINY_MT = FIT + " --config=tests/configs/tiny_mt.yaml"  # the recipe's config at toy sizes
+
+
 def test_librispeech_manifests_from_the_distributed_layout(librispeech, tmp_path):
     out = tmp_path / "data"
     summary = prepare("librispeech", root=librispeech.parent, out=out, workers=2)
@@ -60,12 +69,11 @@ def test_layout_errors_say_where_the_data_comes_from(tmp_path, capsys):
 
 def test_librispeech_recipe_runs_every_stage(librispeech, tmp_path):
     """Every stage (prepare, tokenizer, the transducer, LM, streaming and pruned-loss trainings for two steps
-    each, decodes with and without the LM, streaming evaluation, export) through `speechkit run`."""
-    fit = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
-           "--data.init_args.max_frames=4000 --trainer.enable_progress_bar=false")
-    sets = {"corpus": librispeech.parent, "data": tmp_path / "data", "exp": tmp_path / "exp", "vocab": 40,
-            "fit_args": fit}
-    main(["run", "recipes/librispeech", *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
+    each — the recipe's configs at toy sizes —, decodes with and without the LM, streaming evaluation,
+    export) through `speechkit run`."""
+    _run("librispeech", corpus=librispeech.parent, data=tmp_path / "data", exp=tmp_path / "exp", vocab=40,
+         fit_args=FIT + " --data.init_args.max_frames=4000", lm_args="--config=tests/configs/tiny_lm.yaml",
+         asr_args="--config=tests/configs/tiny_transducer.yaml")
     bricks = ("transducer/brick", "lm/brick", "streaming/brick", "pruned/brick", "transducer_2of4_int8")
     for brick in bricks:
         assert (tmp_path / "exp" / brick / "weights.safetensors").is_file(), brick
@@ -102,3 +110,22 @@ def test_wmt16_and_parallel_file_errors(tmp_path):
     en.unlink()
     with pytest.raises(LayoutError, match=r"(?s)SETIMES.en-ro.en not found under .*opus.nlpl.eu"):
         prepare("wmt16", root=raw, out=tmp_path / "data")
+
+
+def test_mt_recipes_iwslt14_then_wmt16_zero_shot_reuse(tmp_path):
+    """IWSLT14 De→En, then WMT16 Ro→En on its English vocabulary, and the Ro→En encoder composed with the
+    De→En decoder: every stage through `speechkit run`, two training steps each."""
+    from dataset_fixtures import make_iwslt14, make_wmt16
+
+    make_iwslt14(tmp_path / "iwslt14")
+    make_wmt16(tmp_path / "wmt16")
+    iw = {"data": tmp_path / "data/iwslt14", "exp": tmp_path / "exp/iwslt14", "vocab": 40, "src_vocab": 40,
+          "fit_args": TINY_MT}
+    _run("iwslt14", corpus=tmp_path / "iwslt14", **iw)
+    _run("wmt16", corpus=tmp_path / "wmt16", data=tmp_path / "data/wmt16", exp=tmp_path / "exp/wmt16",
+         vocab=40, src_vocab=40, fit_args=TINY_MT, tokenizer=iw["data"] / "tokenizer/en40.model",
+         decoder=iw["exp"] / "transformer/brick")
+    for hyps in ("iwslt14/decode/test.jsonl", "wmt16/decode/test.jsonl", "wmt16/decode/test-zero-shot.jsonl"):
+        lines = (tmp_path / "exp" / hyps).read_text().splitlines()
+        assert len(lines) == (15 if "iwslt" in hyps else 4), hyps
+    assert (tmp_path / "exp/wmt16/zero_shot/weights.safetensors").is_file()
