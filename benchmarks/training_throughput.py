@@ -3,7 +3,7 @@ torch + torchaudio loop training the same model on the same batches: utterances 
 the difference goes, and the test WER each reaches in the same wall time.
 
     python benchmarks/training_throughput.py [-c recipes/locale/conf/demo.yaml ...] [--minutes 10]
-        [--threads 1] [--test-utts 0] [--out exp/throughput] [--json]
+        [--threads 1] [--test-utts 0] [--out exp/throughput] [--plain-first] [--json]
 
 Both loops are built from the same config by the same ``LightningCLI`` parser (same seed, so the
 same initial weights — checked and reported — and the same ``BucketBatchSampler`` batches in the
@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--test-utts", type=int, default=0, help="test utterances to score (0: all)")
     ap.add_argument("--out", default="exp/throughput", help="the speechkit loop's default_root_dir")
+    ap.add_argument("--plain-first", action="store_true", help="run the plain loop first (order check)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -202,7 +203,8 @@ def main() -> None:
     rows, durs, nets = {}, {}, {}
     loops = {"speechkit": lambda: lightning_loop(ours),
              "plain": lambda: plain_loop(task, ref.datamodule, seconds, ref.trainer.max_steps, clip)}
-    for name, run in loops.items():
+    for name in sorted(loops, reverse=not a.plain_first):  # speechkit first unless --plain-first
+        run = loops[name]
         print(f"training: {name} loop, {a.minutes:g} min ...", flush=True)
         res = run()
         model = (ours if name == "speechkit" else ref).model.model
@@ -218,6 +220,7 @@ def main() -> None:
                      "ratio": round(tot["speechkit"] / max(tot["plain"], 1e-9), 3),
                      "ratio_all": round(tot["speechkit_all"] / max(tot["plain"], 1e-9), 3)}
     report = {"configs": a.config, "minutes": a.minutes, "threads": a.threads, "same_initial_weights": same,
+              "first": "plain" if a.plain_first else "speechkit",
               "loops": rows, "equal_work": eq}
     if a.json:
         print(json.dumps(report))
