@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--force", action="store_true", help="rerun the selected stages even when done")
     rn.add_argument("--list", action="store_true", help="list the stages, their commands and whether done")
     rn.add_argument("--dry-run", action="store_true", help="print what would run")
+    rn.add_argument("--in-process", action="store_true", help="run speechkit commands inside this process "
+                    "(no start-up per command: faster for short stages, e.g. tests)")
     dm = sub.add_parser("demo", help="prepare locale, train a small transducer, decode, print WER")
     dm.add_argument("--minutes", type=float, default=None, help="training time budget")
     dm.add_argument("--max-utts", type=int, default=None)
@@ -352,7 +354,9 @@ def _tokenizer(a) -> None:
 
 
 def _run_recipe(a) -> None:
-    from .recipe import RecipeError, load_stages, parse_sets, run_stages, select
+    import subprocess
+
+    from .recipe import RecipeError, in_process, load_stages, parse_sets, run_stages, select
 
     try:
         stages = select(load_stages(a.recipe, parse_sets(a.set)), a.stage, a.stop_stage)
@@ -360,7 +364,8 @@ def _run_recipe(a) -> None:
             for s in stages:
                 print(f"{s.number:2d} {s.name:12s} {'done' if s.done() else 'todo'}  {s.command}")
             return
-        run_stages(stages, force=a.force, dry_run=a.dry_run)
+        call = in_process if a.in_process else subprocess.call
+        run_stages(stages, force=a.force, dry_run=a.dry_run, call=call)
     except RecipeError as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -160,8 +160,26 @@ def select(stages: list[Stage], first: str | None, last: str | None) -> list[Sta
     return stages[lo - 1: hi]
 
 
-def run_stages(stages: list[Stage], force: bool = False, dry_run: bool = False, log=print) -> None:
-    """Run each stage that is not done (all with ``force``), in order; stop at the first failure."""
+def in_process(argv: list[str]) -> int:
+    """Run a command like ``subprocess.call``, but a ``speechkit`` command inside this process (no
+    interpreter start and imports per command: much faster for short stages; a crash ends the run)."""
+    if tuple(argv[: len(SPEECHKIT)]) != SPEECHKIT:
+        return subprocess.call(argv)
+    from .cli import main
+
+    try:
+        main(argv[len(SPEECHKIT):])
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            print(e.code if isinstance(e.code, str) else f"exit code {e.code}", file=sys.stderr)
+            return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def run_stages(stages: list[Stage], force: bool = False, dry_run: bool = False, log=print,
+               call=subprocess.call) -> None:
+    """Run each stage that is not done (all with ``force``), in order; stop at the first failure.
+    ``call`` runs one command (``subprocess.call``, or ``in_process``)."""
     for s in stages:
         if s.done() and not force:
             log(f"== stage {s.number} {s.name}: done, skipped (--force reruns it)")
@@ -171,7 +189,7 @@ def run_stages(stages: list[Stage], force: bool = False, dry_run: bool = False, 
             commands[0].append("--ckpt_path=last")  # a killed fit resumes
         for argv in commands:
             log(f"== stage {s.number} {s.name}: {shlex.join(argv)}")
-            rc = 0 if dry_run else subprocess.call(argv)
+            rc = 0 if dry_run else call(argv)
             if rc != 0:
                 raise SystemExit(f"stage {s.number} ({s.name}) failed with exit code {rc}; rerun from it "
                                  f"with --stage {s.number}")

@@ -19,7 +19,9 @@ def librispeech(tmp_path_factory):
 
 
 def _run(recipe: str, **sets) -> None:
-    main(["run", f"recipes/{recipe}", *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
+    """``speechkit run recipes/<recipe> --in-process --set k=v …`` (in-process: no start-up per command)."""
+    pairs = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    main(["run", f"recipes/{recipe}", "--in-process", *pairs])
 
 
 FIT = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
