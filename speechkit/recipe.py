@@ -28,6 +28,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,9 @@ def in_process(argv: list[str]) -> int:
         if e.code not in (None, 0):
             print(e.code if isinstance(e.code, str) else f"exit code {e.code}", file=sys.stderr)
             return e.code if isinstance(e.code, int) else 1
+    except Exception:  # what a separate process would print before exiting with 1
+        traceback.print_exc()
+        return 1
     return 0
 
 

@@ -113,3 +113,12 @@ def test_vocab_sizes_are_set_on_the_target_and_the_source_side_separately():
     assert head.init_args.vocab_size == model.init_args.decoder.init_args.vocab_size == 1000
     assert set_vocab_sizes(data, 1000, 300) == 3 and vars(data.init_args) == {
         "vocab_size": 1000, "source_vocab_size": 300, "transcript_vocab_size": 300}
+
+
+def test_in_process_runs_speechkit_commands_here_and_reports_failures(recipe, tmp_path, capsys):
+    from speechkit.recipe import SPEECHKIT, in_process
+
+    missing = str(tmp_path / "none.jsonl")
+    assert in_process([*SPEECHKIT, "tokenizer", missing, "--out", str(tmp_path / "t.model")]) == 1
+    assert "manifest not found" in capsys.readouterr().err  # the error a subprocess would have printed
+    assert in_process([sys.executable, "-c", "raise SystemExit(4)"]) == 4  # anything else: a subprocess
