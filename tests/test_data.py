@@ -108,3 +108,14 @@ def test_load_texts_reads_manifests_and_plain_text(tmp_path):
         load_texts(tmp_path / "empty.txt")
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         load_texts(tmp_path / "missing.txt")
+
+
+def test_a_segment_at_offset_zero_reads_only_its_duration(tmp_path):
+    """Segments of long recordings (MuST-C, TED-LIUM, Europarl-ST) may start at 0.0 s."""
+    path = tmp_path / "talk.wav"
+    write_audio(path, np.random.default_rng(0).uniform(-0.5, 0.5, 48000).astype(np.float32))  # 3 s
+    cfg = FbankConfig()
+    first = utterance_features(Utterance("a", "x", str(path), offset=0.0, duration=1.0), cfg)
+    later = utterance_features(Utterance("b", "x", str(path), offset=1.0, duration=1.0), cfg)
+    whole = utterance_features(Utterance("c", "x", str(path)), cfg)
+    assert first.shape[0] == later.shape[0] < whole.shape[0] // 2

@@ -27,7 +27,7 @@ from .manifest import Utterance
 
 def utterance_features(u: Utterance, cfg: FbankConfig) -> Tensor:
     """Read and featurise one utterance → (T, F); errors name the utterance and file."""
-    wave = read_audio(u.audio, u.offset, u.duration if u.offset else None, cfg.sample_rate)
+    wave = read_audio(u.audio, u.offset, u.duration, cfg.sample_rate)
     try:
         return fbank(wave, cfg)
     except ValueError as e:
