@@ -8,8 +8,20 @@ from pathlib import Path
 
 import soundfile as sf
 
+from speechkit.cli import main
 from speechkit.corpora.librispeech import PARTS as LIBRISPEECH_PARTS
 from speechkit.corpora.locale import speak
+
+FIT = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
+       "--trainer.enable_progress_bar=false")  # two training steps of a recipe's fit stages
+TINY_MT = FIT + " --config=tests/configs/tiny_mt.yaml"  # …with the MT config at toy sizes
+
+
+def run_recipe(recipe: str, **sets) -> None:
+    """``speechkit run recipes/<recipe> --in-process --set k=v …`` (in-process: no start-up per command)."""
+    pairs = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    main(["run", f"recipes/{recipe}", "--in-process", *pairs])
+
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",

@@ -4,7 +4,7 @@ manifests, validation, idempotence, and errors that name what is wrong."""
 import json
 
 import pytest
-from dataset_fixtures import make_librispeech
+from dataset_fixtures import FIT, TINY_MT, make_librispeech, run_recipe
 
 from speechkit.cli import main
 from speechkit.corpora import prepare
@@ -16,17 +16,6 @@ from speechkit.data.manifest import load_manifest
 @pytest.fixture(scope="module")
 def librispeech(tmp_path_factory):
     return make_librispeech(tmp_path_factory.mktemp("ls"))
-
-
-def _run(recipe: str, **sets) -> None:
-    """``speechkit run recipes/<recipe> --in-process --set k=v …`` (in-process: no start-up per command)."""
-    pairs = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
-    main(["run", f"recipes/{recipe}", "--in-process", *pairs])
-
-
-FIT = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
-       "--trainer.enable_progress_bar=false")
-TINY_MT = FIT + " --config=tests/configs/tiny_mt.yaml"  # the recipe's config at toy sizes
 
 
 def test_librispeech_manifests_from_the_distributed_layout(librispeech, tmp_path):
@@ -73,9 +62,10 @@ def test_librispeech_recipe_runs_every_stage(librispeech, tmp_path):
     """Every stage (prepare, tokenizer, the transducer, LM, streaming and pruned-loss trainings for two steps
     each — the recipe's configs at toy sizes —, decodes with and without the LM, streaming evaluation,
     export) through `speechkit run`."""
-    _run("librispeech", corpus=librispeech.parent, data=tmp_path / "data", exp=tmp_path / "exp", vocab=40,
-         fit_args=FIT + " --data.init_args.max_frames=4000", lm_args="--config=tests/configs/tiny_lm.yaml",
-         asr_args="--config=tests/configs/tiny_transducer.yaml")
+    run_recipe("librispeech", corpus=librispeech.parent, data=tmp_path / "data", exp=tmp_path / "exp",
+               vocab=40, fit_args=FIT + " --data.init_args.max_frames=4000",
+               lm_args="--config=tests/configs/tiny_lm.yaml",
+               asr_args="--config=tests/configs/tiny_transducer.yaml")
     bricks = ("transducer/brick", "lm/brick", "streaming/brick", "pruned/brick", "transducer_2of4_int8")
     for brick in bricks:
         assert (tmp_path / "exp" / brick / "weights.safetensors").is_file(), brick
@@ -123,8 +113,8 @@ def test_mt_recipes_iwslt14_then_wmt16_zero_shot_reuse(tmp_path):
     make_wmt16(tmp_path / "wmt16")
     iw = {"data": tmp_path / "data/iwslt14", "exp": tmp_path / "exp/iwslt14", "vocab": 40, "src_vocab": 40,
           "fit_args": TINY_MT}
-    _run("iwslt14", corpus=tmp_path / "iwslt14", **iw)
-    _run("wmt16", corpus=tmp_path / "wmt16", data=tmp_path / "data/wmt16", exp=tmp_path / "exp/wmt16",
+    run_recipe("iwslt14", corpus=tmp_path / "iwslt14", **iw)
+    run_recipe("wmt16", corpus=tmp_path / "wmt16", data=tmp_path / "data/wmt16", exp=tmp_path / "exp/wmt16",
          vocab=40, src_vocab=40, fit_args=TINY_MT, tokenizer=iw["data"] / "tokenizer/en40.model",
          decoder=iw["exp"] / "transformer/brick")
     for hyps in ("iwslt14/decode/test.jsonl", "wmt16/decode/test.jsonl", "wmt16/decode/test-zero-shot.jsonl"):

@@ -14,6 +14,11 @@ CORPORA = {  # name → "module:function"
     "librispeech": "librispeech:prepare_librispeech",
     "iwslt14": "iwslt14:prepare_iwslt14",
     "wmt16": "wmt16:prepare_wmt16",
+    "tedlium3": "tedlium3:prepare_tedlium3",
+    "commonvoice": "commonvoice:prepare_commonvoice",
+    "mustc": "mustc:prepare_mustc",
+    "covost2": "covost2:prepare_covost2",
+    "europarl_st": "europarl_st:prepare_europarl_st",
 }
 
 
