@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in LIGHTNING_VERBS:
         sub.add_parser(verb, help=f"LightningCLI {verb} (speechkit {verb} -c CONFIG --help)", add_help=False)
     pr = sub.add_parser("prepare", help="build a corpus and its manifests")
-    pr.add_argument("corpus", help="corpus name: locale (built here), librispeech (README \"Recipes\")")
+    pr.add_argument("corpus", help="locale (built here), librispeech, tedlium3, commonvoice, mustc, covost2, "
+                    "europarl_st, iwslt14, wmt16 (README \"Recipes\")")
     pr.add_argument("--root", default=None, help="where the downloaded dataset lies (its distributed layout)")
     pr.add_argument("--out", default=None, help="manifest folder (default: data/CORPUS)")
     pr.add_argument("--parts", default=None, help="comma-separated parts/splits (default: all found)")
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave out bad entries (missing/unreadable audio, empty transcripts; listed in "
                     "prepare.json) instead of stopping")
     pr.add_argument("--max-utts", type=int, default=None)
-    pr.add_argument("--langs", default=None, help="comma-separated target languages, e.g. de,fr,ro")
+    pr.add_argument("--langs", default=None, help="comma-separated languages or pairs: locale's targets "
+                    "(de,fr,ro), Common Voice language, MuST-C targets, CoVoST 2 sources, Europarl-ST pairs")
     pr.add_argument("--heldout", default=None, help="comma-separated held-out catalog prefixes")
     pr.add_argument("--workers", type=int, default=None)
     de = sub.add_parser("decode", help="decode a manifest with a brick; print WER/CER and BLEU/chrF")
