@@ -361,11 +361,18 @@ def speak(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50) -> 
     return wave.clamp(-1, 1).numpy(), events
 
 
+def _worker_init() -> None:
+    """Start of a synthesis pool worker (forked): one torch thread (one process per core already, and
+    the parent's OpenMP pool does not survive a fork) and its own espeak-ng engine, even when the parent
+    had one."""
+    global _ENGINE
+    torch.set_num_threads(1)
+    _ENGINE = None
+
+
 def _synth_one(task: tuple) -> dict:
-    """Worker: synthesise one message, write its FLAC atomically, return its metadata."""
+    """Synthesise one message, write its FLAC atomically, return its metadata."""
     uid, text, voice, rate, pitch, path = task
-    if _ENGINE is None:
-        torch.set_num_threads(1)  # one process per core already
     wave, events = speak(text, voice, rate, pitch)
     words, merged = word_times(text, events, wave)
     tmp = Path(path).with_name(f"{uid}.tmp.flac")
@@ -419,7 +426,7 @@ def synthesize(msgs: list[Message], out: Path, workers: int, progress: bool) -> 
                 results = map(_synth_one, tasks)
                 pool = None
             else:
-                pool = multiprocessing.get_context("fork").Pool(workers)
+                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init)
                 results = pool.imap_unordered(_synth_one, tasks, chunksize=16)
             try:
                 for rec in results:
