@@ -6,6 +6,7 @@ error that says where the dataset comes from and how its folder must look.
 
 from __future__ import annotations
 
+import filecmp
 import gzip
 import html
 import json
@@ -117,9 +118,10 @@ def open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
-def check_audio(utts: list[Utterance], workers: int = 8) -> tuple[list[Utterance], list[str]]:
-    """Fill in missing durations from the audio headers and check every utterance's audio: (the good
-    utterances, a problem per bad one: missing or unreadable file, segment past the end)."""
+def check_audio(utts: list[Utterance], workers: int | None = None) -> tuple[list[Utterance], list[str]]:
+    """Fill in missing durations from the audio headers and check every utterance's audio (``workers``
+    threads; None: one per CPU): (the good utterances, a problem per bad one: missing or unreadable
+    file, segment past the end)."""
     def one(u: Utterance) -> tuple[Utterance | None, str | None]:
         if not Path(u.audio).is_file():
             return None, f"{u.id}: audio file missing: {u.audio}"
@@ -136,7 +138,7 @@ def check_audio(utts: list[Utterance], workers: int = 8) -> tuple[list[Utterance
                           f"{u.audio} ({total:.2f} s)")
         return u, None
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
         results = list(pool.map(one, utts, chunksize=64))
     return [u for u, _ in results if u is not None], [p for _, p in results if p is not None]
 
@@ -153,6 +155,37 @@ def drop_empty(utts: Iterable[Utterance], source: str) -> tuple[list[Utterance],
         else:
             keep.append(u)
     return keep, problems
+
+
+def usable(utts: Iterable[Utterance], source: str,
+           workers: int | None = None) -> tuple[list[Utterance], list[str]]:
+    """The utterances with non-empty texts (``drop_empty``) and good audio (``check_audio``), and a
+    problem per one left out."""
+    utts, empty = drop_empty(utts, source)
+    utts, bad = check_audio(utts, workers)
+    return utts, empty + bad
+
+
+def listing(items: list, limit: int = 20) -> str:
+    """``items`` one per indented line, the first ``limit`` of them and how many more."""
+    more = f"\n  … and {len(items) - limit} more" if len(items) > limit else ""
+    return "  " + "\n  ".join(map(str, items[:limit])) + more
+
+
+def write_lines_if_changed(path: Path, lines: Iterable[str]) -> tuple[int, bool]:
+    """Stream ``lines`` to ``path`` (one per line) unless it holds exactly that already (LM corpora are
+    too big to hold in memory): (lines, whether written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, n = path.with_suffix(path.suffix + ".tmp"), 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+            n += 1
+    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+        tmp.unlink()
+        return n, False
+    tmp.replace(path)
+    return n, True
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -172,10 +205,8 @@ def finish(out: Path, corpus: Corpus, manifests: dict[str, list[Utterance]], pro
     each back to validate it, and write ``out/prepare.json`` (counts, hours, problems). Bad entries
     raise a ``PrepareError`` listing them, unless ``skip_bad`` (then they are left out and listed)."""
     if problems and not skip_bad:
-        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        shown = "\n  ".join(problems[:20]) + more
         raise PrepareError(f"{corpus.name}: {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'} "
-                           f"(rerun with --skip-bad to leave them out):\n  {shown}")
+                           f"(rerun with --skip-bad to leave them out):\n{listing(problems)}")
     summary, written = {"corpus": corpus.name, "params": params, "manifests": {}, **(extra or {})}, []
     for name, utts in manifests.items():
         path = out / f"{name}.jsonl"

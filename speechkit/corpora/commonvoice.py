@@ -14,11 +14,10 @@ columns are taken by header name, so releases with more columns (``sentence_id``
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from ..data.manifest import Utterance
-from .common import Corpus, PrepareError, check_audio, drop_empty, finish
+from .common import Corpus, PrepareError, finish, usable
 
 SPLITS = ("train", "dev", "test")
 REQUIRED = ("path", "sentence")
@@ -112,9 +111,7 @@ def prepare_commonvoice(root: str | Path, out: str | Path = "data/commonvoice",
                 empty.append(f"{lang}/{split}")
                 continue
             COMMONVOICE.require(folder / "clips", f"{lang}: the clips folder")
-            utts, blank = drop_empty(utts, str(tsv))
-            utts, missing = check_audio(utts, workers or os.cpu_count() or 1)
-            manifests[f"asr/{lang}/{split}"] = utts
-            problems += bad + blank + missing
+            manifests[f"asr/{lang}/{split}"], left_out = usable(utts, str(tsv), workers)
+            problems += bad + left_out
     params = {"root": str(root), "langs": sorted({k.split("/")[1] for k in manifests})}
     return finish(out, COMMONVOICE, manifests, problems, params, skip_bad, {"empty": empty})

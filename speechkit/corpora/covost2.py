@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import tarfile
 from pathlib import Path
 
 from ..data.manifest import Utterance
-from .common import Corpus, PrepareError, check_audio, drop_empty, finish
+from .common import Corpus, PrepareError, finish, usable
 
 SPLITS = {"train": ("train", "train_covost"), "dev": ("dev",), "test": ("test",)}
 CV_COLUMNS, COVOST_COLUMNS = ("path", "sentence", "client_id"), ("path", "translation", "split")
@@ -110,8 +109,6 @@ def prepare_covost2(root: str | Path, out: str | Path = "data/covost2", langs: l
     manifests, problems = {}, []
     for src in langs:
         for split, utts in read_language(root, src).items():
-            utts, empty = drop_empty(utts, f"{src} {split}")
-            utts, missing = check_audio(utts, workers or os.cpu_count() or 1)
-            manifests[f"st/{src}-en/{split}"] = utts
-            problems += empty + missing
+            manifests[f"st/{src}-en/{split}"], left_out = usable(utts, f"{src} {split}", workers)
+            problems += left_out
     return finish(out, COVOST2, manifests, problems, {"root": str(root), "langs": langs}, skip_bad)

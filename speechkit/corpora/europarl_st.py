@@ -19,12 +19,11 @@ a ``.flac`` or ``.wav`` is used when present.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from ..data.manifest import Utterance
-from .common import Corpus, PrepareError, check_audio, drop_empty, finish, read_lines
+from .common import Corpus, PrepareError, drop_empty, finish, listing, read_lines, usable
 
 SPLITS = ("train", "train-noisy", "dev", "test")
 READABLE = (".flac", ".wav")  # what soundfile reads; the distributed .m4a (AAC) it does not
@@ -112,11 +111,9 @@ def resolve_audio(audios: Path, speeches: set[str]) -> tuple[dict[str, str], lis
 
 
 def m4a_error(root: Path, files: list[Path]) -> PrepareError:
-    more = f"\n  … and {len(files) - 20} more" if len(files) > 20 else ""
-    shown = "\n  ".join(map(str, files[:20])) + more
     return PrepareError(
         f"Europarl-ST: {len(files)} speech(es) only as AAC (.m4a), which soundfile cannot decode:\n"
-        f"  {shown}\n"
+        f"{listing(files)}\n"
         f"convert them once to FLAC next to the .m4a (ffmpeg; see recipes/europarl_st/README.md):\n  "
         f"{CONVERT.replace('ROOT/v1.1', str(root))}\n(or rerun with --skip-bad to leave their segments out)")
 
@@ -167,10 +164,9 @@ def prepare_europarl_st(root: str | Path, out: str | Path = "data/europarl_st",
         problems += bad
         utts = [replace(u, audio=audio[src, u.audio]) for u in utts
                 if (src, u.audio) in audio]
-        utts, bad = drop_empty(utts, str(root / src / tgt / split))
-        utts, missing = check_audio(utts, workers or os.cpu_count() or 1)
+        utts, left_out = usable(utts, str(root / src / tgt / split), workers)
         manifests[f"st/{src}-{tgt}/{split}"] = utts
-        problems += bad + missing
+        problems += left_out
         union = asr.setdefault((src, split), {})
         for u in utts:
             union.setdefault(u.id, replace(u, translation={}))

@@ -8,11 +8,11 @@ to the root, ``lm/train.txt``: its first ``lm_sentences`` sentences (the LM stag
 
 from __future__ import annotations
 
-import os
+from itertools import islice
 from pathlib import Path
 
 from ..data.manifest import Utterance
-from .common import Corpus, check_audio, drop_empty, finish, open_text, read_lines, write_if_changed
+from .common import Corpus, finish, open_text, read_lines, usable, write_lines_if_changed
 
 PARTS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other", "test-clean",
          "test-other")
@@ -67,10 +67,8 @@ def prepare_librispeech(root: str | Path, out: str | Path = "data/librispeech",
     manifests, problems = {}, []
     for part in parts:
         utts, bad = read_part(root / part)
-        utts, empty = drop_empty(utts, str(root / part))
-        utts, missing = check_audio(utts, workers or os.cpu_count() or 1)
-        manifests[f"asr/{part}"] = utts
-        problems += bad + empty + missing
+        manifests[f"asr/{part}"], left_out = usable(utts, str(root / part), workers)
+        problems += bad + left_out
     for name, members in (("train", [p for p in parts if p.startswith("train")]),
                           ("dev", [p for p in parts if p.startswith("dev")])):
         if members:
@@ -87,14 +85,8 @@ def prepare_librispeech(root: str | Path, out: str | Path = "data/librispeech",
 
 def write_lm_text(src: Path, dst: Path, limit: int) -> int:
     """The first ``limit`` non-empty sentences of the LM corpus (plain or gzipped) → ``dst``."""
-    lines = []
     with open_text(src) as f:
-        for line in f:
-            if line.strip():
-                lines.append(line.strip())
-                if len(lines) >= limit:
-                    break
-    if not lines:
+        n, _ = write_lines_if_changed(dst, islice((s for s in map(str.strip, f) if s), limit))
+    if not n:
         raise LIBRISPEECH.error(f"the LM corpus {src} is empty")
-    write_if_changed(dst, "\n".join(lines) + "\n")
-    return len(lines)
+    return n

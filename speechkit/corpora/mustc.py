@@ -15,13 +15,12 @@ order, as fairseq's ``prep_mustc_data.py`` names them).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import yaml
 
 from ..data.manifest import Utterance
-from .common import Corpus, PrepareError, check_audio, drop_empty, finish, read_lines
+from .common import Corpus, PrepareError, finish, read_lines, usable
 
 SPLITS = ("train", "dev", "tst-COMMON", "tst-HE")
 REQUIRED = ("train", "dev", "tst-COMMON")  # tst-HE is not in every release
@@ -104,9 +103,8 @@ def prepare_mustc(root: str | Path, out: str | Path = "data/mustc", langs: list[
             MUSTC.require(folder / "data" / split, f"the en-{tgt} {split} split")
         for split in (s for s in SPLITS if (folder / "data" / s).is_dir()):
             utts, bad = read_split(folder, split, tgt)
-            utts, empty = drop_empty(utts, f"{folder / 'data' / split}")
-            utts, missing = check_audio(utts, workers or os.cpu_count() or 1)
-            problems += bad + empty + missing
+            utts, left_out = usable(utts, f"{folder / 'data' / split}", workers)
+            problems += bad + left_out
             manifests[f"st/en-{tgt}/{split}"] = utts
             manifests[f"mt/en-{tgt}/{split}"] = [Utterance(u.id, u.text, translation=u.translation,
                                                            speaker=u.speaker, domain=u.domain) for u in utts]

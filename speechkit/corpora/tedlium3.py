@@ -17,15 +17,13 @@ with no words left is left out and counted (``skipped`` in prepare.json); not a 
 
 from __future__ import annotations
 
-import filecmp
 import gzip
-import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..data.manifest import Utterance
-from .common import Corpus, check_audio, finish, open_text, read_lines
+from .common import Corpus, check_audio, finish, open_text, read_lines, write_lines_if_changed
 
 SPLITS = ("train", "dev", "test")
 IGNORE = "ignore_time_segment_in_scoring"
@@ -134,22 +132,6 @@ def lm_lines(train: list[Utterance], corpus: list[Path], limit: int) -> Iterator
                     yield text
 
 
-def write_lines_if_changed(path: Path, lines: Iterable[str]) -> tuple[int, bool]:
-    """Stream ``lines`` to ``path`` (one per line) unless it holds exactly that already (the LM corpus
-    is too big to hold in memory): (lines, whether written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, n = path.with_suffix(path.suffix + ".tmp"), 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-            n += 1
-    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
-        tmp.unlink()
-        return n, False
-    tmp.replace(path)
-    return n, True
-
-
 def check_lm_corpus(files: list[Path]) -> list[str]:
     """A problem per LM-corpus file that is not readable gzip text."""
     problems = []
@@ -176,7 +158,7 @@ def prepare_tedlium3(root: str | Path, out: str | Path = "data/tedlium3", worker
     for split in SPLITS:
         folder = TEDLIUM3.require(legacy / split, f"split {split}")
         utts, bad, skipped[split] = read_split(folder, split)
-        utts, missing = check_audio(utts, workers or os.cpu_count() or 1)
+        utts, missing = check_audio(utts, workers)
         manifests[f"asr/{split}"] = utts
         problems += bad + missing
     corpus = sorted((root / "LM").glob("*.en.gz")) if (root / "LM").is_dir() else []
