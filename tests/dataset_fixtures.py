@@ -4,6 +4,7 @@ transcript and segment formats as distributed), with espeak-ng speech. Used by t
 from __future__ import annotations
 
 import gzip
+from contextlib import contextmanager
 from pathlib import Path
 
 import soundfile as sf
@@ -21,6 +22,21 @@ def run_recipe(recipe: str, **sets) -> None:
     """``speechkit run recipes/<recipe> --in-process --set k=v …`` (in-process: no start-up per command)."""
     pairs = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     main(["run", f"recipes/{recipe}", "--in-process", *pairs])
+
+
+@contextmanager
+def altered(path: Path, text: str | None = None):
+    """For the block, ``path`` missing (``text`` None: a file absent from a copy of a dataset) or holding
+    ``text``; put back as it was afterwards."""
+    original = path.read_bytes()
+    if text is None:
+        path.unlink()
+    else:
+        path.write_text(text)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
 
 
 SENTENCES = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from dataset_fixtures import FIT, run_recipe
+from dataset_fixtures import FIT, altered, run_recipe
 
 from speechkit.audio import resample
 from speechkit.cli import main
@@ -93,21 +93,15 @@ def test_commonvoice_manifests_from_the_distributed_layout(cv, tmp_path):
 
 
 def test_commonvoice_bad_entries_are_named_or_skipped(cv, tmp_path):
-    clip = cv / "de/clips/common_voice_de_1008.mp3"
     dev = cv / "de/dev.tsv"
-    original = dev.read_text()
-    clip.rename(clip.with_suffix(".bak"))
-    dev.write_text(original + "x\tcommon_voice_de_9\tshort row\n")
-    try:
+    with altered(cv / "de/clips/common_voice_de_1008.mp3"), \
+            altered(dev, dev.read_text() + "x\tcommon_voice_de_9\tshort row\n"):
         with pytest.raises(PrepareError, match=r"(?s)2 bad entries.*de/dev.tsv:4: 3 fields, the header has 13"
                                                r".*common_voice_de_1008: audio file missing: .*1008.mp3"):
             prepare("commonvoice", root=cv, out=tmp_path, langs=["de"])
         summary = prepare("commonvoice", root=cv, out=tmp_path, langs=["de"], skip_bad=True)
         assert summary["manifests"]["asr/de/test"]["utterances"] == 1
         assert len(json.loads((tmp_path / "prepare.json").read_text())["problems"]) == 2
-    finally:
-        clip.with_suffix(".bak").rename(clip)
-        dev.write_text(original)
 
 
 def test_commonvoice_layout_and_column_errors(cv, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from dataset_fixtures import FIT, run_recipe, say
+from dataset_fixtures import FIT, altered, run_recipe, say
 
 from speechkit.cli import main
 from speechkit.corpora import prepare
@@ -116,12 +116,9 @@ def test_tedlium3_manifests_from_the_distributed_layout(tedlium, tmp_path):
 
 
 def test_tedlium3_bad_entries_are_named_or_skipped(tedlium, tmp_path):
-    sph = tedlium / "legacy/test/sph/AnnKing_2013.sph"
     stm = tedlium / "legacy/dev/stm/EveStone_2010.stm"
-    original = stm.read_text()
-    sph.rename(sph.with_suffix(".bak"))
-    stm.write_text(original + "EveStone_2010 1 EveStone_2010 30.00 31.00 <o,f0,male> past the end\n")
-    try:
+    past_end = "EveStone_2010 1 EveStone_2010 30.00 31.00 <o,f0,male> past the end\n"
+    with altered(tedlium / "legacy/test/sph/AnnKing_2013.sph"), altered(stm, stm.read_text() + past_end):
         bad = r"(?s)3 bad entries.*EveStone_2010-0003000-0003100: segment 30.00\+1.00 s ends after"
         with pytest.raises(PrepareError, match=bad + r".*AnnKing_2013-.*audio file missing"):
             prepare("tedlium3", root=tedlium, out=tmp_path)
@@ -131,9 +128,6 @@ def test_tedlium3_bad_entries_are_named_or_skipped(tedlium, tmp_path):
         assert summary["manifests"]["asr/dev"]["utterances"] == 2
         problems = json.loads((tmp_path / "prepare.json").read_text())["problems"]
         assert len(problems) == 3 and all("AnnKing_2013.sph" in p for p in problems[1:])
-    finally:
-        sph.with_suffix(".bak").rename(sph)
-        stm.write_text(original)
 
 
 def test_tedlium3_layout_errors_say_where_the_data_comes_from(tedlium, tmp_path):
