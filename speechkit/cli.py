@@ -14,16 +14,21 @@ LIGHTNING_VERBS = ("fit", "validate", "test")
 
 def _prepare(a) -> None:
     from .corpora import prepare
-    from .corpora.common import LayoutError, PrepareError
+    from .corpora.common import LayoutError, PrepareError, listing
 
     split = lambda v: v.split(",") if v else None  # noqa: E731
+    out = a.out or f"data/{a.corpus}"
     try:
-        summary = prepare(a.corpus, out=a.out or f"data/{a.corpus}", root=a.root, max_utts=a.max_utts,
+        summary = prepare(a.corpus, out=out, root=a.root, max_utts=a.max_utts,
                           langs=split(a.langs), heldout=split(a.heldout), parts=split(a.parts),
                           workers=a.workers, skip_bad=a.skip_bad)
     except (LayoutError, PrepareError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(json.dumps(summary.get("counts", summary.get("manifests", summary)), indent=1))
+    if summary.get("problems"):
+        bad = summary["problems"]
+        print(f"left out {len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'} (--skip-bad; all listed in "
+              f"{out}/prepare.json):\n{listing(bad)}", file=sys.stderr)
 
 
 def _decode(a) -> None:

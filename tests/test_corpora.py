@@ -85,12 +85,21 @@ def test_iwslt14_splits_as_fairseq_prepares_them(tmp_path):
     assert test[0].id == "IWSLT14.TED.dev2010-0000" and test[0].translation == {"en": DE_EN[0][1]}
 
 
-def test_wmt16_and_parallel_file_errors(tmp_path):
+def test_wmt16_and_parallel_file_errors(tmp_path, capsys):
     from dataset_fixtures import make_wmt16
 
     raw = make_wmt16(tmp_path / "raw")
     m = prepare("wmt16", root=raw, out=tmp_path / "data")["manifests"]
     assert [m[f"mt/ro-en/{s}"]["utterances"] for s in ("train", "valid", "test")] == [64, 4, 4]
+    ro = raw / "training/europarl-v8.ro-en.ro"
+    lines = ro.read_text().splitlines()
+    with altered(ro, "\n".join(lines[:2] + [""] + lines[3:]) + "\n"):  # line 3 empty on one side
+        bad = r"1 bad entry .*--skip-bad.*\n.*europarl-v8-0000003: empty source text"
+        with pytest.raises(PrepareError, match=bad):
+            prepare("wmt16", root=raw, out=tmp_path / "data")
+        main(["prepare", "wmt16", "--root", str(raw), "--out", str(tmp_path / "data"), "--skip-bad"])
+        out, err = capsys.readouterr()
+        assert '"utterances": 63' in out and "left out 1 bad entry" in err and "europarl-v8-0000003" in err
     en = raw / "SETIMES.en-ro.en"
     en.write_text(en.read_text() + "one more line\n")
     with pytest.raises(PrepareError, match=r"SETIMES.en-ro.ro has 32 lines but .*SETIMES.en-ro.en has 33"):

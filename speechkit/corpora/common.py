@@ -148,7 +148,7 @@ def drop_empty(utts: Iterable[Utterance], source: str) -> tuple[list[Utterance],
     problem line per dropped one."""
     keep, problems = [], []
     for u in utts:
-        texts = (("transcript", u.text), *u.translation.items())
+        texts = (("transcript" if u.audio is not None else "source text", u.text), *u.translation.items())
         empty = [k for k, t in texts if not normalize_text(t or "")]
         if empty:
             problems.append(f"{source}: {u.id}: empty {' and '.join(empty)} after normalisation ({u.text!r})")

@@ -2,7 +2,8 @@
 
 ``speechkit prepare wmt16 --root /data/wmt16`` writes ``mt/ro-en/{train,valid,test}.jsonl`` (``text``
 Romanian, ``translation.en`` English): train = Europarl v8 + SETimes2 (the constrained training data),
-valid = newsdev2016, test = newstest2016 (1,999 sentences).
+valid = newsdev2016, test = newstest2016 (1,999 sentences). A training pair's id ends in its line
+number (``europarl-v8-0001234``: line 1,234 of both files), so a bad pair is found in the files.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def prepare_wmt16(root: str | Path, out: str | Path = "data/wmt16", skip_bad: bo
     splits = {"train": []}
     for name, ro, en in TRAIN:
         pairs = read_parallel(WMT16.find(root, ro), WMT16.find(root, en))
-        splits["train"] += [(f"{name}-{i:07d}", a, b) for i, (a, b) in enumerate(pairs)]
+        splits["train"] += [(f"{name}-{i:07d}", a, b) for i, (a, b) in enumerate(pairs, 1)]
     for split, name in EVAL:
         pairs = parallel_segs(*(WMT16.find(root, f"{name}-roen-{f}.sgm") for f in ("src.ro", "ref.en")))
         splits[split] = [(f"{name}-{i:04d}", a, b) for i, (a, b) in enumerate(pairs)]
