@@ -15,8 +15,7 @@ from speechkit.recipe import load_stages
 from speechkit.train.cli import SpeechkitCLI
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ("librispeech", "tedlium3", "commonvoice", "mustc", "covost2", "europarl_st", "iwslt14", "wmt16",
-           "locale")
+RECIPES = sorted(p.parent.name for p in (ROOT / "recipes").glob("*/stages.yaml"))
 NEEDS = {"corpus": "/data/x", "lang": "de", "src": "fr"}  # the variables a user must --set
 STATED = re.compile(r"~(\d+(?:\.\d+)?)M parameters")
 
