@@ -233,6 +233,10 @@ def test_lm_fusion_ilma_and_mwer_through_the_cli(tiny_corpus, tmp_path):
     p = subprocess.run(_cmd("decode", brick, test, "--lm", other, "--lm-weight", "0.3"), capture_output=True,
                        text=True)
     assert p.returncode != 0 and "tokenizer 0000" in p.stderr
+    p = subprocess.run(_cmd("decode", tmp_path / "no_such_brick", test, "--lm", lm), capture_output=True,
+                       text=True)
+    assert p.returncode != 0 and "no_such_brick: not a brick directory" in p.stderr
+    assert "Traceback" not in p.stderr
     # ILMA from the training text, then decode the adapted brick (no LM at run time)
     ilma = tmp_path / "ilma"
     p = _run(_cmd("adapt-ilm", brick, asr / "train.jsonl", "--valid", asr / "dev.jsonl", "--out", ilma,

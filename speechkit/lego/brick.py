@@ -127,16 +127,27 @@ def save_brick(module: Brick, directory: str | Path, interface: dict, tokenizer=
     return d
 
 
+def _require(d: Path, *names: str) -> None:
+    for name in names:
+        if not (d / name).is_file():
+            raise BrickError(f"{d}: not a brick directory (missing {name})")
+
+
+def read_interface(directory: str | Path) -> dict:
+    """A brick's ``interface.json`` (what it reads and writes) without building the brick."""
+    d = Path(directory)
+    _require(d, "interface.json")
+    return json.loads((d / "interface.json").read_text())
+
+
 def load_brick(directory: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild a brick from its directory → (module in eval mode, interface dict). No pickle."""
     d = Path(directory)
-    for name in ("config.yaml", "weights.safetensors", "interface.json"):
-        if not (d / name).is_file():
-            raise BrickError(f"{d}: not a brick directory (missing {name})")
+    _require(d, "config.yaml", "weights.safetensors", "interface.json")
     config = yaml.safe_load((d / "config.yaml").read_text())
     module = build(config, where=str(d / "config.yaml"))
     state = load_file(str(d / "weights.safetensors"))
-    interface = json.loads((d / "interface.json").read_text())
+    interface = read_interface(d)
     compression = interface.get("compression")
     try:
         if compression:  # folded N:M / int8 storage (speechkit.compress.export)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from ..data.dataset import SpeechDataset, TextDataset, collate, target_texts
 from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
 from ..features import FbankConfig
-from ..lego.brick import BrickError, load_brick
+from ..lego.brick import BrickError, load_brick, read_interface
 from ..lego.interface import Encoded
 from ..metrics import Scores, normalize_text, score
 from ..tokenizer import Tokenizer
@@ -152,7 +151,7 @@ def make_fusion(brick: str | Path, lm_brick: str | Path | None, lm_weight: float
     """The ``Fusion`` for decoding ``brick`` (None when every weight is 0 and there is no LM)."""
     if lm_brick is None and not (lm_weight or ilm_weight or length_reward):
         return None
-    iface = json.loads((Path(brick) / "interface.json").read_text()) if lm_brick else {}
+    iface = read_interface(brick) if lm_brick else {}
     lm = load_lm(lm_brick, iface, brick) if lm_brick else None
     return Fusion(lm, lm_weight, ilm_weight, length_reward, lm_eos)
 
