@@ -113,6 +113,16 @@ def test_vocab_sizes_are_set_on_the_target_and_the_source_side_separately():
     assert head.init_args.vocab_size == model.init_args.decoder.init_args.vocab_size == 1000
     assert set_vocab_sizes(data, 1000, 300) == 3 and vars(data.init_args) == {
         "vocab_size": 1000, "source_vocab_size": 300, "transcript_vocab_size": 300}
+    # STAST declares its acoustic encoder (CTC over the transcripts) and text encoder source-side
+    ctc = N(class_path="speechkit.lego.interface.MarginalHead", init_args=N(vocab_size=64))
+    temb = N(class_path="speechkit.nn.transformer.TokenEmbedding", init_args=N(vocab_size=64))
+    stast = N(class_path="speechkit.models.stast.STAST", init_args=N(
+        encoder=N(class_path="speechkit.lego.encoders.SpeechEncoder", init_args=N(head=ctc)),
+        text_encoder=N(class_path="speechkit.lego.encoders.SequenceEncoder", init_args=N(frontend=temb)),
+        decoder=N(class_path="speechkit.lego.decoders.AttentionDecoder", init_args=N(vocab_size=128))))
+    assert set_vocab_sizes(stast, 1000, 300) == 3
+    assert ctc.init_args.vocab_size == temb.init_args.vocab_size == 300
+    assert stast.init_args.decoder.init_args.vocab_size == 1000
 
 
 def test_in_process_runs_speechkit_commands_here_and_reports_failures(recipe, tmp_path, capsys):

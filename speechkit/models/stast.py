@@ -100,6 +100,8 @@ class STAST(EncoderDecoderModel):
         label_smoothing: of both cross-entropies.
     """
 
+    source_side_args = ("encoder", "text_encoder")  # over the transcripts (train/cli.set_vocab_sizes)
+
     def __init__(self, encoder: SpeechEncoder, text_encoder: SequenceEncoder, decoder: AttentionDecoder,
                  acoustic_dim: int, shrink: Shrink | None = None, st_weight: float = 1.0,
                  mt_weight: float = 1.0, ctc_weight: float = 1.0, adapt_weight: float = 1.0,

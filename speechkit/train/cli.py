@@ -8,6 +8,8 @@ Resume a killed run with ``--ckpt_path last``.
 
 from __future__ import annotations
 
+import importlib
+
 import lightning as L
 import torch
 from jsonargparse import Namespace
@@ -48,18 +50,32 @@ class SpeechkitCLI(LightningCLI):
 SOURCE_SIDE = ("TokenEmbedding",)  # classes whose vocab_size is the source (input text) vocabulary
 
 
-def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: bool = False) -> int:
+def _source_side_args(class_path: str) -> tuple[str, ...]:
+    """The constructor arguments a class declares source-side (``source_side_args``; e.g. STAST's
+    acoustic encoder, whose CTC head is over the transcripts), or ()."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return tuple(getattr(getattr(importlib.import_module(module), name), "source_side_args", ()))
+    except (ImportError, AttributeError, ValueError):
+        return ()
+
+
+def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: bool = False,
+                    _source_args: tuple[str, ...] = ()) -> int:
     """Set every vocabulary size of a nested config (Namespaces, dicts, lists): ``target`` for each
-    ``vocab_size`` except a source-side class's (``SOURCE_SIDE``: the text encoders' token embeddings),
-    ``source`` for those and for the data's ``source_vocab_size`` / ``transcript_vocab_size``; None
-    leaves that side alone. Returns how many keys were set."""
+    ``vocab_size`` except on the source side — a ``SOURCE_SIDE`` class (the text encoders' token
+    embeddings) or an argument a model class lists in ``source_side_args`` — which gets ``source``,
+    as do the data's ``source_vocab_size`` / ``transcript_vocab_size``; None leaves that side alone.
+    Returns how many keys were set."""
     if isinstance(node, list):
         return sum(set_vocab_sizes(v, target, source, _source_side) for v in node)
     if isinstance(node, Namespace):
         node = vars(node)  # its attribute dict: assignments go through
     if not isinstance(node, dict):
         return 0
-    side = _source_side or str(node.get("class_path", "")).endswith(SOURCE_SIDE)
+    class_path = str(node.get("class_path") or "")
+    side = _source_side or class_path.endswith(SOURCE_SIDE)
+    own = _source_side_args(class_path) if class_path else ()
     n = 0
     for k, v in node.items():
         value = (source if side else target) if k == "vocab_size" else \
@@ -68,7 +84,8 @@ def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: 
             node[k] = value
             n += 1
         else:
-            n += set_vocab_sizes(v, target, source, side)
+            n += set_vocab_sizes(v, target, source, side or k in _source_args,
+                                 own if k == "init_args" else ())
     return n
 
 
