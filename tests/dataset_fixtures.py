@@ -10,8 +10,8 @@ from pathlib import Path
 import soundfile as sf
 
 from speechkit.cli import main
+from speechkit.corpora.espeak import speak
 from speechkit.corpora.librispeech import PARTS as LIBRISPEECH_PARTS
-from speechkit.corpora.locale import speak
 
 FIT = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
        "--trainer.enable_progress_bar=false")  # two training steps of a recipe's fit stages

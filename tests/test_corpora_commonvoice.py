@@ -14,7 +14,7 @@ from speechkit.audio import resample
 from speechkit.cli import main
 from speechkit.corpora import prepare
 from speechkit.corpora.common import LayoutError, PrepareError
-from speechkit.corpora.locale import speak
+from speechkit.corpora.espeak import speak
 from speechkit.data.manifest import load_manifest
 from speechkit.metrics import normalize_text
 

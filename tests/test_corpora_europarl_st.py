@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from speechkit.cli import main
 from speechkit.corpora import prepare
 from speechkit.corpora.common import LayoutError, PrepareError
-from speechkit.corpora.locale import speak
+from speechkit.corpora.espeak import speak
 from speechkit.data.manifest import load_manifest
 
 TRIPLES = [  # (en, de, fr)

@@ -11,7 +11,7 @@ from dataset_fixtures import FIT, SENTENCES, run_recipe
 
 from speechkit.corpora import prepare
 from speechkit.corpora.common import LayoutError, PrepareError
-from speechkit.corpora.locale import speak
+from speechkit.corpora.espeak import speak
 from speechkit.data.manifest import load_manifest
 
 TRANSLATIONS = {

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from speechkit.corpora.espeak import split_words
 from speechkit.corpora.locale import (
     DEFAULT_HELDOUT,
     SPLITS,
     clean_english,
     clean_translation,
     prepare_locale,
-    split_words,
 )
 from speechkit.data.manifest import load_manifest
 from speechkit.metrics import normalize_text
