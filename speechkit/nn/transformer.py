@@ -59,6 +59,7 @@ class TokenEmbedding(Brick):
     """
 
     input_kind = "tokens"
+    source_side_args = ("vocab_size",)  # the input text's vocabulary (train/cli.set_vocab_sizes)
 
     def __init__(self, vocab_size: int, dim: int, dropout: float = 0.1):
         super().__init__()

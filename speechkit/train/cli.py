@@ -39,20 +39,18 @@ class SpeechkitCLI(LightningCLI):
         parser.add_argument("--vocab_size", type=int, default=None,
                             help="the target vocabulary size: every vocab_size of the model and data at once")
         parser.add_argument("--source_vocab_size", type=int, default=None,
-                            help="the source (text input) vocabulary size: the text encoders' token "
-                            "embeddings and data.source_vocab_size / transcript_vocab_size at once")
+                            help="the source vocabulary size: every vocab_size a class declares "
+                            "source-side (text encoders' token embeddings, STAST's transcript side) and "
+                            "data.source_vocab_size / transcript_vocab_size at once")
         parser.add_argument("--compress", type=CompressConfig | None, default=None,
                             help="N:M sparsity / quantization-aware training of every weight "
                             "(README.md, 'Compression'); passed to the task's `compress` argument")
         parser.link_arguments("compress", "model.init_args.compress")
 
 
-SOURCE_SIDE = ("TokenEmbedding",)  # classes whose vocab_size is the source (input text) vocabulary
-
-
 def _source_side_args(class_path: str) -> tuple[str, ...]:
-    """The constructor arguments a class declares source-side (``source_side_args``; e.g. STAST's
-    acoustic encoder, whose CTC head is over the transcripts), or ()."""
+    """The constructor arguments a class declares over the source (input text) vocabulary
+    (``source_side_args``: a token embedding's ``vocab_size``, STAST's acoustic and text encoders), or ()."""
     module, _, name = class_path.rpartition(".")
     try:
         return tuple(getattr(getattr(importlib.import_module(module), name), "source_side_args", ()))
@@ -63,10 +61,9 @@ def _source_side_args(class_path: str) -> tuple[str, ...]:
 def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: bool = False,
                     _source_args: tuple[str, ...] = ()) -> int:
     """Set every vocabulary size of a nested config (Namespaces, dicts, lists): ``target`` for each
-    ``vocab_size`` except on the source side — a ``SOURCE_SIDE`` class (the text encoders' token
-    embeddings) or an argument a model class lists in ``source_side_args`` — which gets ``source``,
-    as do the data's ``source_vocab_size`` / ``transcript_vocab_size``; None leaves that side alone.
-    Returns how many keys were set."""
+    ``vocab_size`` except on the source side — under an argument its class lists in
+    ``source_side_args`` — which gets ``source``, as do the data's ``source_vocab_size`` /
+    ``transcript_vocab_size``; None leaves that side alone. Returns how many keys were set."""
     if isinstance(node, list):
         return sum(set_vocab_sizes(v, target, source, _source_side) for v in node)
     if isinstance(node, Namespace):
@@ -74,18 +71,17 @@ def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: 
     if not isinstance(node, dict):
         return 0
     class_path = str(node.get("class_path") or "")
-    side = _source_side or class_path.endswith(SOURCE_SIDE)
     own = _source_side_args(class_path) if class_path else ()
     n = 0
     for k, v in node.items():
+        side = _source_side or k in _source_args
         value = (source if side else target) if k == "vocab_size" else \
             source if k in ("source_vocab_size", "transcript_vocab_size") else None
         if value is not None and not isinstance(v, (Namespace, dict, list)):
             node[k] = value
             n += 1
         else:
-            n += set_vocab_sizes(v, target, source, side or k in _source_args,
-                                 own if k == "init_args" else ())
+            n += set_vocab_sizes(v, target, source, side, own if k == "init_args" else ())
     return n
 
 
