@@ -4,12 +4,16 @@ transcript and segment formats as distributed), with espeak-ng speech. Used by t
 from __future__ import annotations
 
 import gzip
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 from speechkit.cli import main
+from speechkit.corpora import prepare
+from speechkit.corpora.common import PrepareError
 from speechkit.corpora.espeak import speak
 from speechkit.corpora.librispeech import PARTS as LIBRISPEECH_PARTS
 
@@ -22,6 +26,15 @@ def run_recipe(recipe: str, **sets) -> None:
     """``speechkit run recipes/<recipe> --in-process --set k=v …`` (in-process: no start-up per command)."""
     pairs = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     main(["run", f"recipes/{recipe}", "--in-process", *pairs])
+
+
+def bad_then_skipped(corpus: str, match: str, out: Path, **options) -> tuple[dict, list[str]]:
+    """``prepare`` stops with a ``PrepareError`` matching ``match`` (the bad entries named); then with
+    ``skip_bad`` it leaves them out: (its summary, the problems ``out/prepare.json`` lists)."""
+    with pytest.raises(PrepareError, match=match):
+        prepare(corpus, out=out, **options)
+    summary = prepare(corpus, out=out, skip_bad=True, **options)
+    return summary, json.loads((out / "prepare.json").read_text())["problems"]
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-from dataset_fixtures import FIT, altered, run_recipe
+from dataset_fixtures import FIT, altered, bad_then_skipped, run_recipe
 
 from speechkit.audio import resample
 from speechkit.cli import main
@@ -96,12 +96,11 @@ def test_commonvoice_bad_entries_are_named_or_skipped(cv, tmp_path):
     dev = cv / "de/dev.tsv"
     with altered(cv / "de/clips/common_voice_de_1008.mp3"), \
             altered(dev, dev.read_text() + "x\tcommon_voice_de_9\tshort row\n"):
-        with pytest.raises(PrepareError, match=r"(?s)2 bad entries.*de/dev.tsv:4: 3 fields, the header has 13"
-                                               r".*common_voice_de_1008: audio file missing: .*1008.mp3"):
-            prepare("commonvoice", root=cv, out=tmp_path, langs=["de"])
-        summary = prepare("commonvoice", root=cv, out=tmp_path, langs=["de"], skip_bad=True)
+        summary, problems = bad_then_skipped(
+            "commonvoice", r"(?s)2 bad entries.*de/dev.tsv:4: 3 fields, the header has 13"
+            r".*common_voice_de_1008: audio file missing: .*1008.mp3", tmp_path, root=cv, langs=["de"])
         assert summary["manifests"]["asr/de/test"]["utterances"] == 1
-        assert len(json.loads((tmp_path / "prepare.json").read_text())["problems"]) == 2
+        assert len(problems) == 2
 
 
 def test_commonvoice_layout_and_column_errors(cv, tmp_path):

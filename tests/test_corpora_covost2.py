@@ -6,7 +6,7 @@ import json
 import tarfile
 
 import pytest
-from dataset_fixtures import FIT, altered, run_recipe, say
+from dataset_fixtures import FIT, altered, bad_then_skipped, run_recipe, say
 
 from speechkit.corpora import prepare
 from speechkit.corpora.common import LayoutError, PrepareError
@@ -86,11 +86,9 @@ def test_covost2_split_and_manifests(covost, tmp_path):
 
 def test_covost2_bad_entries_are_named_or_skipped(covost, tmp_path):
     with altered(covost / "fr/clips/common_voice_fr_1005.mp3"):
-        with pytest.raises(PrepareError, match=r"1 bad entry .*\n  common_voice_fr_1005: audio file missing"):
-            prepare("covost2", root=covost, out=tmp_path, langs=["fr"])
-        summary = prepare("covost2", root=covost, out=tmp_path, langs=["fr"], skip_bad=True)
+        summary, problems = bad_then_skipped("covost2", r"1 bad entry .*\n  common_voice_fr_1005: audio file "
+                                             r"missing", tmp_path, root=covost, langs=["fr"])
         assert summary["manifests"]["st/fr-en/dev"]["utterances"] == 1
-        problems = json.loads((tmp_path / "prepare.json").read_text())["problems"]
         assert problems[0].startswith("common_voice_fr_1005")
 
 

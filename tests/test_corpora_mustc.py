@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from dataset_fixtures import FIT, SENTENCES, run_recipe
+from dataset_fixtures import FIT, SENTENCES, bad_then_skipped, run_recipe
 
 from speechkit.corpora import prepare
 from speechkit.corpora.common import LayoutError, PrepareError
@@ -106,12 +106,10 @@ def test_mustc_bad_entries_are_named_or_skipped(mustc, tmp_path):
     lines[1] = lines[1].replace("offset: ", "offset: 100")  # the 2nd segment starts past the end
     yml.write_text("".join(lines))
     try:
-        with pytest.raises(PrepareError, match=r"1 bad entry .*\n  ted_11_1: segment 100.* ends after"):
-            prepare("mustc", root=mustc, out=tmp_path, langs=["de"])
-        summary = prepare("mustc", root=mustc, out=tmp_path, langs=["de"], skip_bad=True)
+        summary, problems = bad_then_skipped("mustc", r"1 bad entry .*\n  ted_11_1: segment 100.* ends after",
+                                             tmp_path, root=mustc, langs=["de"])
         assert summary["manifests"]["st/en-de/dev"]["utterances"] == 5
         assert summary["manifests"]["mt/en-de/dev"]["utterances"] == 5
-        problems = json.loads((tmp_path / "prepare.json").read_text())["problems"]
         assert problems[0].startswith("ted_11_1: segment")
         yml.write_text("".join(lines[:-1]))  # one segment fewer than transcript lines
         with pytest.raises(PrepareError, match=r"dev.yaml has 5 segments, .*dev.en 6 lines and .*dev.de 6"):
