@@ -8,11 +8,11 @@ import re
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
+import yaml
 
-from speechkit.recipe import load_stages
-from speechkit.train.cli import SpeechkitCLI
+from speechkit.recipe import SPEECHKIT, load_stages
+from speechkit.train.cli import run_lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.parent.name for p in (ROOT / "recipes").glob("*/stages.yaml"))
@@ -23,11 +23,12 @@ STATED = re.compile(r"~(\d+(?:\.\d+)?)M parameters")
 def fit_stages():
     for recipe in RECIPES:
         folder = ROOT / "recipes" / recipe
-        for stage in load_stages(folder, {k: v for k, v in NEEDS.items()
-                                          if f"  {k}: null" in (folder / "stages.yaml").read_text()}):
-            argv = list(stage.commands[0])
-            if argv[3] == "fit":
-                yield pytest.param(argv[4:], id=f"{recipe}-{stage.name}")
+        declared = yaml.safe_load((folder / "stages.yaml").read_text()).get("vars") or {}
+        needs = {k: v for k, v in NEEDS.items() if k in declared and declared[k] is None}
+        for stage in load_stages(folder, needs):
+            verb, *args = stage.commands[0][len(SPEECHKIT):]
+            if verb == "fit":
+                yield pytest.param(args, id=f"{recipe}-{stage.name}")
 
 
 @pytest.mark.parametrize("args", list(fit_stages()))
@@ -36,8 +37,7 @@ def test_recipe_model_builds_at_full_size(args, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["speechkit"])  # LightningCLI warns when pytest's argv is there too
     # warm starts (init_from) name bricks of earlier stages, which do not exist here
     args = [*args, "--model.init_args.init_from=null", "--trainer.logger=false"]
-    cli = SpeechkitCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
-                       subclass_mode_data=True, run=False, args=args)
+    cli = run_lightning(args, run=False)
     n = sum(p.numel() for p in cli.model.parameters())
     assert n > 0
     last = Path([a for a in args if a.startswith("--config=")][-1].split("=", 1)[1])

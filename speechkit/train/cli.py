@@ -85,10 +85,11 @@ def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: 
     return n
 
 
-def run_lightning(args: list[str]) -> SpeechkitCLI:
-    """Run a LightningCLI subcommand (fit/validate/test) with ``args``."""
+def run_lightning(args: list[str], run: bool = True) -> SpeechkitCLI:
+    """Run a LightningCLI subcommand (fit/validate/test) with ``args``; ``run=False``: only build the
+    model, data module and trainer (``args`` without a subcommand)."""
     return SpeechkitCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         save_config_kwargs={"overwrite": True}, args=args,
-        trainer_defaults={"use_distributed_sampler": False},
+        trainer_defaults={"use_distributed_sampler": False}, run=run,
     )
