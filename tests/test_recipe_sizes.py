@@ -26,9 +26,9 @@ def fit_stages():
         declared = yaml.safe_load((folder / "stages.yaml").read_text()).get("vars") or {}
         needs = {k: v for k, v in NEEDS.items() if k in declared and declared[k] is None}
         for stage in load_stages(folder, needs):
-            verb, *args = stage.commands[0][len(SPEECHKIT):]
-            if verb == "fit":
-                yield pytest.param(args, id=f"{recipe}-{stage.name}")
+            argv, fit = stage.commands[0], (*SPEECHKIT, "fit")
+            if argv[:len(fit)] == fit:
+                yield pytest.param(list(argv[len(fit):]), id=f"{recipe}-{stage.name}")
 
 
 @pytest.mark.parametrize("args", list(fit_stages()))
