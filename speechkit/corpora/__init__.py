@@ -9,25 +9,15 @@ from __future__ import annotations
 import importlib
 import inspect
 
-CORPORA = {  # name → "module:function"
-    "locale": "locale:prepare_locale",
-    "librispeech": "librispeech:prepare_librispeech",
-    "iwslt14": "iwslt14:prepare_iwslt14",
-    "wmt16": "wmt16:prepare_wmt16",
-    "tedlium3": "tedlium3:prepare_tedlium3",
-    "commonvoice": "commonvoice:prepare_commonvoice",
-    "mustc": "mustc:prepare_mustc",
-    "covost2": "covost2:prepare_covost2",
-    "europarl_st": "europarl_st:prepare_europarl_st",
-}
+CORPORA = ("locale", "librispeech", "iwslt14", "wmt16", "tedlium3", "commonvoice", "mustc", "covost2",
+           "europarl_st")  # each a module here with a prepare_<name> function
 
 
 def preparer(name: str):
     """The ``prepare_<corpus>`` function of ``name``."""
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; available: {', '.join(CORPORA)}")
-    module, func = CORPORA[name].split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), func)
+    return getattr(importlib.import_module(f"{__name__}.{name}"), f"prepare_{name}")
 
 
 def prepare(name: str, **options) -> dict:
