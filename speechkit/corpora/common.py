@@ -172,9 +172,9 @@ def listing(items: list, limit: int = 20) -> str:
     return "  " + "\n  ".join(map(str, items[:limit])) + more
 
 
-def write_lines_if_changed(path: Path, lines: Iterable[str]) -> tuple[int, bool]:
+def write_lines_if_changed(path: Path, lines: Iterable[str]) -> int:
     """Stream ``lines`` to ``path`` (one per line) unless it holds exactly that already (LM corpora are
-    too big to hold in memory): (lines, whether written)."""
+    too big to hold in memory); returns how many lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, n = path.with_suffix(path.suffix + ".tmp"), 0
     with open(tmp, "w", encoding="utf-8") as f:
@@ -183,9 +183,9 @@ def write_lines_if_changed(path: Path, lines: Iterable[str]) -> tuple[int, bool]
             n += 1
     if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
         tmp.unlink()
-        return n, False
-    tmp.replace(path)
-    return n, True
+    else:
+        tmp.replace(path)
+    return n
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -216,7 +216,7 @@ def finish(out: Path, corpus: Corpus, manifests: dict[str, list[Utterance]], pro
         lines = [replace(u, audio=_relative(u.audio, base)).to_json() for u in utts]
         if write_if_changed(path, "\n".join(lines) + "\n"):
             written.append(str(path))
-        back = load_manifest(path) if utts[0].audio is None else load_manifest(path, require_audio=True)
+        back = load_manifest(path, require_audio=utts[0].audio is not None)
         if len(back) != len(utts):  # pragma: no cover - a write that went wrong
             raise PrepareError(f"{path}: wrote {len(utts)} utterances, read back {len(back)}")
         hours = sum(u.duration or 0.0 for u in back) / 3600

@@ -86,7 +86,7 @@ def prepare_librispeech(root: str | Path, out: str | Path = "data/librispeech",
 def write_lm_text(src: Path, dst: Path, limit: int) -> int:
     """The first ``limit`` non-empty sentences of the LM corpus (plain or gzipped) → ``dst``."""
     with open_text(src) as f:
-        n, _ = write_lines_if_changed(dst, islice((s for s in map(str.strip, f) if s), limit))
+        n = write_lines_if_changed(dst, islice((s for s in map(str.strip, f) if s), limit))
     if not n:
         raise LIBRISPEECH.error(f"the LM corpus {src} is empty")
     return n

@@ -168,7 +168,7 @@ def prepare_tedlium3(root: str | Path, out: str | Path = "data/tedlium3", worker
     summary_lm = {"sources": ["asr/train transcripts", *map(str, corpus)], "text": str(out / "lm/train.txt")}
     if not problems or skip_bad:
         lines = lm_lines(manifests["asr/train"], corpus, lm_sentences)
-        summary_lm["sentences"], _ = write_lines_if_changed(out / "lm/train.txt", lines)
+        summary_lm["sentences"] = write_lines_if_changed(out / "lm/train.txt", lines)
     params = {"root": str(root), "distribution": "legacy", "lm_sentences": lm_sentences}
     extra = {"skipped": skipped, "lm": summary_lm}
     return finish(out, TEDLIUM3, manifests, problems, params, skip_bad, extra)
