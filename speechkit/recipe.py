@@ -34,11 +34,13 @@ from pathlib import Path
 
 import yaml
 
+from .errors import SpeechkitError
+
 SPEECHKIT = (sys.executable, "-m", "speechkit.cli")  # the CLI of this environment, whatever PATH says
 STAGE_KEYS = {"name", "run", "fit", "root", "args", "creates"}
 
 
-class RecipeError(ValueError):
+class RecipeError(SpeechkitError, ValueError):
     """A recipe's stages.yaml or a --set/--stage option is wrong (the message names the file and key)."""
 
 

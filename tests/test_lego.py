@@ -188,8 +188,7 @@ def _brick(model, directory, tok, ratio=None):
     ratio = ratio or {"p5": 1.5, "median": 2.0, "p95": 3.0, "mean": 2.0}
     iface = {"kind": type(model).__name__, "input": {"kind": "text", **tok.info()}, "input_kind": "tokens",
              "target_lang": "en", "length_ratio": ratio}
-    save_brick(model, directory, iface, tokenizer=tok)
-    tok.save(directory / "source_tokenizer.model")
+    save_brick(model, directory, iface, {"target": tok, "source": tok})
     return directory
 
 

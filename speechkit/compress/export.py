@@ -18,7 +18,6 @@ int8 / 2:4 kernels.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -180,16 +179,13 @@ def load_folded(model: nn.Module, state: dict[str, Tensor], info: dict) -> nn.Mo
 
 def export_brick(brick: str, out: str, cfg) -> dict:
     """``one_shot`` compression of the brick at ``brick`` → a folded brick at ``out``."""
-    from ..lego.brick import load_brick, save_brick
+    from ..lego.brick import brick_tokenizers, load_brick, save_brick
 
     model, iface = load_brick(brick)
     if "compression" in iface:
         raise ValueError(f"{brick} is compressed already")
     state, info = one_shot(model, cfg)
-    save_brick(model, out, {**iface, "compression": info}, state=state)
-    for extra in ("tokenizer.model", "source_tokenizer.model", "transcript_tokenizer.model"):
-        if (Path(brick) / extra).is_file():
-            shutil.copy(Path(brick) / extra, Path(out) / extra)
+    save_brick(model, out, {**iface, "compression": info}, brick_tokenizers(brick), state=state)
     return {"brick": out, "coverage": info["coverage"],
             "bytes": (Path(out) / "weights.safetensors").stat().st_size,
             "dense_bytes": (Path(brick) / "weights.safetensors").stat().st_size}

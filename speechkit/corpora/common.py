@@ -19,15 +19,16 @@ from pathlib import Path
 
 from ..audio import AudioError, audio_info
 from ..data.manifest import Utterance, load_manifest
+from ..errors import SpeechkitError
 from ..metrics import normalize_text
 
 
-class LayoutError(FileNotFoundError):
+class LayoutError(SpeechkitError, FileNotFoundError):
     """The dataset folder is not in its distributed layout (the message says what is missing, where the
     data comes from, and the expected tree)."""
 
 
-class PrepareError(ValueError):
+class PrepareError(SpeechkitError, ValueError):
     """The dataset has bad entries (missing or unreadable audio, empty transcripts, segments past the end
     of their audio); the message lists them by file."""
 

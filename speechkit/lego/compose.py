@@ -28,7 +28,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .brick import BrickError, load_brick, save_brick
+from .brick import TOKENIZER_FILES, BrickError, load_brick, save_brick
 from .encoders import Chain
 from .interface import LengthController
 
@@ -155,12 +155,10 @@ def compose(encoders: list[str], decoder: str, alpha: float | None = None, allow
 
 def save_composed(model: nn.Module, interface: dict, out: str | Path) -> Path:
     """Write a composed model as a brick: the decoder's tokenizer, the first encoder's source tokenizer."""
-    from ..tokenizer import Tokenizer
-
     sources = interface["sources"]
-    out = save_brick(model, out, {k: v for k, v in interface.items() if k != "sources"},
-                     tokenizer=Tokenizer(Path(sources["decoder"]) / "tokenizer.model"))
-    src_tok = Path(sources["encoders"][0]) / "source_tokenizer.model"
+    tokenizers = {"target": Path(sources["decoder"]) / TOKENIZER_FILES["target"]}
+    src_tok = Path(sources["encoders"][0]) / TOKENIZER_FILES["source"]
     if src_tok.is_file():
-        (out / "source_tokenizer.model").write_bytes(src_tok.read_bytes())
+        tokenizers["source"] = src_tok
+    out = save_brick(model, out, {k: v for k, v in interface.items() if k != "sources"}, tokenizers)
     return out

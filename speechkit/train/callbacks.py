@@ -40,11 +40,9 @@ class ExportBrick(L.Callback):
             interface["compression"]["coverage"] = pl_module.coverage.counts()
             sched = [c for c in trainer.callbacks if isinstance(c, CompressionSchedule)]
             interface["compression"]["sad"] = sched[0].summary() if sched else {}
-        save_brick(pl_module.model, out, interface, tokenizer=dm.tokenizer, state=state)
-        if dm.source_tokenizer is not None:
-            dm.source_tokenizer.save(out / "source_tokenizer.model")
-        if getattr(dm, "transcript_tokenizer", None) is not None:
-            dm.transcript_tokenizer.save(out / "transcript_tokenizer.model")
+        tokenizers = {"target": dm.tokenizer, "source": dm.source_tokenizer,
+                      "transcript": getattr(dm, "transcript_tokenizer", None)}
+        save_brick(pl_module.model, out, interface, {k: t for k, t in tokenizers.items() if t}, state=state)
         print(f"brick written to {out}")
 
 

@@ -8,19 +8,36 @@ Resume a killed run with ``--ckpt_path last``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from ..compress.apply import CompressConfig
+from ..errors import SpeechkitError
+from ..files import RunLock
 
 
 class SpeechkitCLI(LightningCLI):
+    """LightningCLI with speechkit's options (``--threads``, ``--vocab_size``, ``--compress``) and one owner
+    per run directory: ``fit`` holds a ``files.RunLock`` on ``trainer.default_root_dir`` (process rank 0)
+    in ``resources``, which the caller releases."""
+
+    def __init__(self, *args, resources: contextlib.ExitStack | None = None, **kwargs):
+        self.resources = resources
+        super().__init__(*args, **kwargs)
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root = cfg.trainer.get("default_root_dir") or "."
+        if self.subcommand == "fit" and self.resources is not None and _launcher_process():
+            self.resources.enter_context(RunLock(root))
         if cfg.get("threads"):
             torch.set_num_threads(cfg.threads)
         if cfg.get("vocab_size") or cfg.get("source_vocab_size"):
@@ -28,7 +45,6 @@ class SpeechkitCLI(LightningCLI):
                 set_vocab_sizes(cfg.get(key), cfg.get("vocab_size"), cfg.get("source_vocab_size"))
         # Checkpoints go to <default_root_dir>/checkpoints unless a config says otherwise,
         # so that `--ckpt_path last` finds the previous run's last.ckpt.
-        root = cfg.trainer.get("default_root_dir") or "."
         for cb in cfg.trainer.get("callbacks") or []:
             if cb.class_path.endswith("ModelCheckpoint") and not cb.init_args.get("dirpath"):
                 cb.init_args.dirpath = f"{root}/checkpoints"
@@ -85,11 +101,40 @@ def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: 
     return n
 
 
+def _launcher_process() -> bool:
+    """Whether this is the process that started the run (not a DDP worker Lightning or torchrun launched,
+    nor another node's): the one that holds the run directory's lock."""
+    return all(int(os.environ.get(k, 0) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+                                                             "SLURM_PROCID"))
+
+
 def run_lightning(args: list[str], run: bool = True) -> SpeechkitCLI:
     """Run a LightningCLI subcommand (fit/validate/test) with ``args``; ``run=False``: only build the
     model, data module and trainer (``args`` without a subcommand)."""
-    return SpeechkitCLI(
-        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True}, args=args,
-        trainer_defaults={"use_distributed_sampler": False}, run=run,
-    )
+    check_config_files(args)
+    with contextlib.ExitStack() as resources:
+        return SpeechkitCLI(
+            L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True}, args=args, parser_kwargs={"exit_on_error": False},
+            trainer_defaults={"use_distributed_sampler": False}, run=run, resources=resources,
+        )
+
+
+class ConfigError(SpeechkitError):
+    """A config file is missing or is not valid YAML (the message names the file, line and column)."""
+
+
+def check_config_files(args: list[str]) -> None:
+    """Read every ``-c/--config FILE`` of ``args`` as YAML first, so that a missing file or a syntax error
+    is named by its path, line and column (jsonargparse reports "<unicode string>")."""
+    files = [b for a, b in zip(args, args[1:]) if a in ("-c", "--config")]
+    files += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for f in files:
+        try:
+            yaml.safe_load(Path(f).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"{f}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{f}:{mark.line + 1}:{mark.column + 1}" if mark else f
+            raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 
 from ..data.datamodule import SpeechDataModule
-from ..lego.brick import BrickError, load_brick, save_brick
+from ..lego.brick import BrickError, brick_tokenizers, load_brick, save_brick
 
 
 class ILMATask(L.LightningModule):
@@ -94,8 +94,9 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
     task = ILMATask(model, rho, lr)
     dm = SpeechDataModule(str(text), str(valid or text), str(Path(brick) / "tokenizer.model"),
                           vocab_size=model.vocab_size, text_only=True, max_frames=max_tokens, seed=seed)
+    logger = L.pytorch.loggers.CSVLogger(str(Path(out).parent), name=f"{Path(out).name}-ilma")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, enable_checkpointing=False,
-                        logger=L.pytorch.loggers.CSVLogger(str(out), name="ilma"), num_sanity_val_steps=0,
+                        logger=logger, num_sanity_val_steps=0,
                         val_check_interval=min(100, steps), check_val_every_n_epoch=None,
                         log_every_n_steps=10, enable_model_summary=False)
     before = trainer.validate(task, datamodule=dm, verbose=False)[0]
@@ -107,6 +108,6 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
     if not math.isfinite(summary["ilm_ppl_after"]):
         raise RuntimeError(f"ILMA diverged (validation ILM perplexity {summary['ilm_ppl_after']}); "
                            "lower --lr")
-    save_brick(model.eval(), out, {**iface, "ilma": summary}, tokenizer=dm.tokenizer)
+    save_brick(model.eval(), out, {**iface, "ilma": summary}, brick_tokenizers(brick))
     print(json.dumps(summary), file=sys.stderr)
     return summary

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import lightning as L
 import torch
 
 from ..compress.apply import CompressConfig, compress_model
+from ..errors import SpeechkitError
 from ..lego.brick import BrickError, load_brick
 from ..metrics import error_rates, score
 from ..search.decode import search
 from ..search.transducer import ctc_greedy
+
+
+class NonFiniteLoss(SpeechkitError):
+    """Training diverged: a loss (or the weights) became NaN or infinite."""
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
@@ -49,6 +55,10 @@ class SpeechTask(L.LightningModule):
         compress: N:M sparsity and/or quantization-aware training of every weight (the config's
             top-level ``compress:`` section; README.md "Compression"), applied after ``init_from``;
             its schedule and SAD logging run as a callback, its coverage report is printed.
+        nonfinite_skips: how many batches in a row with a non-finite (NaN/inf) training loss are skipped
+            (no update) before the run stops with ``NonFiniteLoss`` naming the step and the loss term:
+            the run then exits non-zero, exports no brick, and the last good checkpoint stays (a
+            checkpoint of non-finite weights is never written).
     """
 
     def __init__(self, model: torch.nn.Module, lr: float = 2e-3, weight_decay: float = 1e-3,
@@ -56,7 +66,7 @@ class SpeechTask(L.LightningModule):
                  loss_start_steps: dict[str, int] | None = None,
                  loss_ramp_steps: dict[str, int] | None = None,
                  init_from: dict[str, str] | None = None, freeze: list[str] | None = None,
-                 compress: CompressConfig | None = None):
+                 compress: CompressConfig | None = None, nonfinite_skips: int = 0):
         super().__init__()
         self.model = model
         for name, src in (init_from or {}).items():
@@ -75,6 +85,7 @@ class SpeechTask(L.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
         self._val = ([], [], [])
+        self.nonfinite_skips, self._nonfinite_run = nonfinite_skips, 0
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer else None
@@ -113,10 +124,42 @@ class SpeechTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
                               scales=self.loss_scales(self.global_step), **_extras(batch))
+        if not self._finite(out):
+            return None  # Lightning skips the backward pass and the update
         b = batch["inputs"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
         return out["loss"]
+
+    def _finite(self, out: dict) -> bool:
+        """Whether the loss terms are finite on every rank; after ``nonfinite_skips`` non-finite batches in
+        a row, raise ``NonFiniteLoss`` naming the step and the first non-finite term."""
+        bad = not bool(torch.isfinite(out["loss"].detach()))
+        if self.trainer is not None and self.trainer.world_size > 1:  # every rank skips or stops together
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            self._nonfinite_run = 0
+            return True
+        self._nonfinite_run += 1
+        terms = [k for k, v in out.items()
+                 if k != "loss" and torch.is_tensor(v) and not bool(torch.isfinite(v).all())]
+        term, value = (terms[0], out[terms[0]]) if terms else ("loss", out["loss"])
+        what = f"step {self.global_step}: training loss term {term!r} is {float(value.detach())}"
+        if self._nonfinite_run > self.nonfinite_skips:
+            raise NonFiniteLoss(f"{what} ({self._nonfinite_run} batch(es) in a row); the run stopped and "
+                                "exported no brick; the last good checkpoint stays. Lower the learning rate "
+                                "(model.init_args.lr) or allow skips (model.init_args.nonfinite_skips)")
+        print(f"warning: {what}: batch skipped ({self._nonfinite_run} of at most {self.nonfinite_skips} "
+              "in a row)", file=sys.stderr)
+        return False
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to write a checkpoint of non-finite weights: the last good one stays."""
+        bad = [k for k, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            raise NonFiniteLoss(f"step {self.global_step}: {len(bad)} parameter(s) are NaN or infinite "
+                                f"({', '.join(bad[:3])}); no checkpoint written, the last good one stays. "
+                                "Lower the learning rate (model.init_args.lr)")
 
     def _eval_step(self, batch, stage: str) -> None:
         enc = self.model(batch["inputs"], batch["input_lens"])  # once, for the losses and the search
