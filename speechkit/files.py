@@ -33,14 +33,16 @@ def _tmp_name(path: Path, suffix: str = "") -> Path:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (same file extension, for writers that look at it) that becomes
-    ``path`` when the block ends without an error; on an error it is removed and ``path`` is untouched."""
+    ``path`` when the block ends without an error; on an error it is removed and ``path`` is untouched
+    (as it is when the block removes the temporary path itself: nothing to replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path, path.suffix)
     try:
         yield tmp
-        os.chmod(tmp, MODE)
-        os.replace(tmp, path)
+        if tmp.exists():
+            os.chmod(tmp, MODE)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

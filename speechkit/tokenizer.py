@@ -14,6 +14,14 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from .errors import SpeechkitError
+from .files import atomic_write
+
+
+class TokenizerNotFoundError(SpeechkitError, FileNotFoundError):
+    """A configured tokenizer model file does not exist (and the config does not ask to train it);
+    the message names the config key, the path and how to create it."""
+
 
 class Tokenizer:
     """A loaded sentencepiece model. ``blank`` = ``vocab_size`` (see module docstring)."""
@@ -35,6 +43,11 @@ class Tokenizer:
     def blank(self) -> int:
         return self.vocab_size
 
+    @property
+    def unk(self) -> int:
+        """The id of ``<unk>`` (0 for models trained here): what out-of-vocabulary characters become."""
+        return self.sp.unk_id()
+
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text, out_type=int)
 
@@ -43,9 +56,6 @@ class Tokenizer:
 
     def pieces(self, ids: list[int]) -> list[str]:
         return [self.sp.id_to_piece(i) for i in ids]
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.model_bytes)
 
     def info(self) -> dict:
         return {"fingerprint": self.fingerprint, "vocab_size": self.vocab_size, "blank": self.blank}
@@ -71,7 +81,6 @@ def train_tokenizer(texts: list[str], out: str | Path, vocab_size: int = 256,
         )
     except RuntimeError as e:
         raise ValueError(f"sentencepiece training failed for vocab_size={vocab_size}: {e}") from None
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(buf.getvalue())
+    with atomic_write(out, "wb") as f:
+        f.write(buf.getvalue())
     return Tokenizer(out)

@@ -1,6 +1,7 @@
 """Manifests, audio and dataset errors: bad input must name the file, line or utterance."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,10 +9,13 @@ import soundfile as sf
 import torch
 
 from speechkit.audio import AudioError, read_audio, write_audio
-from speechkit.data.dataset import SpeechDataset, utterance_features
+from speechkit.data.datamodule import SpeechDataModule
+from speechkit.data.dataset import SpeechDataset, TextDataset, utterance_features
 from speechkit.data.manifest import ManifestError, Utterance, load_manifest, load_texts, save_manifest
+from speechkit.errors import SpeechkitError
 from speechkit.features import FbankConfig
-from speechkit.tokenizer import Tokenizer, train_tokenizer
+from speechkit.metrics import normalize_text
+from speechkit.tokenizer import Tokenizer, TokenizerNotFoundError, train_tokenizer
 
 GOOD = {"id": "a", "text": "open the file", "audio": "a.flac", "duration": 1.0}
 
@@ -35,6 +39,38 @@ def test_manifest_errors_name_file_and_line(tmp_path, bad, message):
     path = _write(tmp_path / "m.jsonl", [GOOD, "", bad])
     with pytest.raises(ManifestError, match=rf"m\.jsonl:3: .*{message}"):
         load_manifest(path, require_audio=True)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("duration", True, r"'duration' must be a positive number, got True"),  # bool is an int in Python
+    ("offset", False, r"'offset' must be a non-negative number, got False"),
+    ("version", True, r"'version' must be a positive integer, got True"),
+    ("version", "1", r"'version' must be a positive integer, got '1'"),
+    ("duration", "2.5", r"'duration' must be a positive number, got '2.5'"),
+    ("text", 5, r"'text' must be a string, got 5"),
+    ("lang", ["en"], r"'lang' must be a string"),
+    ("kind", 1, r"'kind' must be a string"),
+    ("audio", 7, r"'audio' must be a string or null"),
+    ("speaker", 3, r"'speaker' must be a string or null"),
+    ("domain", {"x": 1}, r"'domain' must be a string or null"),
+    ("translation", {"de": 1}, r"'translation' must be an object \{lang: text\} of strings"),
+    ("translation", ["de"], r"'translation' must be an object"),
+    ("words", [["open", True, 0.5]], r"'words' must be a list of \[word, start_s, end_s\]"),
+    ("words", [["open", 0.1]], r"'words' must be a list of"),
+    ("words", [[1, 0.1, 0.5]], r"'words' must be a list of"),
+    ("words", "open", r"'words' must be a list of"),
+])
+def test_manifest_field_types_are_checked(tmp_path, key, value, message):
+    path = _write(tmp_path / "m.jsonl", [GOOD, {**GOOD, "id": "b", key: value}])
+    with pytest.raises(ManifestError, match=rf"m\.jsonl:2: {message}"):
+        load_manifest(path)
+
+
+def test_manifest_accepts_null_optionals_and_int_numbers(tmp_path):
+    rec = {**GOOD, "duration": 2, "offset": 0, "version": 1, "speaker": None, "domain": None, "words": None,
+           "translation": {"de": "die Datei"}}
+    (u,) = load_manifest(_write(tmp_path / "m.jsonl", [rec]))
+    assert u.duration == 2 and u.translation == {"de": "die Datei"}
 
 
 def test_manifest_roundtrip_and_relative_audio(tmp_path):
@@ -119,3 +155,70 @@ def test_a_segment_at_offset_zero_reads_only_its_duration(tmp_path):
     later = utterance_features(Utterance("b", "x", str(path), offset=1.0, duration=1.0), cfg)
     whole = utterance_features(Utterance("c", "x", str(path)), cfg)
     assert first.shape[0] == later.shape[0] < whole.shape[0] // 2
+
+
+EN = ["open the file", "close the window", "save the document now", "print the page please",
+      "delete this folder", "copy the text", "move the files", "rename the item"]
+
+
+def test_unk_heavy_targets_print_one_warning_with_counts(tmp_path, capsys):
+    """Cyrillic transcripts read with an English tokenizer become <unk>: one stderr line names the
+    manifest, the token and utterance counts and example ids; English transcripts print nothing."""
+    tok = train_tokenizer(EN * 10, tmp_path / "en.model", vocab_size=30)
+    ru = ["открыть файл", "закрыть окно", "сохранить документ"]
+    utts = [Utterance(f"ru{i}", t, audio="x.flac") for i, t in enumerate(ru)]
+    utts.append(Utterance("en0", EN[0], audio="x.flac"))
+    ids = [tok.encode(normalize_text(u.text)) for u in utts]
+    n_unk, n_tok = sum(x.count(tok.unk) for x in ids), sum(map(len, ids))
+    assert tok.unk == 0 and n_unk > 0
+    SpeechDataset(utts, tok, FbankConfig(), source="ru/train.jsonl")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"warning: ru/train.jsonl: {n_unk} of {n_tok} target tokens")
+    assert "in 3 of 4 utterances (e.g. 'ru0', 'ru1', 'ru2')" in err[0] and str(tok.path) in err[0]
+    TextDataset([Utterance(f"en{i}", t) for i, t in enumerate(EN)], tok, None, None, source="en.jsonl")
+    assert capsys.readouterr().err == ""
+
+
+def test_one_mostly_unk_utterance_warns_even_below_the_token_share(tmp_path, capsys):
+    tok = train_tokenizer(EN * 10, tmp_path / "en.model", vocab_size=30)
+    utts = [Utterance(f"en{i}", EN[i % len(EN)]) for i in range(400)] + [Utterance("zh", "打开文件")]
+    TextDataset(utts, tok, None, None, source="mixed.jsonl")
+    err = capsys.readouterr().err
+    assert "mixed.jsonl:" in err and "in 1 of 401 utterances (e.g. 'zh')" in err
+
+
+def _mt_manifest(tmp_path):
+    rows = [{"id": f"u{i}", "text": t, "translation": {"en": t}} for i, t in enumerate(EN * 5)]
+    return str(_write(tmp_path / "train.jsonl", rows))
+
+
+@pytest.mark.parametrize("key", ["tokenizer", "source_tokenizer"])
+def test_missing_tokenizer_is_an_error_naming_key_and_path(tmp_path, key):
+    train = _mt_manifest(tmp_path)
+    paths = {"tokenizer": tmp_path / "en.model", "source_tokenizer": tmp_path / "src.model"}
+    for other in set(paths) - {key}:
+        train_tokenizer(EN * 10, paths[other], vocab_size=30)
+    missing = tmp_path / "typo" / "missing.model"
+    paths[key] = missing
+    dm = SpeechDataModule(train, train, str(paths["tokenizer"]), vocab_size=30, target_lang="en",
+                          source_tokenizer=str(paths["source_tokenizer"]), source_vocab_size=30)
+    at = re.escape(str(missing))
+    for step in (dm.prepare_data, dm.setup):
+        with pytest.raises(TokenizerNotFoundError, match=rf"^data\.{key}: tokenizer model not found: {at}; "
+                           rf"create it with `speechkit tokenizer .*train\.jsonl.* --vocab-size 30 "
+                           rf"--out {at}` or set data\.train_tokenizers: true") as e:
+            step()
+        assert isinstance(e.value, SpeechkitError) and "\n" not in str(e.value)
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_missing_tokenizers_are_trained_when_the_config_asks(tmp_path):
+    train = _mt_manifest(tmp_path)
+    tgt, src = tmp_path / "tok" / "en.model", tmp_path / "tok" / "src.model"
+    dm = SpeechDataModule(train, train, str(tgt), vocab_size=30, target_lang="en", source_tokenizer=str(src),
+                          source_vocab_size=30, train_tokenizers=True)
+    dm.prepare_data()
+    assert Tokenizer(tgt).vocab_size == 30 and Tokenizer(src).vocab_size == 30
+    dm.setup("fit")
+    assert len(dm.sets["train"]) == len(EN) * 5

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..audio import AudioError, audio_info
 from ..data.manifest import Utterance, load_manifest
 from ..errors import SpeechkitError
+from ..files import atomic_path, write_text
 from ..metrics import normalize_text
 
 
@@ -176,16 +177,14 @@ def listing(items: list, limit: int = 20) -> str:
 def write_lines_if_changed(path: Path, lines: Iterable[str]) -> int:
     """Stream ``lines`` to ``path`` (one per line) unless it holds exactly that already (LM corpora are
     too big to hold in memory); returns how many lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, n = path.with_suffix(path.suffix + ".tmp"), 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-            n += 1
-    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
-        tmp.unlink()
-    else:
-        tmp.replace(path)
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+                n += 1
+        if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+            tmp.unlink()  # the same bytes: keep the file (and its time stamp) as it is
     return n
 
 
@@ -193,10 +192,7 @@ def write_if_changed(path: Path, text: str) -> bool:
     """Write ``text`` to ``path`` atomically unless it already holds exactly that; True if written."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, text)
     return True
 
 

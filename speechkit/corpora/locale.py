@@ -43,6 +43,7 @@ import torch
 from speechkit.audio import MODEL_RATE, AudioError, audio_info, write_audio
 from speechkit.corpora.espeak import forget_engine, speak, word_times
 from speechkit.data.manifest import VERSION, Utterance, save_manifest
+from speechkit.files import write_text
 from speechkit.metrics import normalize_text
 
 DEFAULT_LANGS = ("de", "fr", "es", "ro", "it", "pl", "sv", "ru", "pt", "nl", "cs")
@@ -214,9 +215,7 @@ def _synth_one(task: tuple) -> dict:
     uid, text, voice, rate, pitch, path = task
     wave, events = speak(text, voice, rate, pitch)
     words, merged = word_times(text, events, wave)
-    tmp = Path(path).with_name(f"{uid}.tmp.flac")
-    write_audio(tmp, wave)
-    os.replace(tmp, path)
+    write_audio(path, wave)
     return {"id": uid, "text": text, "speaker": f"{voice}/r{rate}/p{pitch}", "frames": len(wave),
             "duration": len(wave) / MODEL_RATE, "words": words, "merged": merged}
 
@@ -395,7 +394,5 @@ def prepare_locale(out: str | Path = "data/locale", max_utts: int | None = None,
         "synthesized_this_run": n_new,
         "fingerprint": fingerprint,
     }
-    tmp = out / "prepare.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / "prepare.json")
+    write_text(out / "prepare.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

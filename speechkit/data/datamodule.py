@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..features import FbankConfig
-from ..tokenizer import Tokenizer, train_tokenizer
+from ..tokenizer import Tokenizer, TokenizerNotFoundError, train_tokenizer
 from .dataset import FeatureCache, SpeechDataset, TextDataset, collate, target_texts
 from .manifest import load_manifest, load_texts
 from .sampler import BucketBatchSampler
@@ -21,12 +21,12 @@ class SpeechDataModule(L.LightningDataModule):
 
     Args:
         train, valid, test: JSONL manifests (test optional).
-        tokenizer: the interface (target) sentencepiece model; trained on the normalised
-            training targets with ``vocab_size`` pieces if the file does not exist yet.
+        tokenizer: the interface (target) sentencepiece model (``speechkit tokenizer`` makes one);
+            a missing file is an error (``TokenizerNotFoundError``) unless ``train_tokenizers``.
         target_lang: None: targets are the transcripts (``text``, ASR); a language code:
             targets are the ``translation[target_lang]`` of each utterance (MT, ST).
         source_tokenizer: given, the inputs are the utterances' ``text`` encoded with this
-            sentencepiece model (MT; trained with ``source_vocab_size`` pieces if missing);
+            sentencepiece model (MT; ``source_vocab_size`` pieces);
             None, the inputs are fbank features of the audio.
         max_frames: budget per training batch in padded input frames (speech) or source tokens (text).
         cache_dir: where feature caches go ("auto": ``<manifest dir>/fbank``; None: no cache,
@@ -35,10 +35,16 @@ class SpeechDataModule(L.LightningDataModule):
         max_valid_utts: validate on the first N utterances only (None: all).
         transcript_tokenizer: speech inputs only: batches also carry the transcripts encoded
             with this sentencepiece model (``transcripts``, ``transcript_lens``; STAST's CTC
-            targets and MT inputs; trained with ``transcript_vocab_size`` pieces if missing).
+            targets and MT inputs; ``transcript_vocab_size`` pieces).
         text_only: language modelling: the splits are JSONL manifests or plain text files (one
             sentence per line, ``manifest.load_texts``), no audio is read, and the inputs are the
             target token ids themselves.
+        train_tokenizers: a missing ``tokenizer`` / ``source_tokenizer`` / ``transcript_tokenizer``
+            file is trained in ``prepare_data`` (on the training manifest's normalised targets,
+            resp. transcripts, with ``vocab_size`` / ``source_vocab_size`` / ``transcript_vocab_size``
+            pieces). False (the default): a missing file raises ``TokenizerNotFoundError`` naming the
+            key and path, so that a mistyped path never silently trains a vocabulary no brick speaks.
+            Set it in configs whose tokenizers no earlier step makes (``speechkit demo``, locale).
     """
 
     def __init__(self, train: str, valid: str, tokenizer: str, vocab_size: int = 256,
@@ -47,8 +53,10 @@ class SpeechDataModule(L.LightningDataModule):
                  max_valid_utts: int | None = None, num_mel_bins: int = 80, seed: int = 0,
                  target_lang: str | None = None, source_tokenizer: str | None = None,
                  source_vocab_size: int = 512, transcript_tokenizer: str | None = None,
-                 transcript_vocab_size: int = 128, text_only: bool = False):
+                 transcript_vocab_size: int = 128, text_only: bool = False,
+                 train_tokenizers: bool = False):
         super().__init__()
+        self.train_tokenizers = train_tokenizers
         if text_only and (source_tokenizer or transcript_tokenizer):
             raise ValueError("text_only (language modelling) takes no source_tokenizer/transcript_tokenizer")
         self.text_only = text_only
@@ -102,28 +110,47 @@ class SpeechDataModule(L.LightningDataModule):
         suffix = f"-first{self.max_valid_utts}" if split == "valid" and self.max_valid_utts else ""
         return root / f"{path.stem}{suffix}-{self.fbank.num_mel_bins}.safetensors"
 
+    def _tokenizer_specs(self) -> list[tuple[str, Path, int, str | None]]:
+        """(config key, path, pieces, target language) of each configured tokenizer; the source and
+        transcript tokenizers are trained on the transcripts (``text``)."""
+        specs = [("tokenizer", self.tokenizer_path, self.vocab_size, self.target_lang),
+                 ("source_tokenizer", self.source_tokenizer_path, self.source_vocab_size, None),
+                 ("transcript_tokenizer", self.transcript_tokenizer_path, self.transcript_vocab_size, None)]
+        return [s for s in specs if s[1] is not None]
+
+    def check_tokenizers(self) -> None:
+        """Raise ``TokenizerNotFoundError`` for the first missing tokenizer file (unless
+        ``train_tokenizers``): one line naming the config key and path and how to create it."""
+        if self.train_tokenizers:
+            return
+        for key, path, size, lang in self._tokenizer_specs():
+            if not path.is_file():
+                target = f" --target-lang {lang}" if lang else ""
+                raise TokenizerNotFoundError(
+                    f"data.{key}: tokenizer model not found: {path}; create it with `speechkit tokenizer "
+                    f"{self.paths['train']}{target} --vocab-size {size} --out {path}` "
+                    f"or set data.train_tokenizers: true to train it from the training manifest")
+
     def prepare_data(self) -> None:
-        """Train the tokenizer if missing and build feature caches (rank 0 only)."""
-        if not self.tokenizer_path.is_file():
-            print(f"training tokenizer ({self.vocab_size} pieces) → {self.tokenizer_path}", file=sys.stderr)
-            train = load_texts(self.paths["train"])
-            train_tokenizer(target_texts(train, self.target_lang, self.paths["train"]), self.tokenizer_path,
-                            self.vocab_size)
-        for src, size in ((self.source_tokenizer_path, self.source_vocab_size),
-                          (self.transcript_tokenizer_path, self.transcript_vocab_size)):
-            if src is not None and not src.is_file():
-                print(f"training source tokenizer ({size} pieces) → {src}", file=sys.stderr)
-                train = load_manifest(self.paths["train"], require_audio=False)
-                train_tokenizer(target_texts(train, None, self.paths["train"]), src, size)
+        """Check (with ``train_tokenizers``: train) the tokenizers, build feature caches (rank 0 only)."""
+        self.check_tokenizers()
+        for key, path, size, lang in self._tokenizer_specs():
+            if path.is_file():
+                continue
+            print(f"training {key} ({size} pieces) → {path}", file=sys.stderr)
+            train = load_texts(self.paths["train"]) if key == "tokenizer" else load_manifest(
+                self.paths["train"], require_audio=False)
+            train_tokenizer(target_texts(train, lang, self.paths["train"]), path, size)
         for split in ("train", "valid", "test"):
             path = self._cache_path(split) if self.paths[split] else None
             if path is None:
                 continue
             utts = self._utts(split)
             if not FeatureCache.matches(utts, self.fbank, path):  # setup() loads it
-                FeatureCache.load_or_build(utts, self.fbank, path, workers=max(self.num_workers, 1))
+                FeatureCache.build(utts, self.fbank, path, workers=max(self.num_workers, 1))
 
     def setup(self, stage: str | None = None) -> None:
+        self.check_tokenizers()  # also where prepare_data did not run (other nodes, direct use)
         self.tokenizer = Tokenizer(self.tokenizer_path)
         if self.tokenizer.vocab_size != self.vocab_size:
             raise ValueError(f"data.vocab_size={self.vocab_size} but tokenizer {self.tokenizer_path} "

@@ -3,12 +3,14 @@ feature cache.
 
 The cache is one safetensors file per manifest (fp16 features concatenated along
 time, plus offsets); its metadata records the utterance ids and the fbank settings,
-and a cache that does not match the manifest is rebuilt, never silently used.
+and a cache that does not match the manifest (or cannot be read) is rebuilt, never silently
+used. It is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..audio import AudioError, read_audio
 from ..features import FbankConfig, fbank
+from ..files import atomic_path
 from ..metrics import normalize_text
 from ..tokenizer import Tokenizer
 from .manifest import Utterance
@@ -66,18 +69,27 @@ class FeatureCache:
         """Whether ``path`` holds the features of exactly these utterances and settings (header only)."""
         if not Path(path).is_file():
             return False
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), "pt") as f:
-            return f.metadata() == cls._meta(utts, cfg)
+        try:
+            with safe_open(str(path), "pt") as f:
+                return f.metadata() == cls._meta(utts, cfg)
+        except (SafetensorError, OSError) as e:  # e.g. cut short by a run killed while writing it
+            print(f"note: feature cache {path} is unreadable ({e}); rebuilding it", file=sys.stderr)
+            return False
 
     @classmethod
     def load_or_build(cls, utts: list[Utterance], cfg: FbankConfig, path: str | Path,
                       workers: int = 2, progress: bool = True) -> FeatureCache:
-        path = Path(path)
         if cls.matches(utts, cfg, path):
             t = load_file(str(path))
             return cls(t["feats"], t["offsets"])
+        return cls.build(utts, cfg, path, workers, progress)
+
+    @classmethod
+    def build(cls, utts: list[Utterance], cfg: FbankConfig, path: str | Path, workers: int = 2,
+              progress: bool = True) -> FeatureCache:
+        """Featurise ``utts`` and write the cache to ``path`` (atomically)."""
         feats = []
         loader = DataLoader(_Featurize(utts, cfg), batch_size=None, num_workers=workers)
         t0 = time.time()
@@ -87,8 +99,9 @@ class FeatureCache:
                 print(f"  features {i + 1}/{len(utts)} ({time.time() - t0:.0f}s)", file=sys.stderr)
         offsets = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)
         cache = cls(torch.cat(feats), offsets)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"feats": cache.feats, "offsets": cache.offsets}, str(path), metadata=cls._meta(utts, cfg))
+        with atomic_path(path) as tmp:
+            save_file({"feats": cache.feats, "offsets": cache.offsets}, str(tmp),
+                      metadata=cls._meta(utts, cfg))
         return cache
 
 
@@ -109,8 +122,47 @@ def target_texts(utts: list[Utterance], target_lang: str | None, source: str) ->
     return out
 
 
-def tokenize(texts: list[str], tokenizer: Tokenizer) -> list[Tensor]:
-    return [torch.tensor(tokenizer.encode(t), dtype=torch.long) for t in texts]
+UNK_WARN_TOKEN_SHARE = 0.01  # warn when more than this share of all tokens is <unk> …
+UNK_WARN_UTT_SHARE = 0.5  # … or when any utterance has at least this share of its tokens <unk>
+# (sentencepiece merges a run of unknown characters into one <unk> after a '▁' piece: a wholly
+# foreign utterance is about half <unk>)
+UNK_WARN_EXAMPLES = 3  # utterance ids named in the warning
+
+
+def tokenize(texts: list[str], tokenizer: Tokenizer, source: str = "texts",
+             ids: list[str] | None = None, what: str = "target") -> list[Tensor]:
+    """Encode each text → (U,) token ids. Counts the ``<unk>`` ids on the way and prints one warning
+    line to stderr (``unk_warning``) when the tokenizer does not cover the texts (another script or
+    language): ``source`` names the manifest, ``ids`` the utterances, ``what`` the side (target, source)."""
+    unk, out, counts = tokenizer.unk, [], []
+    for t in texts:
+        x = tokenizer.encode(t)
+        counts.append((x.count(unk), len(x)))
+        out.append(torch.tensor(x, dtype=torch.long))
+    line = unk_warning(counts, source, ids, what, tokenizer)
+    if line and _rank_zero():
+        print(line, file=sys.stderr)
+    return out
+
+
+def unk_warning(counts: list[tuple[int, int]], source: str, ids: list[str] | None, what: str,
+                tokenizer: Tokenizer) -> str | None:
+    """The warning line for per-utterance (``<unk>`` count, token count) pairs, or None when the
+    ``<unk>`` share is below ``UNK_WARN_TOKEN_SHARE`` and no utterance is mostly ``<unk>``."""
+    n_unk, n_tok = sum(c for c, _ in counts), sum(n for _, n in counts)
+    mostly = any(c >= UNK_WARN_UTT_SHARE * n for c, n in counts if c)
+    if n_unk == 0 or (n_unk <= UNK_WARN_TOKEN_SHARE * n_tok and not mostly):
+        return None
+    hit = [i for i, (c, _) in enumerate(counts) if c]
+    names = [repr(ids[i]) if ids else f"#{i}" for i in hit[:UNK_WARN_EXAMPLES]]
+    return (f"warning: {source}: {n_unk} of {n_tok} {what} tokens ({100 * n_unk / n_tok:.1f}%) are <unk>, "
+            f"in {len(hit)} of {len(counts)} utterances (e.g. {', '.join(names)}): the tokenizer "
+            f"{tokenizer.path} does not cover these texts (another script or language?)")
+
+
+def _rank_zero() -> bool:
+    """Whether this process is the first of a distributed run (or not distributed)."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 class SpeechDataset(Dataset):
@@ -120,7 +172,8 @@ class SpeechDataset(Dataset):
     normalised (``metrics.normalize_text``) before tokenisation; an utterance whose target
     is empty after that raises a ValueError naming it. With ``transcript_tokenizer`` (speech
     translation trained with the source transcript, e.g. STAST), items also carry the
-    transcript encoded with it.
+    transcript encoded with it. Texts the tokenizer does not cover print one ``<unk>`` warning line
+    (``tokenize``).
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: Tokenizer, cfg: FbankConfig,
@@ -128,9 +181,10 @@ class SpeechDataset(Dataset):
                  transcript_tokenizer: Tokenizer | None = None):
         self.utts, self.tok, self.cfg, self.cache = utts, tokenizer, cfg, cache
         self.refs = target_texts(utts, target_lang, source)
-        self.targets = tokenize(self.refs, tokenizer)
+        ids = [u.id for u in utts]
+        self.targets = tokenize(self.refs, tokenizer, source, ids)
         self.transcripts = None if transcript_tokenizer is None else tokenize(
-            target_texts(utts, None, source), transcript_tokenizer)
+            target_texts(utts, None, source), transcript_tokenizer, source, ids, "transcript")
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -161,9 +215,10 @@ class TextDataset(Dataset):
                  target_lang: str | None, source: str = "manifest"):
         self.utts, self.tok = utts, tokenizer
         self.refs = target_texts(utts, target_lang, source)
-        self.targets = tokenize(self.refs, tokenizer)
+        ids = [u.id for u in utts]
+        self.targets = tokenize(self.refs, tokenizer, source, ids)
         self.sources = self.targets if source_tokenizer is None else tokenize(
-            target_texts(utts, None, source), source_tokenizer)
+            target_texts(utts, None, source), source_tokenizer, source, ids, "source")
 
     def __len__(self) -> int:
         return len(self.utts)

@@ -22,11 +22,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SpeechkitError
+from ..files import atomic_write
+
 KIND = "utterance"
 VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(SpeechkitError, ValueError):
     """A manifest line is malformed; the message starts with ``file:line:``."""
 
 
@@ -56,6 +59,38 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Utterance)}
 _ORDER = ["kind", "version", "id"] + [k for k in _FIELDS if k not in ("kind", "version", "id")]
 
 
+def _number(x) -> bool:
+    """A finite JSON number; ``true``/``false`` are not numbers here (``bool`` is an ``int`` in Python)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_types(rec: dict, where: str) -> None:
+    """Every optional field has its declared type (``null`` allowed where the dataclass allows None)."""
+    if "version" in rec and (not isinstance(rec["version"], int) or isinstance(rec["version"], bool)
+                             or rec["version"] < 1):
+        raise ManifestError(f"{where}: 'version' must be a positive integer, got {rec['version']!r}")
+    dur = rec.get("duration")
+    if dur is not None and (not _number(dur) or dur <= 0):
+        raise ManifestError(f"{where}: 'duration' must be a positive number, got {dur!r}")
+    off = rec.get("offset", 0.0)
+    if not _number(off) or off < 0:
+        raise ManifestError(f"{where}: 'offset' must be a non-negative number, got {off!r}")
+    for key in ("kind", "lang"):
+        if key in rec and not isinstance(rec[key], str):
+            raise ManifestError(f"{where}: '{key}' must be a string, got {rec[key]!r}")
+    for key in ("audio", "speaker", "domain"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            raise ManifestError(f"{where}: '{key}' must be a string or null, got {rec[key]!r}")
+    tr = rec.get("translation", {})
+    if not isinstance(tr, dict) or not all(isinstance(v, str) for v in tr.values()):
+        raise ManifestError(f"{where}: 'translation' must be an object {{lang: text}} of strings, got {tr!r}")
+    words = rec.get("words")
+    if words is not None and not (isinstance(words, list) and all(
+            isinstance(w, list) and len(w) == 3 and isinstance(w[0], str) and _number(w[1]) and _number(w[2])
+            for w in words)):
+        raise ManifestError(f"{where}: 'words' must be a list of [word, start_s, end_s], got {words!r:.200}")
+
+
 def _check(rec: dict, where: str, require_audio: bool) -> Utterance:
     if not isinstance(rec, dict):
         raise ManifestError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -65,24 +100,19 @@ def _check(rec: dict, where: str, require_audio: bool) -> Utterance:
     for key in ("id", "text"):
         if key not in rec:
             raise ManifestError(f"{where}: missing required key '{key}'")
+    _check_types(rec, where)
     if rec.get("kind", KIND) != KIND:
         raise ManifestError(f"{where}: kind is {rec['kind']!r}, expected {KIND!r}")
     if rec.get("version", VERSION) > VERSION:
         raise ManifestError(f"{where}: version {rec['version']} is newer than supported ({VERSION})")
     if not isinstance(rec["id"], str) or not rec["id"]:
-        raise ManifestError(f"{where}: 'id' must be a non-empty string")
-    if not isinstance(rec["text"], str) or not rec["text"].strip():
+        raise ManifestError(f"{where}: 'id' must be a non-empty string, got {rec['id']!r}")
+    if not isinstance(rec["text"], str):
+        raise ManifestError(f"{where}: 'text' must be a string, got {rec['text']!r}")
+    if not rec["text"].strip():
         raise ManifestError(f"{where}: empty transcript for utterance {rec['id']!r}")
     if require_audio and not rec.get("audio"):
         raise ManifestError(f"{where}: utterance {rec['id']!r} has no 'audio' path")
-    dur = rec.get("duration")
-    if dur is not None and (not isinstance(dur, (int, float)) or not math.isfinite(dur) or dur <= 0):
-        raise ManifestError(f"{where}: 'duration' must be a positive number, got {dur!r}")
-    off = rec.get("offset", 0.0)
-    if not isinstance(off, (int, float)) or off < 0:
-        raise ManifestError(f"{where}: 'offset' must be a non-negative number, got {off!r}")
-    if not isinstance(rec.get("translation", {}), dict):
-        raise ManifestError(f"{where}: 'translation' must be an object {{lang: text}}")
     return Utterance(**rec)
 
 
@@ -138,10 +168,8 @@ def save_manifest(utts: list[Utterance], path: str | Path, relative_to: str | Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = Path(relative_to or path.parent).resolve()
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for u in utts:
             if u.audio and Path(u.audio).is_absolute():
                 u = dataclasses.replace(u, audio=os.path.relpath(u.audio, base))
             f.write(u.to_json() + "\n")
-    tmp.replace(path)

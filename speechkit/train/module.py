@@ -7,6 +7,7 @@ import sys
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from ..compress.apply import CompressConfig, compress_model
 from ..errors import SpeechkitError
@@ -59,6 +60,12 @@ class SpeechTask(L.LightningModule):
             (no update) before the run stops with ``NonFiniteLoss`` naming the step and the loss term:
             the run then exits non-zero, exports no brick, and the last good checkpoint stays (a
             checkpoint of non-finite weights is never written).
+        time_schedule: read the schedule's step numbers (``warmup_steps``, ``total_steps``,
+            ``loss_start_steps``, ``loss_ramp_steps``) as shares of the run: step s comes at s/total_steps
+            of ``trainer.max_time`` or at step s, whichever is first. So a run under a time budget on a
+            machine slower than planned (a laptop, a busy server) still goes through every phase, and a
+            faster one stops at ``total_steps`` as planned. Needs ``total_steps``; without
+            ``trainer.max_time`` it is the step schedule. Under DDP rank 0's clock is broadcast.
     """
 
     def __init__(self, model: torch.nn.Module, lr: float = 2e-3, weight_decay: float = 1e-3,
@@ -66,7 +73,8 @@ class SpeechTask(L.LightningModule):
                  loss_start_steps: dict[str, int] | None = None,
                  loss_ramp_steps: dict[str, int] | None = None,
                  init_from: dict[str, str] | None = None, freeze: list[str] | None = None,
-                 compress: CompressConfig | None = None, nonfinite_skips: int = 0):
+                 compress: CompressConfig | None = None, nonfinite_skips: int = 0,
+                 time_schedule: bool = False):
         super().__init__()
         self.model = model
         for name, src in (init_from or {}).items():
@@ -86,6 +94,9 @@ class SpeechTask(L.LightningModule):
         self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
         self._val = ([], [], [])
         self.nonfinite_skips, self._nonfinite_run = nonfinite_skips, 0
+        if time_schedule and not total_steps:
+            raise ValueError("time_schedule needs total_steps (the step count the schedule is written in)")
+        self.time_schedule, self._schedule_step = time_schedule, 0
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer else None
@@ -112,6 +123,30 @@ class SpeechTask(L.LightningModule):
 
         squat_step(self.model, optimizer, optimizer_closure, q.sam_rho, self.global_step)
 
+    def schedule_step(self) -> int:
+        """The step the LR and loss schedules read: the training step, or with ``time_schedule`` the larger
+        of it and the share of ``trainer.max_time`` spent, counted in ``total_steps``."""
+        step = self.global_step
+        timer = self._timer() if self.time_schedule else None
+        if timer is None:
+            return step
+        elapsed = timer.time_elapsed()
+        share = int(self.total_steps * elapsed / (elapsed + timer.time_remaining()))
+        if self.trainer.world_size > 1:  # ranks' clocks differ: all follow rank 0
+            share = self.trainer.strategy.broadcast(share, src=0)
+        return max(step, share)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._schedule_step = self.schedule_step()  # once per step, for the losses and the LR
+
+    def _timer(self) -> Timer | None:
+        """Lightning's ``Timer`` of ``trainer.max_time`` (None without one)."""
+        if self._trainer is None:
+            return None
+        timers = [t for t in self.trainer.callbacks
+                  if isinstance(t, Timer) and t.time_remaining() is not None]
+        return timers[0] if timers else None
+
     def loss_scales(self, step: int) -> dict[str, float]:
         """Per scheduled loss term its weight's scale at training ``step``: 0 before its start step, then
         rising linearly to 1 over its ramp steps (``loss_start_steps``, ``loss_ramp_steps``)."""
@@ -123,7 +158,7 @@ class SpeechTask(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = self.model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
-                              scales=self.loss_scales(self.global_step), **_extras(batch))
+                              scales=self.loss_scales(self._schedule_step), **_extras(batch))
         if not self._finite(out):
             return None  # Lightning skips the backward pass and the update
         b = batch["inputs"].shape[0]
@@ -135,7 +170,7 @@ class SpeechTask(L.LightningModule):
         """Whether the loss terms are finite on every rank; after ``nonfinite_skips`` non-finite batches in
         a row, raise ``NonFiniteLoss`` naming the step and the first non-finite term."""
         bad = not bool(torch.isfinite(out["loss"].detach()))
-        if self.trainer is not None and self.trainer.world_size > 1:  # every rank skips or stops together
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank skips or stops together
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             self._nonfinite_run = 0
@@ -205,8 +240,8 @@ class SpeechTask(L.LightningModule):
         if total is None:
             est = self.trainer.estimated_stepping_batches
             total = int(est) if est and math.isfinite(est) else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, self.warmup_steps, total, self.final_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
+            self._schedule_step if self.time_schedule else s, self.warmup_steps, total, self.final_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

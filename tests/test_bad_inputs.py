@@ -1,0 +1,298 @@
+"""Faults and bad input: a brick never runs code, a diverged run exports nothing, one owner per run
+directory, atomic artefacts, one-line errors (docs/reliability.md lists every case and its test)."""
+
+import importlib
+import inspect
+import json
+import os
+import pkgutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_transducer
+from lightning.pytorch.callbacks import Timer
+from safetensors.torch import save_file
+
+import speechkit
+from speechkit.data.dataset import FeatureCache
+from speechkit.data.manifest import load_manifest
+from speechkit.features import FbankConfig
+from speechkit.files import RunLock, RunLockError, atomic_dir, atomic_write
+from speechkit.lego.brick import BrickError, build, load_brick, resolve, save_brick
+from speechkit.tokenizer import train_tokenizer
+from speechkit.train.module import NonFiniteLoss, SpeechTask
+
+HERE = Path(__file__).parent
+DEMO = HERE.parent / "recipes" / "locale" / "conf" / "demo.yaml"
+
+
+def _cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "speechkit.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _one_error_line(p) -> str:
+    """The process failed with exactly one ``error: …`` line on stderr and no traceback."""
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, p.stderr
+    return errors[0]
+
+
+@pytest.fixture
+def brick(tmp_path):
+    tok = train_tokenizer(["hello world", "a brick of data", "never code"] * 20, tmp_path / "t.model", 19)
+    model = tiny_transducer(vocab=19)
+    return save_brick(model, tmp_path / "brick", {"kind": "Transducer", "input": FbankConfig().to_dict()},
+                      {"target": tok})
+
+
+# ---- a brick never runs code ---------------------------------------------------------------------------
+
+def _with_config(brick: Path, config: dict) -> Path:
+    (brick / "config.yaml").write_text(yaml.safe_dump(config))
+    return brick
+
+
+def test_brick_naming_a_function_that_runs_a_command_is_refused(brick, tmp_path):
+    marker = tmp_path / "ran"
+    _with_config(brick, {"class_path": "speechkit.recipe.in_process",
+                         "init_args": {"argv": ["/bin/sh", "-c", f"touch {marker}"]}})
+    with pytest.raises(BrickError, match=r"config.yaml.class_path: 'speechkit.recipe.in_process' is not a "):
+        load_brick(brick)
+    p = _cli("decode", brick, tmp_path / "none.jsonl")
+    assert "speechkit.recipe.in_process" in _one_error_line(p)
+    assert not marker.exists(), "the brick's command ran"
+
+
+def test_brick_naming_a_file_writer_is_refused(brick, tmp_path):
+    target = tmp_path / "written"
+    _with_config(brick, {"class_path": "speechkit.lego.brick.save_file",
+                         "init_args": {"tensors": {}, "filename": str(target)}})
+    with pytest.raises(BrickError, match="save_file"):
+        load_brick(brick)
+    assert not target.exists()
+
+
+def test_nested_callable_is_refused_before_anything_is_built(brick, monkeypatch):
+    built = []
+    monkeypatch.setattr(torch.nn.Module, "__init__", lambda self, *a, **k: built.append(type(self)))
+    config = yaml.safe_load((brick / "config.yaml").read_text())
+    config["init_args"]["joiner"] = {"class_path": "speechkit.recipe.in_process", "init_args": {"argv": []}}
+    with pytest.raises(BrickError, match=r"init_args\.joiner\.class_path"):
+        build(config)
+    assert built == [], "modules were built before the config was checked"
+
+
+@pytest.mark.parametrize("value, kind", [("!!binary aGVsbG8=", "bytes"), ("!!set {a: null}", "set"),
+                                         ("2024-01-01", "date")])
+def test_brick_init_args_hold_plain_data_only(brick, value, kind):
+    text = (brick / "config.yaml").read_text().replace("ctc_weight: 0.3", f"ctc_weight: {value}", 1)
+    assert text != (brick / "config.yaml").read_text()
+    (brick / "config.yaml").write_text(text)
+    with pytest.raises(BrickError, match=rf"init_args\.ctc_weight: {kind}"):
+        load_brick(brick)
+
+
+def _speechkit_modules():
+    for info in pkgutil.walk_packages(speechkit.__path__, "speechkit."):
+        yield importlib.import_module(info.name)
+
+
+def test_every_speechkit_callable_a_config_could_name_is_refused_unless_a_module_class():
+    accepted, refused = set(), set()
+    for module in _speechkit_modules():
+        for name, obj in vars(module).items():
+            if not callable(obj):
+                continue
+            path = f"{module.__name__}.{name}"
+            try:
+                cls = resolve(path)
+            except BrickError:
+                refused.add(path)
+                continue
+            assert inspect.isclass(cls) and issubclass(cls, torch.nn.Module), path
+            assert cls.__module__.startswith("speechkit."), path
+            accepted.add(path)
+    assert {"speechkit.recipe.in_process", "speechkit.lego.brick.save_file", "speechkit.cli.main",
+            "speechkit.lego.brick.save_brick", "speechkit.files.write_text"} <= refused
+    assert "speechkit.lego.brick.nn" not in accepted  # a module object, not a class
+    assert "speechkit.models.transducer.Transducer" in accepted and len(accepted) > 30
+    # torch classes re-exported by a speechkit module are not speechkit's
+    assert all(not p.endswith((".Tensor", ".Module")) for p in accepted)
+
+
+def test_brick_files_are_readable_by_others(brick):
+    assert stat.S_IMODE(brick.stat().st_mode) == 0o755
+    for f in brick.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
+
+
+def test_non_finite_weights_are_refused_on_save_and_load(brick):
+    model, _ = load_brick(brick)
+    state = model.state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key][0] = float("nan")
+    with pytest.raises(BrickError, match="NaN or infinite"):
+        save_brick(model, brick.parent / "nan", {}, state=state)
+    assert not (brick.parent / "nan").exists()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(brick / "weights.safetensors"))
+    with pytest.raises(BrickError, match=rf"weights.safetensors: 1 tensor\(s\) hold NaN.*{key}"):
+        load_brick(brick)
+
+
+def test_save_brick_keeps_the_old_brick_when_it_fails_and_refuses_foreign_folders(brick, monkeypatch):
+    model, iface = load_brick(brick)
+    before = (brick / "weights.safetensors").read_bytes()
+    monkeypatch.setattr("speechkit.lego.brick.save_file", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        save_brick(model, brick, iface)
+    assert (brick / "weights.safetensors").read_bytes() == before
+    assert sorted(p.name for p in brick.parent.iterdir() if p.name.startswith(".")) == []
+    (brick.parent / "mine").mkdir()
+    (brick.parent / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(BrickError, match="notes.txt besides brick files"):
+        save_brick(model, brick.parent / "mine", iface)
+    assert (brick.parent / "mine" / "notes.txt").read_text() == "keep me"
+
+
+# ---- a diverged run stops and exports nothing ----------------------------------------------------------
+
+def _task(skips=0):
+    return SpeechTask(tiny_transducer(vocab=30), nonfinite_skips=skips)
+
+
+def test_non_finite_loss_is_skipped_then_stops_the_run_naming_step_and_term(capsys):
+    task = _task(skips=1)
+    nan, ok = torch.tensor(float("nan")), torch.tensor(1.0)
+    assert task._finite({"loss": ok, "ctc": ok})
+    assert not task._finite({"loss": nan, "ctc": ok, "rnnt": nan})
+    assert "training loss term 'rnnt' is nan: batch skipped" in capsys.readouterr().err
+    assert task._finite({"loss": ok})  # a good batch resets the count
+    assert not task._finite({"loss": nan})
+    with pytest.raises(NonFiniteLoss, match=r"step 0: training loss term 'rnnt' is inf \(2 batch"):
+        task._finite({"loss": nan, "rnnt": torch.tensor(float("inf"))})
+
+
+def test_no_checkpoint_of_non_finite_weights():
+    task = _task()
+    task.on_save_checkpoint({})
+    with torch.no_grad():
+        next(task.model.parameters())[0] = float("inf")
+    with pytest.raises(NonFiniteLoss, match="no checkpoint written"):
+        task.on_save_checkpoint({})
+
+
+def _fit(corpus: Path, root: Path, *extra):
+    asr = corpus / "asr"
+    d = "--data.init_args."
+    return _cli("fit", "-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml", f"--trainer.default_root_dir={root}",
+                f"{d}train={asr / 'train.jsonl'}", f"{d}valid={asr / 'dev.jsonl'}", f"{d}test={asr / 'test.jsonl'}",
+                f"{d}tokenizer={root.parent / 'tok.model'}", "--trainer.enable_progress_bar=false", *extra)
+
+
+def test_fit_with_a_huge_learning_rate_exits_non_zero_without_a_brick(tiny_corpus, tmp_path):
+    root = tmp_path / "exp"
+    p = _fit(tiny_corpus, root, "--model.init_args.lr=1e3")
+    line = _one_error_line(p)
+    assert "training loss term" in line and "is nan" in line and "exported no brick" in line, line
+    assert not (root / "brick").exists()
+    assert not (root / ".speechkit-lock").exists(), "the lock outlived the run"
+
+
+# ---- one owner per run directory -----------------------------------------------------------------------
+
+def test_run_lock_refuses_a_second_owner_and_takes_over_a_stale_one(tmp_path, capsys):
+    with RunLock(tmp_path) as lock:
+        holder = json.loads(lock.path.read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(RunLockError, match=rf"in use by pid {os.getpid()} on "):
+            RunLock(tmp_path).__enter__()
+    assert not (tmp_path / RunLock.NAME).exists()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (tmp_path / RunLock.NAME).write_text(json.dumps({"pid": gone.pid, "host": os.uname().nodename,
+                                                     "started": "then"}))
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / RunLock.NAME).read_text())["pid"] == os.getpid()
+    assert f"taking over the stale lock {tmp_path / RunLock.NAME} (pid {gone.pid}" in capsys.readouterr().err
+    (tmp_path / RunLock.NAME).write_text("")  # torn: its writer died while writing it
+    with RunLock(tmp_path):
+        pass
+
+
+def test_second_fit_into_a_run_directory_is_refused(tiny_corpus, tmp_path):
+    root = tmp_path / "exp"
+    with RunLock(root):  # this test process plays the first run
+        p = _fit(tiny_corpus, root, "--trainer.max_steps=2")
+    line = _one_error_line(p)
+    assert f"{root} is in use by pid {os.getpid()}" in line, line
+    assert not (root / "checkpoints").exists() and not (root / "lightning_logs").exists()
+
+
+# ---- atomic artefacts ----------------------------------------------------------------------------------
+
+def test_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "a.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("half")
+        raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_truncated_feature_cache_is_named_and_rebuilt(tiny_corpus, tmp_path, capsys):
+    utts = load_manifest(tiny_corpus / "asr" / "dev.jsonl")[:3]
+    cfg, path = FbankConfig(), tmp_path / "dev.safetensors"
+    full = FeatureCache.load_or_build(utts, cfg, path, workers=0)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a run killed while writing it
+    again = FeatureCache.load_or_build(utts, cfg, path, workers=0)
+    assert f"feature cache {path} is unreadable" in capsys.readouterr().err
+    assert torch.equal(again.feats, full.feats) and FeatureCache.matches(utts, cfg, path)
+
+
+# ---- one-line errors -----------------------------------------------------------------------------------
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    p = _cli("decode", tmp_path / "no-brick", tmp_path / "none.jsonl")
+    assert "no-brick" in _one_error_line(p)
+    p = _cli("decode", tmp_path / "no-brick", tmp_path / "none.jsonl", "--debug")
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_fit_config_errors_name_the_file_line_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_steps: [1\n")
+    assert f"{bad}:3:1: invalid YAML" in _one_error_line(_cli("fit", "-c", DEMO, "-c", bad))
+    assert f"{tmp_path / 'none.yaml'}: No such file" in _one_error_line(_cli("fit", "-c", tmp_path / "none.yaml"))
+    bad.write_text("trainer:\n  max_stepz: 3\n")
+    assert "trainer.max_stepz" in _one_error_line(_cli("fit", "-c", DEMO, "-c", bad))
+
+
+# ---- a demo that survives a slow machine ---------------------------------------------------------------
+
+def test_time_schedule_follows_the_larger_of_step_and_time_shares():
+    task = SpeechTask(tiny_transducer(vocab=30), warmup_steps=10, total_steps=1000,
+                      loss_start_steps={"rnnt": 300}, time_schedule=True)
+    timer = Timer(duration={"seconds": 100})
+    timer._start_time["train"] = time.monotonic() - 50  # half the budget spent
+    task._trainer = SimpleNamespace(callbacks=[timer], world_size=1, global_step=120)
+    assert 495 <= task.schedule_step() <= 505  # at 12% of the steps but 50% of the time
+    assert task.loss_scales(task.schedule_step())["rnnt"] == 1.0
+    task._trainer.global_step = 700
+    assert task.schedule_step() == 700  # a fast machine: the steps lead
+    task.time_schedule = False
+    task._trainer.global_step = 120
+    assert task.schedule_step() == 120
