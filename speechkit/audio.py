@@ -9,10 +9,13 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from .errors import SpeechkitError
+from .files import atomic_path
+
 MODEL_RATE = 16000
 
 
-class AudioError(RuntimeError):
+class AudioError(SpeechkitError, RuntimeError):
     """Audio could not be used; the message names the file."""
 
 
@@ -51,11 +54,11 @@ def read_audio(path: str | Path, offset: float = 0.0, duration: float | None = N
 
 
 def write_audio(path: str | Path, wave: torch.Tensor | np.ndarray, rate: int = MODEL_RATE) -> None:
-    """Write a mono waveform (N,) in [-1, 1]; the format follows the suffix (.flac, .wav)."""
+    """Write a mono waveform (N,) in [-1, 1], atomically; the format follows the suffix (.flac, .wav)."""
     if isinstance(wave, torch.Tensor):
         wave = wave.detach().cpu().numpy()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.asarray(wave, dtype=np.float32), rate, subtype="PCM_16")
+    with atomic_path(path) as tmp:  # the same suffix: soundfile picks the format from it
+        sf.write(str(tmp), np.asarray(wave, dtype=np.float32), rate, subtype="PCM_16")
 
 
 def audio_info(path: str | Path) -> tuple[int, int]:
@@ -75,10 +78,14 @@ def read_pcm(stream, block_samples: int, name: str = "stdin"):
     """Raw 16-kHz signed 16-bit little-endian mono PCM from a binary file object → float32 blocks (N,)
     in [-1, 1] of up to ``block_samples``, until end of file.
 
-    Raises ``AudioError`` naming ``name`` when the data starts with a container header (WAV, FLAC,
-    Ogg, MP3, WebM: not raw PCM) or ends inside a sample (an odd number of bytes); the blocks before
-    the error have been yielded.
+    Raises ``AudioError`` naming ``name`` when ``stream`` is None (a closed stdin) or ends before one
+    whole sample arrived, when the data starts with a container header (WAV, FLAC, Ogg, MP3, WebM: not
+    raw PCM), or when it ends inside a sample (an odd number of bytes); the blocks before the error
+    have been yielded.
     """
+    if stream is None:  # Python's sys.stdin when file descriptor 0 is closed (`cmd <&-`)
+        raise AudioError(f"no audio received on {name}: it is closed (pipe raw 16-kHz s16le mono PCM "
+                         "into it, or give audio files)")
     total, carry = 0, b""
     while data := stream.read(2 * block_samples):
         if not total:
@@ -92,6 +99,9 @@ def read_pcm(stream, block_samples: int, name: str = "stdin"):
         carry = data[whole:]
         if whole:
             yield torch.frombuffer(bytearray(data[:whole]), dtype=torch.int16).float() / 32768.0
+    if total < 2:
+        raise AudioError(f"no audio received on {name}: it ended after {total} bytes (expected raw 16-kHz "
+                         "s16le mono PCM: arecord -f S16_LE -r 16000 -c 1 -t raw | speechkit stream BRICK -)")
     if carry:
         raise AudioError(f"{name} is truncated: it ended inside a 16-bit sample ({total} bytes; raw "
                          "s16le PCM has an even number)")

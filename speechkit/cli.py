@@ -34,24 +34,41 @@ def _prepare(a) -> None:
 def _decode(a) -> None:
     import torch
 
-    from .search.decode import DecodeOptions, cascade_manifest, decode_manifest, make_fusion
+    from .files import atomic_write
+    from .search.decode import (
+        DecodeOptions,
+        cascade_manifest,
+        decode_manifest,
+        decoded,
+        default_output,
+        make_fusion,
+    )
 
     if a.threads:
         torch.set_num_threads(a.threads)
     target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
     fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward, not a.no_lm_eos)
     if fusion is not None and a.then:
-        raise SystemExit("--lm/--ilm-weight/--length-reward apply to one brick, not to a cascade (--then)")
-    opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion, max_symbols=a.max_symbols)
+        raise SystemExit("error: --lm/--ilm-weight/--length-reward apply to one brick, not to a cascade "
+                         "(--then)")
+    opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion, max_symbols=a.max_symbols,
+                         skip_bad=a.skip_bad)
     if a.then:
         res, sc = cascade_manifest(a.brick, a.then, a.manifest, opts, a.max_utts, target_lang=target)
     else:
         res, sc = decode_manifest(a.brick, a.manifest, opts, a.max_utts, target_lang=target)
-    out = Path(a.out or Path(a.brick) / f"decode-{Path(a.manifest).stem}.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in res))
-    print(json.dumps({"manifest": a.manifest, "utts": len(res), **sc.to_dict(), "hyps": str(out)})
-          if a.json else f"{a.manifest}: {len(res)} utterances  {sc}\nhypotheses → {out}")
+    done, skipped = decoded(res), [r for r in res if "error" in r]
+    out = Path(a.out or default_output(a.brick, f"decode-{Path(a.manifest).stem}.jsonl"))
+    with atomic_write(out) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+    if skipped:
+        print(f"left out {len(skipped)} unreadable utterance{'s' * (len(skipped) > 1)} (--skip-bad):\n"
+              + "\n".join(f"  {r['id']}: {r['error']}" for r in skipped), file=sys.stderr)
+    summary = {"manifest": a.manifest, "utts": len(done), **sc.to_dict(), "hyps": str(out)}
+    if a.skip_bad:
+        summary["skipped"] = skipped
+    print(json.dumps(summary) if a.json else f"{a.manifest}: {len(done)} utterances"
+          f"{f' ({len(skipped)} unreadable left out)' if skipped else ''}  {sc}\nhypotheses → {out}")
 
 
 def _tune_fusion(a) -> None:
@@ -97,12 +114,23 @@ def _adapt_ilm(a) -> None:
 
     from .train.ilma import run_ilma
 
+    _new_brick(a.out, a.brick)
     if a.threads:
         torch.set_num_threads(a.threads)
     summary = run_ilma(a.brick, a.text, a.out, a.valid, a.rho, a.steps, a.lr, a.max_tokens, a.seed)
     print(json.dumps(summary) if a.json else
           f"internal-LM perplexity on {summary['valid']}: {summary['ilm_ppl_before']} → "
           f"{summary['ilm_ppl_after']}\nadapted brick written to {a.out}")
+
+
+def _new_brick(out: str | Path, *inputs: str | Path) -> None:
+    """Refuse an output brick ``out`` that is one of the ``inputs`` bricks or lies inside one (symbolic links
+    resolved): the bricks a command reads are read-only."""
+    path = Path(out).resolve()
+    for src in map(Path, inputs):
+        if path == src.resolve() or src.resolve() in path.parents:
+            raise SystemExit(f"error: --out {out} is the input brick {src} or inside it: the bricks a "
+                             "command reads are read-only; choose another --out")
 
 
 def _export(a) -> None:
@@ -114,11 +142,12 @@ def _export(a) -> None:
         try:
             n, m = (int(v) for v in a.sparsity.split(":"))
         except ValueError:
-            raise SystemExit(f"--sparsity: expected N:M such as 2:4, got {a.sparsity!r}") from None
+            raise SystemExit(f"error: --sparsity: expected N:M such as 2:4, got {a.sparsity!r}") from None
         sp = SparsityConfig(n, m)
     q = QuantConfig(a.bits, None, per_channel=not a.per_tensor) if a.bits else None
     if sp is None and q is None:
-        raise SystemExit("give --sparsity N:M and/or --bits B")
+        raise SystemExit("error: give --sparsity N:M and/or --bits B")
+    _new_brick(a.out, a.brick)
     try:
         res = export_brick(a.brick, a.out, CompressConfig(sparsity=sp, quant=q))
     except ValueError as e:
@@ -176,7 +205,8 @@ def _score(a) -> None:
             r = json.loads(line)
             rows.append((r["ref"], r["hyp"]))
         except (json.JSONDecodeError, KeyError) as e:
-            raise SystemExit(f"{a.hyps}:{n}: expected a JSON object with 'ref' and 'hyp' ({e})") from None
+            raise SystemExit(f"error: {a.hyps}:{n}: expected a JSON object with 'ref' and 'hyp' "
+                             f"({e})") from None
     sc = score([r for r, _ in rows], [h for _, h in rows])
     print(json.dumps(sc.to_dict()) if a.json else sc)
 
@@ -184,6 +214,7 @@ def _score(a) -> None:
 def _compose(a) -> None:
     from .lego.compose import compose, save_composed
 
+    _new_brick(a.out, a.decoder, *(e.partition("#")[0] for e in a.encoders))
     model, interface = compose(a.encoders, a.decoder, alpha=a.alpha, allow_hidden=a.allow_hidden)
     out = save_composed(model, interface, a.out)
     print(json.dumps({"brick": str(out), "length_ratio": interface["length_ratio"]}) if a.json else
@@ -212,7 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("decode", help="decode a manifest with a brick; print WER/CER and BLEU/chrF")
     de.add_argument("brick")
     de.add_argument("manifest")
-    de.add_argument("--out", default=None, help="hypotheses JSONL (default: BRICK/decode-NAME.jsonl)")
+    de.add_argument("--out", default=None, help="hypotheses JSONL, one line per decoded utterance (default: "
+                    "beside the brick, never inside it: BRICK/../decode-MANIFEST.jsonl, or "
+                    "BRICK/../NAME-decode-MANIFEST.jsonl for a brick folder NAME other than 'brick')")
+    de.add_argument("--skip-bad", action="store_true", help="leave out utterances whose audio cannot be read "
+                    "(missing, corrupt, empty): each is named on stderr with the reason, kept out of --out "
+                    "and the scores, and listed under 'skipped' ({id, audio, error}) in the --json summary; "
+                    "without it the first one stops the decode with an error naming it")
     de.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
     de.add_argument("--nbest", type=int, default=1)
     de.add_argument("--max-symbols", type=int, default=1, help="transducer beam search: most labels per "
@@ -239,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("brick", help="transducer brick (ideally trained with ilm_weight > 0)")
     ad.add_argument("text", help="target-domain text: a JSONL manifest or a plain text file, "
                     "one sentence per line")
-    ad.add_argument("--out", required=True, help="directory of the adapted brick")
+    ad.add_argument("--out", required=True, help="directory of the adapted brick (not BRICK nor a folder "
+                    "inside it: a brick is read-only)")
     ad.add_argument("--valid", default=None, help="held-out text for the perplexity (default: TEXT)")
     ad.add_argument("--rho", type=float, default=0.5,
                     help="weight of the KL term to the unadapted internal LM")
@@ -314,22 +352,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in LIGHTNING_VERBS:
-        from .train.cli import run_lightning
-
-        run_lightning(argv)
-        return
-    a = build_parser().parse_args(argv)
-    from .lego.brick import BrickError
-
+    """Run one verb. The toolkit's own errors, bad configs, missing files, bad audio and bad manifests end
+    in one ``error: …`` line and exit status 1; ``--debug`` (or ``SPEECHKIT_DEBUG=1``) shows the traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("SPEECHKIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
-        _run(a)
-    except BrickError as e:
-        raise SystemExit(f"error: {e}") from None
+        if argv and argv[0] in LIGHTNING_VERBS:
+            from .train.cli import run_lightning
+
+            run_lightning(argv)
+            return
+        _run(build_parser().parse_args(argv))
     except BrokenPipeError:  # the reader went away (`speechkit stream … | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
+    except Exception as e:
+        message = user_error(e)
+        if message is None or debug:
+            raise
+        raise SystemExit(f"error: {message}") from None
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of an error the user caused (a file, line or key they gave), None for a bug."""
+    import yaml
+
+    from .errors import SpeechkitError
+
+    if isinstance(e, argparse.ArgumentError) or type(e).__name__ == "ArgumentError":  # jsonargparse's too
+        return " ".join(str(e).split())
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, (SpeechkitError, OSError, ValueError, yaml.YAMLError)):
+        return " ".join(str(e).split()) if str(e).strip() else type(e).__name__
+    return None
 
 
 def _run(a) -> None:

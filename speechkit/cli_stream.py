@@ -18,9 +18,16 @@ def add_parser(sub) -> None:
     st.add_argument("--manifest", default=None, help="evaluate on a manifest instead: WER, RTF, latency, "
                     "word-start error and confidence AUC (hypotheses → --out)")
     st.add_argument("--calibrate", action="store_true", help="with --manifest (a dev set): fit the word-time "
-                    "shift and confidence map for these settings and store them in the brick")
+                    "shift and confidence map for these settings and store them in --calibration")
+    st.add_argument("--calibration", default=None, metavar="FILE", help="calibration table (JSON) that "
+                    "--calibrate adds to and other runs read (default: beside the brick, never inside it: "
+                    "BRICK/../stream_calibration.json, or BRICK/../NAME-stream_calibration.json for a brick "
+                    "folder NAME other than 'brick'; without --calibration, a run whose settings that file "
+                    "lacks reads a BRICK/stream_calibration.json shipped in the brick)")
     st.add_argument("--max-utts", type=int, default=None)
-    st.add_argument("--out", default=None, help="hypotheses JSONL of --manifest")
+    st.add_argument("--out", default=None, help="hypotheses JSONL of --manifest (default: beside the brick: "
+                    "BRICK/../stream-MANIFEST-SETTINGS.jsonl, NAME- prefixed for a brick folder NAME other "
+                    "than 'brick'; nothing is written inside a brick)")
     st.add_argument("--chunk", type=int, default=8, help="encoder frames per chunk (40 ms each with "
                     "FrameStack 4): the latency / accuracy trade-off")
     st.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
@@ -73,10 +80,10 @@ def run(a) -> None:
             print(plan.to_text(), file=sys.stderr)
     if a.manifest:
         return _evaluate(a, model, tok, cfg, opts)
-    if not a.inputs and sys.stdin.isatty():
+    if not a.inputs and sys.stdin is not None and sys.stdin.isatty():
         raise SystemExit("error: give audio files, or pipe raw 16-kHz s16le PCM to stdin (e.g. arecord "
                          "-f S16_LE -r 16000 -c 1 -t raw | speechkit stream BRICK -)")
-    opts = load_calibration(a.brick, opts)
+    opts = load_calibration(a.brick, opts, a.calibration)
     failed = None
     recognizers = []
     for src in a.inputs or ["-"]:
@@ -93,8 +100,8 @@ def run(a) -> None:
 def _blocks(src: str, cfg, block: int):
     from .audio import read_audio, read_pcm
 
-    if src == "-":
-        yield from read_pcm(sys.stdin.buffer, block)
+    if src == "-":  # sys.stdin is None when file descriptor 0 is closed: read_pcm names that
+        yield from read_pcm(None if sys.stdin is None else sys.stdin.buffer, block)
         return
     wave = read_audio(src, rate=cfg.sample_rate)
     for i in range(0, wave.numel(), block):
@@ -146,13 +153,16 @@ def _print_summary(recognizers: list, as_json: bool) -> None:
     if as_json:
         print(json.dumps(total), flush=True)
     else:
-        print(f"{total['audio_s']} s of audio in {total['compute_s']} s: RTF {total['rtf']}; chunk "
+        rtf = "n/a (too little audio)" if total["rtf"] is None else total["rtf"]
+        print(f"{total['audio_s']} s of audio in {total['compute_s']} s: RTF {rtf}; chunk "
               f"{total['chunk_ms']} ms + compute per chunk {total['latency_ms_mean']} ms mean, "
               f"{total['latency_ms_p95']} ms p95", file=sys.stderr)
 
 
 def _evaluate(a, model, tok, cfg, opts) -> None:
     from .data.manifest import load_manifest
+    from .files import atomic_write
+    from .search.decode import default_output
     from .search.stream_eval import (
         evaluate,
         fit_calibration,
@@ -163,16 +173,17 @@ def _evaluate(a, model, tok, cfg, opts) -> None:
 
     utts = load_manifest(a.manifest)[: a.max_utts]
     if not a.calibrate:
-        opts = load_calibration(a.brick, opts)
+        opts = load_calibration(a.brick, opts, a.calibration)
     results, totals = stream_utterances(model, tok, cfg, utts, opts, a.block_ms / 1000, progress=not a.json)
-    out = Path(a.out or Path(a.brick) / f"stream-{Path(a.manifest).stem}-{opts.key()}.jsonl")
-    out.write_text("".join(json.dumps({**r, "words": [w.__dict__ for w in r["words"]]}, ensure_ascii=False)
-                           + "\n" for r in results))
+    out = Path(a.out or default_output(a.brick, f"stream-{Path(a.manifest).stem}-{opts.key()}.jsonl"))
+    with atomic_write(out) as f:
+        f.writelines(json.dumps({**r, "words": [w.__dict__ for w in r["words"]]}, ensure_ascii=False) + "\n"
+                     for r in results)
     summary = {"manifest": a.manifest, "utts": len(results), "settings": opts.key(), **evaluate(results),
                **totals, "threads": a.threads, "int8": a.int8, "hyps": str(out)}
     if a.calibrate:
         entry = {**fit_calibration(results), "dev": a.manifest}
         summary["calibration"] = entry
-        summary["calibration_file"] = str(save_calibration(a.brick, opts, entry))
+        summary["calibration_file"] = str(save_calibration(a.brick, opts, entry, a.calibration))
     print(json.dumps(summary))
 

@@ -34,7 +34,7 @@ def run_demo(minutes: float | None = None, max_utts: int | None = None, out: str
     t0 = time.time()
     cfg = Path(config) if config else DEFAULT_CONFIG
     if not cfg.is_file():
-        raise SystemExit(f"demo config not found: {cfg} (run from a clone of the speechkit repo)")
+        raise SystemExit(f"error: demo config not found: {cfg} (run from a clone of the speechkit repo)")
     _stage(1, f"locale corpus → {data}", t0)
     prepare_locale(data, max_utts=max_utts)
 

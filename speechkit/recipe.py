@@ -197,8 +197,8 @@ def run_stages(stages: list[Stage], force: bool = False, dry_run: bool = False, 
             log(f"== stage {s.number} {s.name}: {shlex.join(argv)}")
             rc = 0 if dry_run else call(argv)
             if rc != 0:
-                raise SystemExit(f"stage {s.number} ({s.name}) failed with exit code {rc}; rerun from it "
-                                 f"with --stage {s.number}")
+                raise SystemExit(f"error: stage {s.number} ({s.name}) failed with exit code {rc}; rerun "
+                                 f"from it with --stage {s.number}")
         if s.marker is not None and not dry_run:
             s.marker.parent.mkdir(parents=True, exist_ok=True)
             s.marker.write_text(s.command + "\n")

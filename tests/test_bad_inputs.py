@@ -194,8 +194,9 @@ def test_no_checkpoint_of_non_finite_weights():
 def _fit(corpus: Path, root: Path, *extra):
     asr = corpus / "asr"
     d = "--data.init_args."
-    return _cli("fit", "-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml", f"--trainer.default_root_dir={root}",
-                f"{d}train={asr / 'train.jsonl'}", f"{d}valid={asr / 'dev.jsonl'}", f"{d}test={asr / 'test.jsonl'}",
+    return _cli("fit", "-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml",
+                f"--trainer.default_root_dir={root}", f"{d}train={asr / 'train.jsonl'}",
+                f"{d}valid={asr / 'dev.jsonl'}", f"{d}test={asr / 'test.jsonl'}",
                 f"{d}tokenizer={root.parent / 'tok.model'}", "--trainer.enable_progress_bar=false", *extra)
 
 
@@ -276,7 +277,8 @@ def test_fit_config_errors_name_the_file_line_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: [1\n")
     assert f"{bad}:3:1: invalid YAML" in _one_error_line(_cli("fit", "-c", DEMO, "-c", bad))
-    assert f"{tmp_path / 'none.yaml'}: No such file" in _one_error_line(_cli("fit", "-c", tmp_path / "none.yaml"))
+    missing = tmp_path / "none.yaml"
+    assert f"{missing}: No such file" in _one_error_line(_cli("fit", "-c", missing))
     bad.write_text("trainer:\n  max_stepz: 3\n")
     assert "trainer.max_stepz" in _one_error_line(_cli("fit", "-c", DEMO, "-c", bad))
 

@@ -1,15 +1,20 @@
 """Streaming: chunked encoder = full encoder under the same chunk mask, stateful search = one-shot search,
 the recognizer = offline decoding under the same mask, endpointing, word confidence / time metrics, and
-``speechkit stream`` through a subprocess (files, stdin PCM, bad stdin, --json)."""
+``speechkit stream`` through a subprocess (files, stdin PCM, bad, closed and empty stdin, --json), and
+its outputs and calibration kept out of a read-only brick."""
 
+import contextlib
 import json
+import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from speechkit.audio import read_audio
+from speechkit.audio import read_audio, write_audio
 from speechkit.data.manifest import load_manifest
 from speechkit.features import FbankConfig, fbank
 from speechkit.lego.brick import save_brick
@@ -21,8 +26,8 @@ from speechkit.models.transducer import Transducer
 from speechkit.nn.conformer import Conformer, chunk_mask
 from speechkit.nn.subsampling import FrameStack
 from speechkit.search.fusion import Fusion
-from speechkit.search.stream import Recognizer, StreamOptions, Word
-from speechkit.search.stream_eval import auc, ece, fit_calibration, word_pairs
+from speechkit.search.stream import MIN_TIMED_AUDIO_S, Recognizer, StreamOptions, Word, timing
+from speechkit.search.stream_eval import CALIBRATION, auc, ece, fit_calibration, word_pairs
 from speechkit.search.transducer import BeamSearch, GreedySearch, beam_search
 from speechkit.tokenizer import train_tokenizer
 
@@ -177,7 +182,8 @@ def test_word_alignment_auc_ece_and_calibration():
 def _stream_brick(tmp_path, corpus):
     tok = _tok(tmp_path, corpus)
     m = streaming_transducer(vocab=tok.vocab_size)
-    return save_brick(m, tmp_path / "brick", {"kind": "Transducer", "input": FbankConfig().to_dict()}, tok)
+    return save_brick(m, tmp_path / "brick", {"kind": "Transducer", "input": FbankConfig().to_dict()},
+                      {"target": tok})
 
 
 def _cmd(*args):
@@ -227,7 +233,8 @@ def test_stream_cli_refuses_a_non_streaming_brick(tmp_path, tiny_corpus):
     v = tok.vocab_size
     enc = SpeechEncoder(FrameStack(80, 16, 4), Conformer(16, 1, 2, 2, 5), MarginalHead(16, v), 80)
     m = Transducer(enc, StatelessPredictor(tok.vocab_size, 16), Joiner(16, 16, tok.vocab_size, 16))
-    brick = save_brick(m, tmp_path / "b", {"kind": "Transducer", "input": FbankConfig().to_dict()}, tok)
+    brick = save_brick(m, tmp_path / "b", {"kind": "Transducer", "input": FbankConfig().to_dict()},
+                       {"target": tok})
     p = subprocess.run(_cmd(brick, "-"), input="", capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "cannot stream" in p.stderr and "causal" in p.stderr
 
@@ -243,3 +250,100 @@ def test_stream_cli_evaluates_a_manifest(tiny_corpus, tmp_path):
     assert s["utts"] == 3 and s["wer"] >= 0 and 0 < s["rtf"] and s["chunk_ms"] == 160
     rows = [json.loads(x) for x in open(tmp_path / "hyps.jsonl")]
     assert len(rows) == 3 and {"id", "ref", "hyp", "words", "ref_words"} <= set(rows[0])
+
+
+def _error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_stream_cli_closed_or_empty_stdin_and_empty_file_are_one_error_line(tiny_corpus, tmp_path):
+    brick = _stream_brick(tmp_path, tiny_corpus)
+    closed = subprocess.run(["bash", "-c", 'exec "$@" <&-', "_", *_cmd(brick, "-", "--json")],
+                            capture_output=True, text=True, timeout=300)  # file descriptor 0 closed
+    empty = subprocess.run(_cmd(brick, "-", "--json"), input="", capture_output=True, text=True, timeout=300)
+    for p in closed, empty:
+        assert p.returncode != 0 and p.stdout == "", p.stdout  # no events, no summary with an absurd RTF
+        errors = _error_lines(p.stderr)
+        assert len(errors) == 1 and errors[0].startswith("error: no audio received on stdin"), p.stderr
+    assert "closed" in closed.stderr and "0 bytes" in empty.stderr
+    silent = tmp_path / "silent.wav"
+    write_audio(silent, torch.zeros(0))
+    p = subprocess.run(_cmd(brick, silent), capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and _error_lines(p.stderr) == [f"error: audio is empty: {silent} (offset=0.0, "
+                                                            "duration=None)"]
+
+
+def test_timing_reports_no_rtf_for_almost_no_audio(tiny_corpus, tmp_path):
+    tok = _tok(tmp_path, tiny_corpus)
+    m = streaming_transducer(vocab=tok.vocab_size)
+    rec = Recognizer(m, tok, FbankConfig(), StreamOptions(chunk=4))
+    rec.accept(torch.full((2,), 0.01))
+    rec.finish()
+    assert rec.audio_s < MIN_TIMED_AUDIO_S and rec.compute_s > 0 and timing([rec])["rtf"] is None
+    rec.run(torch.randn(16000) * 0.05)
+    assert 0 < timing([rec])["rtf"] < 1000
+
+
+def _snapshot(directory: Path) -> dict:
+    """Every path under ``directory`` (itself included) → (size, mtime): what writing would change."""
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in [directory, *directory.rglob("*")]}
+
+
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """``chmod -R a-w directory`` for the block (restored after); yields a check that nothing in it changed
+    (which also holds the line where permissions do not: a test run as root)."""
+    modes = {p: p.stat().st_mode for p in [directory, *directory.rglob("*")]}
+    for p in modes:
+        os.chmod(p, modes[p] & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    before = _snapshot(directory)
+    try:
+        yield lambda: _snapshot(directory) == before
+    finally:
+        for p, mode in modes.items():
+            os.chmod(p, mode)
+
+
+def _main(capsys, *args) -> tuple[str, str]:
+    from speechkit.cli import main
+
+    main([str(a) for a in args])
+    out = capsys.readouterr()
+    return out.out, out.err
+
+
+def test_stream_manifest_and_calibration_leave_a_read_only_brick_untouched(tiny_corpus, tmp_path, capsys,
+                                                                           monkeypatch):
+    import speechkit.search.stream_eval as se
+
+    brick = _stream_brick(tmp_path, tiny_corpus)
+    entry = {"time_shift": -0.05, "confidence": [2.0, 0.5], "words": 9}
+    monkeypatch.setattr(se, "fit_calibration", lambda results: entry)  # an untrained model gets no word right
+    train = tiny_corpus / "asr" / "train.jsonl"
+    audio = load_manifest(train)[0].audio
+    common = ("--chunk", 4, "--threads", torch.get_num_threads())
+    with read_only(brick) as unchanged:
+        out, _ = _main(capsys, "stream", brick, "--manifest", train, "--max-utts", 2, "--calibrate", "--json",
+                       *common)
+        s = json.loads(out.splitlines()[-1])
+        assert Path(s["hyps"]) == tmp_path / "stream-train-chunk4-beam1-transducer.jsonl" and s["utts"] == 2
+        assert Path(s["calibration_file"]) == tmp_path / CALIBRATION
+        assert json.loads((tmp_path / CALIBRATION).read_text()) == {"chunk4-beam1-transducer":
+                                                                    {**entry, "dev": str(train)}}
+        _, err = _main(capsys, "stream", brick, audio, *common)  # a plain run reads the table beside it
+        assert "no calibration" not in err
+        mine = tmp_path / "mine.json"
+        out, _ = _main(capsys, "stream", brick, "--manifest", train, "--max-utts", 1, "--calibrate", "--json",
+                       "--calibration", mine, "--out", tmp_path / "h.jsonl", *common)
+        assert json.loads(out.splitlines()[-1])["calibration_file"] == str(mine) and mine.is_file()
+        assert unchanged(), "something was written inside the brick"
+    (tmp_path / CALIBRATION).unlink()
+    _, err = _main(capsys, "stream", brick, audio, *common)
+    assert "no calibration for chunk4-beam1-transducer" in err
+    (brick / CALIBRATION).write_text(json.dumps({"chunk4-beam1-transducer": entry}))  # shipped in a brick
+    _, err = _main(capsys, "stream", brick, audio, *common)
+    assert "no calibration" not in err
+    with pytest.raises(SystemExit, match="calibration table not found"):
+        _main(capsys, "stream", brick, audio, "--calibration", tmp_path / "nothing.json", *common)

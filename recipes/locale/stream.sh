@@ -16,7 +16,8 @@ THREADS=${THREADS:-1}
 C=recipes/locale/conf
 X=${X:-exp/stream}
 CHUNKS=${CHUNKS:-4 8 16}
-DEV=(--max-utts "${DEV_UTTS:-400}")  # calibration on the first 400 dev utterances (~2,500 words)
+DEV=(--max-utts "${DEV_UTTS:-400}")  # calibration on the first 400 dev utterances (~2,500 words); it is
+                                     # stored beside each brick ($X/MODEL/stream_calibration.json)
 LM=${LM:-exp/fusion/lm_lstm/brick}
 source "$(dirname "$0")/lib.sh"
 

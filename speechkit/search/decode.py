@@ -8,10 +8,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from ..audio import AudioError
 from ..data.dataset import SpeechDataset, TextDataset, collate, target_texts
 from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
@@ -34,6 +36,18 @@ class DecodeOptions:
     progress: bool = True
     fusion: Fusion | None = None  # external LM / ILME / length reward (search.fusion)
     max_symbols: int = 1  # transducer beam search: labels per frame (1 = modified beam search; greedy: 3)
+    skip_bad: bool = False  # leave out utterances whose audio cannot be read (else: stop, naming the first)
+
+
+def default_output(brick: str | Path, name: str) -> Path:
+    """Where a file made from ``brick`` (hypotheses, calibration) goes by default: beside the brick, never
+    inside it (a shared brick may be read-only). ``PARENT/NAME`` for a brick folder called ``brick`` (what
+    ``fit`` writes: exp/RUN/brick → exp/RUN/NAME), else ``PARENT/BRICK-NAME`` (sibling bricks such as
+    exp/lego/ro+de and exp/lego/3 keep apart)."""
+    b = Path(brick)
+    if b.name in ("", ".", ".."):
+        b = b.resolve()
+    return b.parent / (name if b.name == "brick" else f"{b.name}-{name}")
 
 
 def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = None,
@@ -51,15 +65,61 @@ def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = No
     return beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion, max_symbols=max_symbols)
 
 
-def encode_dataset(model, ds: SpeechDataset | TextDataset,
-                   opts: DecodeOptions) -> Iterator[tuple[list[int], Encoded]]:
-    """Encode a dataset in length-bucketed batches → (dataset indices, ``Encoded``) per batch."""
+class _Unreadable(NamedTuple):
+    index: int
+    reason: str  # the AudioError's message (it names the file)
+
+
+class _Readable(Dataset):
+    """``ds`` whose items that cannot be read (``AudioError``) come back as ``_Unreadable`` instead of
+    raising: in a loader worker too, so the main process decides (stop or skip) with a one-line message."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        try:
+            return self.ds[i]
+        except AudioError as e:
+            return _Unreadable(i, str(e))
+
+
+def _collate_readable(items) -> tuple[dict | None, list[_Unreadable]]:
+    """Items of ``_Readable`` → (the readable ones collated, or None; the unreadable ones)."""
+    bad = [x for x in items if isinstance(x, _Unreadable)]
+    good = [x for x in items if not isinstance(x, _Unreadable)]
+    return (collate(good) if good else None), bad
+
+
+def unreadable_message(u: Utterance, reason: str) -> str:
+    """``reason`` (an ``AudioError``'s message, naming the file) prefixed with the utterance id."""
+    return reason if reason.startswith(f"utterance {u.id!r}") else f"utterance {u.id!r}: {reason}"
+
+
+def encode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions,
+                   skipped: dict[int, str] | None = None) -> Iterator[tuple[list[int], Encoded]]:
+    """Encode a dataset in length-bucketed batches → (dataset indices, ``Encoded``) per batch.
+
+    An utterance whose audio cannot be read stops the run (``AudioError`` naming its id and file), or,
+    with ``opts.skip_bad``, is left out and recorded in ``skipped`` (dataset index → reason).
+    """
     model.eval()
     sampler = BucketBatchSampler(ds.lengths(), opts.max_frames, shuffle=False)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=opts.num_workers)
+    loader = DataLoader(_Readable(ds), batch_sampler=sampler, collate_fn=_collate_readable,
+                        num_workers=opts.num_workers)
     with torch.no_grad():
-        for batch in loader:
-            yield batch["index"].tolist(), model(batch["inputs"], batch["input_lens"])
+        for batch, bad in loader:
+            for i, reason in bad:
+                if not opts.skip_bad:
+                    raise AudioError(unreadable_message(ds.utts[i], reason) + " (--skip-bad leaves such "
+                                     "utterances out)")
+                if skipped is not None:
+                    skipped[i] = reason
+            if batch is not None:
+                yield batch["index"].tolist(), model(batch["inputs"], batch["input_lens"])
 
 
 @torch.no_grad()
@@ -67,13 +127,15 @@ def decode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions =
                    encoded: list[tuple[list[int], Encoded]] | None = None) -> list[dict]:
     """Decode a dataset → one dict per utterance (manifest order): id, ref, hyp, [nbest].
 
-    ``ref`` is the normalised target (transcript or translation) the model was trained on.
-    ``encoded``: the dataset already through ``encode_dataset`` (searched again, e.g. per fusion weight).
+    ``ref`` is the normalised target (transcript or translation) the model was trained on. With
+    ``opts.skip_bad``, an utterance whose audio cannot be read gets {id, audio, error} (no hyp; see
+    ``decoded``). ``encoded``: the dataset already through ``encode_dataset`` (searched again, e.g. per
+    fusion weight).
     """
     model.eval()
     results: list[dict | None] = [None] * len(ds)
-    t0, done = time.time(), 0
-    for index, enc in encoded if encoded is not None else encode_dataset(model, ds, opts):
+    t0, done, skipped = time.time(), 0, {}
+    for index, enc in encoded if encoded is not None else encode_dataset(model, ds, opts, skipped):
         for i, nb in zip(index, search(model, enc, opts.beam, opts.nbest, opts.fusion, opts.max_symbols)):
             r = {"id": ds.utts[i].id, "ref": ds.refs[i], "hyp": ds.tok.decode(list(nb[0].tokens))}
             if opts.nbest > 1:
@@ -81,10 +143,27 @@ def decode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions =
             results[i] = r
         done += len(index)
         if opts.progress:
-            print(f"\r  decoded {done}/{len(ds)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
+            print(f"\r  decoded {done + len(skipped)}/{len(ds)} ({time.time() - t0:.0f}s)", end="",
+                  file=sys.stderr)
     if opts.progress:
         print(file=sys.stderr)
+    for i, reason in skipped.items():
+        results[i] = {"id": ds.utts[i].id, "audio": ds.utts[i].audio, "error": reason}
     return results
+
+
+def decoded(results: list[dict]) -> list[dict]:
+    """The results that have a hypothesis (not the unreadable utterances ``--skip-bad`` left out)."""
+    return [r for r in results if "error" not in r]
+
+
+def score_results(results: list[dict], source: str | Path = "manifest") -> Scores:
+    """Scores of the decoded results; an ``AudioError`` when every utterance was unreadable."""
+    done = decoded(results)
+    if not done:
+        raise AudioError(f"{source}: none of its {len(results)} utterances could be read (first: "
+                         f"{results[0]['id']!r}: {results[0]['error']})")
+    return score([r["ref"] for r in done], [r["hyp"] for r in done])
 
 
 def brick_dataset(brick: str | Path, iface: dict, utts: list[Utterance], target_lang: str | None,
@@ -116,7 +195,7 @@ def decode_manifest(brick: str | Path, manifest: str | Path, opts: DecodeOptions
     text_input = iface["input"].get("kind") == "text"
     utts = load_manifest(manifest, require_audio=not text_input)[:max_utts]
     res = decode_dataset(model, brick_dataset(brick, iface, utts, target_lang, str(manifest)), opts)
-    return res, score([r["ref"] for r in res], [r["hyp"] for r in res])
+    return res, score_results(res, manifest)
 
 
 def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str | Path,
@@ -125,7 +204,8 @@ def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str 
     """Cascade speech translation: ``asr_brick`` transcribes, the text brick ``mt_brick`` translates
     its transcripts → (results with 'asr' transcripts, scores against the translations).
 
-    An utterance whose transcript is empty gets an empty translation (scored as such).
+    An utterance whose transcript is empty gets an empty translation (scored as such); one whose audio
+    ``opts.skip_bad`` left out keeps its {id, audio, error} row.
     """
     mt, iface = load_brick(mt_brick)
     if iface["input"].get("kind") != "text":
@@ -135,15 +215,16 @@ def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str 
         target_lang = iface.get("target_lang")
     asr, _ = decode_manifest(asr_brick, manifest, opts, max_utts, target_lang=None)
     utts = load_manifest(manifest)[:max_utts]
-    transcripts = [r["hyp"] for r in asr]
-    said = [i for i, t in enumerate(transcripts) if normalize_text(t)]
+    transcripts = [r.get("hyp", "") for r in asr]
+    said = [i for i, (r, t) in enumerate(zip(asr, transcripts)) if "error" not in r and normalize_text(t)]
     second = [replace(utts[i], text=transcripts[i]) for i in said]
     res = decode_dataset(mt, brick_dataset(mt_brick, iface, second, target_lang, str(manifest)), opts)
     out = [{"id": u.id, "ref": ref, "hyp": "", "asr": t}
            for u, ref, t in zip(utts, target_texts(utts, target_lang, str(manifest)), transcripts)]
     for i, r in zip(said, res):
         out[i].update(r)
-    return out, score([r["ref"] for r in out], [r["hyp"] for r in out])
+    out = [r if "error" in r else o for o, r in zip(out, asr)]  # unreadable: the ASR stage's row
+    return out, score_results(out, manifest)
 
 
 def make_fusion(brick: str | Path, lm_brick: str | Path | None, lm_weight: float = 0.0,

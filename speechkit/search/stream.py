@@ -227,14 +227,17 @@ class Recognizer:
         return timing([self])
 
 
+MIN_TIMED_AUDIO_S = 0.1  # below this much audio the fixed cost of a stream swamps the RTF: not reported
+
+
 def timing(recognizers: list[Recognizer]) -> dict:
     """Real-time factor and per-chunk compute latency (mean, 95th percentile over every chunk) of the
-    streams of ``recognizers`` together."""
+    streams of ``recognizers`` together. ``rtf`` is None under ``MIN_TIMED_AUDIO_S`` of audio."""
     audio, compute = sum(r.audio_s for r in recognizers), sum(r.compute_s for r in recognizers)
     lat = sorted(s for r in recognizers for s in r.chunk_s) or [0.0]
     first = recognizers[0] if recognizers else None
     return {"audio_s": round(audio, 3), "compute_s": round(compute, 3),
-            "rtf": round(compute / max(audio, 1e-9), 4),
+            "rtf": round(compute / audio, 4) if audio >= MIN_TIMED_AUDIO_S else None,
             "chunk_ms": round(first.opts.chunk * first.frame_s * 1000) if first else None,
             "latency_ms_mean": round(1000 * sum(lat) / len(lat), 2),
             "latency_ms_p95": round(1000 * lat[int(0.95 * (len(lat) - 1))], 2)}

@@ -1,6 +1,7 @@
 """Streaming recognition of a manifest: WER, real-time factor, latency, word-time accuracy against the
 manifest's word times (the locale corpus records espeak's), word-confidence quality, and the
-calibration of both (fitted on a dev set, stored next to the brick, used by ``speechkit stream``).
+calibration of both (fitted on a dev set, stored beside the brick — never inside it — or where
+``--calibration`` says, used by ``speechkit stream``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ import torch
 
 from ..audio import read_audio
 from ..data.manifest import Utterance
+from ..errors import SpeechkitError
 from ..features import FbankConfig
+from ..files import write_text
 from ..metrics import normalize_text, score
 from .stream import Recognizer, StreamOptions, Word, logit, timing
 
 CALIBRATION = "stream_calibration.json"
+
+
+class CalibrationError(SpeechkitError):
+    """A calibration table is missing, unreadable or malformed; the message names the file."""
 
 
 def stream_utterances(model, tok, cfg: FbankConfig, utts: list[Utterance], opts: StreamOptions,
@@ -132,22 +139,47 @@ def fit_calibration(results: list[dict]) -> dict:
             "confidence": [round(float(v), 5) for v in ab.detach()], "words": len(pairs)}
 
 
-def load_calibration(brick: str | Path, opts: StreamOptions) -> StreamOptions:
-    """``opts`` with the time shift and confidence map stored for its settings (``StreamOptions.key``)
-    in BRICK/stream_calibration.json; unchanged (and a note on stderr) when there is none."""
-    path = Path(brick) / CALIBRATION
-    entry = json.loads(path.read_text()).get(opts.key()) if path.is_file() else None
-    if entry is None:
-        print(f"note: no calibration for {opts.key()} in {path}: word confidences are raw posteriors and "
-              "times are not shifted (calibrate: speechkit stream BRICK --manifest DEV --calibrate)",
-              file=sys.stderr)
-        return opts
-    return replace(opts, time_shift=entry["time_shift"], confidence=tuple(entry["confidence"]))
+def calibration_path(brick: str | Path) -> Path:
+    """Where ``--calibrate`` writes by default: beside the brick (``decode.default_output``), never in it."""
+    from .decode import default_output
+
+    return default_output(brick, CALIBRATION)
 
 
-def save_calibration(brick: str | Path, opts: StreamOptions, entry: dict) -> Path:
-    path = Path(brick) / CALIBRATION
-    table = json.loads(path.read_text()) if path.is_file() else {}
+def _read_table(path: Path) -> dict:
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CalibrationError(f"cannot read calibration table {path}: {e}") from None
+    if not isinstance(table, dict):
+        raise CalibrationError(f"{path}: expected a JSON object (settings → calibration)")
+    return table
+
+
+def load_calibration(brick: str | Path, opts: StreamOptions, path: str | Path | None = None) -> StreamOptions:
+    """``opts`` with the time shift and confidence map stored for its settings (``StreamOptions.key``):
+    from ``path`` when given (it must exist), else from the first of ``calibration_path(brick)`` and the
+    table shipped in the brick (BRICK/stream_calibration.json, read only) that has an entry for them;
+    unchanged (and a note on stderr) when there is none."""
+    if path is not None and not Path(path).is_file():
+        raise CalibrationError(f"calibration table not found: {path}")
+    places = [Path(path)] if path is not None else [calibration_path(brick), Path(brick) / CALIBRATION]
+    for place in places:
+        entry = _read_table(place).get(opts.key()) if place.is_file() else None
+        if entry is not None:
+            return replace(opts, time_shift=entry["time_shift"], confidence=tuple(entry["confidence"]))
+    print(f"note: no calibration for {opts.key()} in {' or '.join(map(str, places))}: word confidences are "
+          "raw posteriors and times are not shifted (calibrate: speechkit stream BRICK --manifest DEV "
+          "--calibrate)", file=sys.stderr)
+    return opts
+
+
+def save_calibration(brick: str | Path, opts: StreamOptions, entry: dict,
+                     path: str | Path | None = None) -> Path:
+    """Store ``entry`` for ``opts``'s settings in the table at ``path`` (default ``calibration_path``:
+    beside the brick, which stays untouched), keeping its other settings; written atomically."""
+    path = Path(path) if path is not None else calibration_path(brick)
+    table = _read_table(path) if path.is_file() else {}
     table[opts.key()] = entry
-    path.write_text(json.dumps(table, indent=1) + "\n")
+    write_text(path, json.dumps(table, indent=1) + "\n")
     return path

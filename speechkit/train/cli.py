@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
+import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -112,12 +115,26 @@ def run_lightning(args: list[str], run: bool = True) -> SpeechkitCLI:
     """Run a LightningCLI subcommand (fit/validate/test) with ``args``; ``run=False``: only build the
     model, data module and trainer (``args`` without a subcommand)."""
     check_config_files(args)
+    quiet_lightning()
     with contextlib.ExitStack() as resources:
         return SpeechkitCLI(
             L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
             save_config_kwargs={"overwrite": True}, args=args, parser_kwargs={"exit_on_error": False},
             trainer_defaults={"use_distributed_sampler": False}, run=run, resources=resources,
         )
+
+
+def quiet_lightning() -> None:
+    """Silence what Lightning prints that is not the user's concern: the note on passing ``args``
+    (speechkit always does), the litmodels and litlogger tips, the TensorBoard-is-not-installed note,
+    deprecation notes of the packages below speechkit. Warnings about the user's own setup (e.g. few data
+    loader workers) stay."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(lambda r: "💡 Tip:" not in r.getMessage())
+    for message in ("LightningCLI's args parameter", "Starting from v1.9.0, `tensorboardX`"):
+        warnings.filterwarnings("ignore", message=re.escape(message))
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(lightning|jsonargparse|torch)\b")
 
 
 class ConfigError(SpeechkitError):

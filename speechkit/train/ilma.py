@@ -24,6 +24,7 @@ import torch
 
 from ..data.datamodule import SpeechDataModule
 from ..lego.brick import BrickError, brick_tokenizers, load_brick, save_brick
+from .cli import quiet_lightning
 
 
 class ILMATask(L.LightningModule):
@@ -94,6 +95,7 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
     task = ILMATask(model, rho, lr)
     dm = SpeechDataModule(str(text), str(valid or text), str(Path(brick) / "tokenizer.model"),
                           vocab_size=model.vocab_size, text_only=True, max_frames=max_tokens, seed=seed)
+    quiet_lightning()
     logger = L.pytorch.loggers.CSVLogger(str(Path(out).parent), name=f"{Path(out).name}-ilma")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, enable_checkpointing=False,
                         logger=logger, num_sanity_val_steps=0,
