@@ -38,6 +38,18 @@ def _cli(*args, env=None, timeout=300):
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def _main(*args) -> str:
+    """Run the CLI in this process (no start-up cost) → the message it exits with, which must be one
+    ``error: …`` line (``main`` turns the toolkit's errors into ``SystemExit(message)``, no traceback)."""
+    from speechkit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(map(str, args)))
+    message = str(e.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
 def _one_error_line(p) -> str:
     """The process failed with exactly one ``error: …`` line on stderr and no traceback."""
     assert p.returncode != 0, p.stdout + p.stderr
@@ -191,10 +203,10 @@ def test_no_checkpoint_of_non_finite_weights():
         task.on_save_checkpoint({})
 
 
-def _fit(corpus: Path, root: Path, *extra):
+def _fit(corpus: Path, root: Path, *extra, run=_main):
     asr = corpus / "asr"
     d = "--data.init_args."
-    return _cli("fit", "-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml",
+    return run("fit", "-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml",
                 f"--trainer.default_root_dir={root}", f"{d}train={asr / 'train.jsonl'}",
                 f"{d}valid={asr / 'dev.jsonl'}", f"{d}test={asr / 'test.jsonl'}",
                 f"{d}tokenizer={root.parent / 'tok.model'}", "--trainer.enable_progress_bar=false", *extra)
@@ -202,8 +214,7 @@ def _fit(corpus: Path, root: Path, *extra):
 
 def test_fit_with_a_huge_learning_rate_exits_non_zero_without_a_brick(tiny_corpus, tmp_path):
     root = tmp_path / "exp"
-    p = _fit(tiny_corpus, root, "--model.init_args.lr=1e3")
-    line = _one_error_line(p)
+    line = _one_error_line(_fit(tiny_corpus, root, "--model.init_args.lr=1e3", run=_cli))
     assert "training loss term" in line and "is nan" in line and "exported no brick" in line, line
     assert not (root / "brick").exists()
     assert not (root / ".speechkit-lock").exists(), "the lock outlived the run"
@@ -233,8 +244,7 @@ def test_run_lock_refuses_a_second_owner_and_takes_over_a_stale_one(tmp_path, ca
 def test_second_fit_into_a_run_directory_is_refused(tiny_corpus, tmp_path):
     root = tmp_path / "exp"
     with RunLock(root):  # this test process plays the first run
-        p = _fit(tiny_corpus, root, "--trainer.max_steps=2")
-    line = _one_error_line(p)
+        line = _fit(tiny_corpus, root, "--trainer.max_steps=2")
     assert f"{root} is in use by pid {os.getpid()}" in line, line
     assert not (root / "checkpoints").exists() and not (root / "lightning_logs").exists()
 
@@ -267,20 +277,21 @@ def test_truncated_feature_cache_is_named_and_rebuilt(tiny_corpus, tmp_path, cap
 # ---- one-line errors -----------------------------------------------------------------------------------
 
 def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
-    p = _cli("decode", tmp_path / "no-brick", tmp_path / "none.jsonl")
-    assert "no-brick" in _one_error_line(p)
-    p = _cli("decode", tmp_path / "no-brick", tmp_path / "none.jsonl", "--debug")
-    assert p.returncode != 0 and "Traceback" in p.stderr
+    assert "no-brick: no such brick directory" in _main("decode", tmp_path / "no-brick", tmp_path / "x.jsonl")
+    with pytest.raises(BrickError):  # --debug: the exception itself, traceback and all
+        from speechkit.cli import main
+
+        main(["decode", str(tmp_path / "no-brick"), str(tmp_path / "x.jsonl"), "--debug"])
 
 
 def test_fit_config_errors_name_the_file_line_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_steps: [1\n")
-    assert f"{bad}:3:1: invalid YAML" in _one_error_line(_cli("fit", "-c", DEMO, "-c", bad))
+    assert f"{bad}:3:1: invalid YAML" in _main("fit", "-c", DEMO, "-c", bad)
     missing = tmp_path / "none.yaml"
-    assert f"{missing}: No such file" in _one_error_line(_cli("fit", "-c", missing))
+    assert f"{missing}: No such file" in _main("fit", "-c", missing)
     bad.write_text("trainer:\n  max_stepz: 3\n")
-    assert "trainer.max_stepz" in _one_error_line(_cli("fit", "-c", DEMO, "-c", bad))
+    assert "trainer.max_stepz" in _main("fit", "-c", DEMO, "-c", bad)
 
 
 # ---- a demo that survives a slow machine ---------------------------------------------------------------

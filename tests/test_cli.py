@@ -235,7 +235,7 @@ def test_lm_fusion_ilma_and_mwer_through_the_cli(tiny_corpus, tmp_path):
     assert p.returncode != 0 and "tokenizer 0000" in p.stderr
     p = subprocess.run(_cmd("decode", tmp_path / "no_such_brick", test, "--lm", lm), capture_output=True,
                        text=True)
-    assert p.returncode != 0 and "no_such_brick: not a brick directory" in p.stderr
+    assert p.returncode != 0 and "no_such_brick: no such brick directory" in p.stderr
     assert "Traceback" not in p.stderr
     # ILMA from the training text, then decode the adapted brick (no LM at run time)
     ilma = tmp_path / "ilma"
