@@ -142,6 +142,33 @@ def test_every_speechkit_callable_a_config_could_name_is_refused_unless_a_module
     assert all(not p.endswith((".Tensor", ".Module")) for p in accepted)
 
 
+def test_brick_files_that_do_not_parse_are_named(brick):
+    config = (brick / "config.yaml").read_text()
+    (brick / "config.yaml").write_text("class_path: [speechkit.models\n")
+    with pytest.raises(BrickError, match=r"brick/config.yaml:2:1: invalid YAML \(expected ',' or ']'"):
+        load_brick(brick)
+    (brick / "config.yaml").write_text(config)
+    (brick / "interface.json").write_text("{")
+    with pytest.raises(BrickError, match=r"brick/interface.json: cannot be parsed"):
+        load_brick(brick)
+
+
+def test_lightning_notes_that_are_not_the_users_concern_are_silenced():
+    import warnings
+
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from speechkit.train.cli import quiet_lightning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        rank_zero_warn("LightningCLI's args parameter is intended to run from within Python")
+        rank_zero_warn("Starting from v1.9.0, `tensorboardX` has been removed as a dependency")
+        rank_zero_warn("The dataloader does not have many workers")  # the user's concern: kept
+    assert [str(w.message) for w in seen] == ["The dataloader does not have many workers"]
+
+
 def test_brick_files_are_readable_by_others(brick):
     assert stat.S_IMODE(brick.stat().st_mode) == 0o755
     for f in brick.iterdir():

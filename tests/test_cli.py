@@ -85,6 +85,8 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_corpus, tmp_path):
     p = _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=40", "--model.init_args.total_steps=40",
                        "--ckpt_path=last"))
     assert "Restored all states from the checkpoint" in p.stderr + p.stdout
+    assert f"taking over the stale lock {root / '.speechkit-lock'} (pid {proc.pid}" in p.stderr  # killed run
+    assert not (root / ".speechkit-lock").exists()
     iface = json.loads((root / "brick" / "interface.json").read_text())
     assert iface["global_step"] == 40
     # the resolved config of the resumed run names the same model

@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import SpeechkitError
+from ..errors import SpeechkitError, yaml_problem
 from ..files import atomic_dir
 
 ALLOWED_PREFIXES = ("speechkit.",)
@@ -230,8 +230,10 @@ def _require(d: Path, *names: str) -> None:
 def _read(path: Path, parse):
     try:
         return parse(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BrickError(f"{path}: cannot be parsed ({' '.join(str(e).split())})") from None
+    except yaml.YAMLError as e:
+        raise BrickError(yaml_problem(path, e)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BrickError(f"{path}: cannot be parsed ({e})") from None
 
 
 def read_interface(directory: str | Path) -> dict:

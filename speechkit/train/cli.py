@@ -23,7 +23,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from ..compress.apply import CompressConfig
-from ..errors import SpeechkitError
+from ..errors import SpeechkitError, yaml_problem
 from ..files import RunLock
 
 
@@ -152,6 +152,4 @@ def check_config_files(args: list[str]) -> None:
         except OSError as e:
             raise ConfigError(f"{f}: {e.strerror}") from None
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{f}:{mark.line + 1}:{mark.column + 1}" if mark else f
-            raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+            raise ConfigError(yaml_problem(f, e)) from None
