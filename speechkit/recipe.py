@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from .errors import SpeechkitError
+from .files import write_text
 
 SPEECHKIT = (sys.executable, "-m", "speechkit.cli")  # the CLI of this environment, whatever PATH says
 STAGE_KEYS = {"name", "run", "fit", "root", "args", "creates"}
@@ -201,7 +202,7 @@ def run_stages(stages: list[Stage], force: bool = False, dry_run: bool = False, 
                                  f"from it with --stage {s.number}")
         if s.marker is not None and not dry_run:
             s.marker.parent.mkdir(parents=True, exist_ok=True)
-            s.marker.write_text(s.command + "\n")
+            write_text(s.marker, s.command + "\n")
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
