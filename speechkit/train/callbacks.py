@@ -1,8 +1,12 @@
-"""Lightning callbacks: export the trained model as a shareable brick; compression schedule and SAD."""
+"""Lightning callbacks: export the trained model as a shareable brick; compression schedule and SAD; the
+thread count that trains fastest on a machine shared with other work."""
 
 from __future__ import annotations
 
 import math
+import statistics
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -149,3 +153,51 @@ def sad(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> tupl
         per_layer[k] = flips / m.numel()
         total += flips
     return per_layer, total
+
+
+class AdaptiveThreads(L.Callback):
+    """Keep torch's intra-op thread count at whatever trains fastest now (``speechkit fit --threads auto``).
+
+    Every ``every`` training steps, ``probe`` steps are timed at each candidate count (1, half and all of
+    ``max_threads``) and the fastest (median step time, the first step after a switch left out) is kept.
+    On a busy machine fewer threads are much faster: intra-op threads wait for each other at every op, so
+    one descheduled thread stalls them all. Measured on 2 cores beside a CPU-bound process
+    (recipes/locale/RESULTS.md, "`speechkit demo` on a busy machine"): 120 demo steps took ~2.3× longer
+    with 2 threads than with 1. On a quiet machine it settles on all of them, at the cost of the probes.
+    """
+
+    def __init__(self, max_threads: int, every: int = 250, probe: int = 6):
+        self.candidates = sorted({1, max(1, max_threads // 2), max_threads})
+        self.every, self.probe = every, probe
+        self.best = max_threads
+        self.plan: list[int] = []  # thread count per step of the probe under way
+        self.times: dict[int, list[float]] = {}
+        self.current, self._switched, self._t0 = max_threads, False, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.plan and len(self.candidates) > 1 and step % self.every == 0:
+            self.plan = [n for n in self.candidates for _ in range(self.probe)]
+            self.times = {n: [] for n in self.candidates}
+        self.current = self.plan[0] if self.plan else self.best
+        if torch.get_num_threads() != self.current:
+            torch.set_num_threads(self.current)
+            self._switched = True
+        else:
+            self._switched = False
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.plan:
+            return
+        if not self._switched:
+            self.times[self.current].append(time.perf_counter() - self._t0)
+        self.plan.pop(0)
+        if not self.plan:
+            med = {n: statistics.median(t) for n, t in self.times.items() if t}
+            best = min(med, key=med.get)
+            if best != self.best:
+                steps = ", ".join(f"{n}: {1000 * t:.0f} ms" for n, t in sorted(med.items()))
+                print(f"threads: {self.best} → {best} (median step time by thread count: {steps})",
+                      file=sys.stderr)
+            self.best = best

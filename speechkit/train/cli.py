@@ -41,8 +41,9 @@ class SpeechkitCLI(LightningCLI):
         root = cfg.trainer.get("default_root_dir") or "."
         if self.subcommand == "fit" and self.resources is not None and _launcher_process():
             self.resources.enter_context(RunLock(root))
-        if cfg.get("threads"):
-            torch.set_num_threads(cfg.threads)
+        self.threads = threads_option(cfg.get("threads"))
+        if self.threads:
+            torch.set_num_threads(abs(self.threads))
         if cfg.get("vocab_size") or cfg.get("source_vocab_size"):
             for key in ("model", "data"):
                 set_vocab_sizes(cfg.get(key), cfg.get("vocab_size"), cfg.get("source_vocab_size"))
@@ -52,9 +53,18 @@ class SpeechkitCLI(LightningCLI):
             if cb.class_path.endswith("ModelCheckpoint") and not cb.init_args.get("dirpath"):
                 cb.init_args.dirpath = f"{root}/checkpoints"
 
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self.threads and self.threads < 0 and self.trainer is not None:  # --threads auto
+            from .callbacks import AdaptiveThreads
+
+            self.trainer.callbacks.append(AdaptiveThreads(-self.threads))
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--threads", type=int, default=None,
-                            help="torch intra-op threads (default: torch's choice)")
+        parser.add_argument("--threads", type=int | str | None, default=None,
+                            help="torch intra-op threads (default: torch's choice); 'auto': at most the "
+                            "CPUs this process may use, re-chosen while training to whatever is fastest now "
+                            "(fewer on a machine busy with other work: train.callbacks.AdaptiveThreads)")
         parser.add_argument("--vocab_size", type=int, default=None,
                             help="the target vocabulary size: every vocab_size of the model and data at once")
         parser.add_argument("--source_vocab_size", type=int, default=None,
@@ -102,6 +112,18 @@ def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: 
         else:
             n += set_vocab_sizes(v, target, source, side, own if k == "init_args" else ())
     return n
+
+
+def threads_option(value) -> int | None:
+    """``--threads``: None, a count, or "auto" (returned as minus the CPUs this process may use)."""
+    if value is None or isinstance(value, int):
+        return value
+    if str(value) == "auto":
+        return -len(os.sched_getaffinity(0))
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"threads: expected a number or 'auto', got {value!r}") from None
 
 
 def _launcher_process() -> bool:
