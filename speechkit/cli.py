@@ -380,12 +380,12 @@ def user_error(e: BaseException) -> str | None:
 
     from .errors import SpeechkitError
 
-    if isinstance(e, argparse.ArgumentError) or type(e).__name__ == "ArgumentError":  # jsonargparse's too
-        return " ".join(str(e).split())
     if isinstance(e, OSError) and e.filename is not None:
         return f"{e.filename}: {e.strerror or e}"
-    if isinstance(e, (SpeechkitError, OSError, ValueError, yaml.YAMLError)):
-        return " ".join(str(e).split()) if str(e).strip() else type(e).__name__
+    known = (SpeechkitError, OSError, ValueError, yaml.YAMLError, argparse.ArgumentError)
+    foreign = ("ArgumentError", "MisconfigurationException")  # jsonargparse's, Lightning's config errors
+    if isinstance(e, known) or type(e).__name__ in foreign:
+        return " ".join(str(e).split()) or type(e).__name__
     return None
 
 

@@ -319,9 +319,43 @@ def test_fit_config_errors_name_the_file_line_and_key(tmp_path):
     assert f"{missing}: No such file" in _main("fit", "-c", missing)
     bad.write_text("trainer:\n  max_stepz: 3\n")
     assert "trainer.max_stepz" in _main("fit", "-c", DEMO, "-c", bad)
+    assert "threads: expected a number or 'auto', got 'many'" in _main("fit", "-c", DEMO, "--threads=many")
+    line = _main("fit", "-c", DEMO, f"--trainer.default_root_dir={tmp_path}",
+                 "--trainer.enable_checkpointing=false")
+    assert "enable_checkpointing=False" in line and "ModelCheckpoint" in line  # Lightning's own check
 
 
 # ---- a demo that survives a slow machine ---------------------------------------------------------------
+
+def test_adaptive_threads_keeps_what_is_fastest_now(monkeypatch, capsys):
+    from speechkit.train.callbacks import AdaptiveThreads
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    cb = AdaptiveThreads(max_threads=4, every=50, probe=3)
+    assert cb.candidates == [1, 2, 4]
+    trainer = SimpleNamespace(global_step=0)
+    busy = {1: 0.1, 2: 0.25, 4: 0.6}  # a busy machine: one thread is fastest
+    before = torch.get_num_threads()
+    try:
+        for step in range(60):
+            trainer.global_step = step
+            cb.on_train_batch_start(trainer, None, None, step)
+            clock[0] += busy[torch.get_num_threads()]
+            cb.on_train_batch_end(trainer, None, None, None, step)
+        assert cb.best == 1 and torch.get_num_threads() == 1
+        assert "threads: 4 → 1 (median step time by thread count: 1: 100 ms, 2: 250 ms, 4: 600 ms)" in \
+            capsys.readouterr().err
+        busy = {1: 0.3, 2: 0.2, 4: 0.1}  # the other work ended: the next probe (step 50) moves back up
+        for step in range(60, 120):
+            trainer.global_step = step
+            cb.on_train_batch_start(trainer, None, None, step)
+            clock[0] += busy[torch.get_num_threads()]
+            cb.on_train_batch_end(trainer, None, None, None, step)
+        assert cb.best == 4 and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
 
 def test_time_schedule_follows_the_larger_of_step_and_time_shares():
     task = SpeechTask(tiny_transducer(vocab=30), warmup_steps=10, total_steps=1000,
