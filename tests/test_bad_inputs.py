@@ -239,6 +239,7 @@ def _fit(corpus: Path, root: Path, *extra, run=_main):
                 f"{d}tokenizer={root.parent / 'tok.model'}", "--trainer.enable_progress_bar=false", *extra)
 
 
+@pytest.mark.slow
 def test_fit_with_a_huge_learning_rate_exits_non_zero_without_a_brick(tiny_corpus, tmp_path):
     root = tmp_path / "exp"
     line = _one_error_line(_fit(tiny_corpus, root, "--model.init_args.lr=1e3", run=_cli))

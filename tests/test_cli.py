@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.slow  # end to end (pytest.ini: the slow tier)
 
 HERE = Path(__file__).parent
 DEMO = HERE.parent / "recipes" / "locale" / "conf" / "demo.yaml"

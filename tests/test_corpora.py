@@ -53,6 +53,7 @@ def test_layout_errors_say_where_the_data_comes_from(tmp_path, capsys):
         main(["prepare", "librispeech", "--root", str(tmp_path), "--parts", "dev-other"])
 
 
+@pytest.mark.slow
 def test_librispeech_recipe_runs_every_stage(librispeech, tmp_path):
     """Every stage (prepare, tokenizer, the transducer, LM, streaming and pruned-loss trainings for two steps
     each — the recipe's configs at toy sizes —, decodes with and without the LM, streaming evaluation,
@@ -108,6 +109,7 @@ def test_wmt16_and_parallel_file_errors(tmp_path, capsys):
         prepare("wmt16", root=raw, out=tmp_path / "data")
 
 
+@pytest.mark.slow
 def test_mt_recipes_iwslt14_then_wmt16_zero_shot_reuse(tmp_path):
     """IWSLT14 De→En, then WMT16 Ro→En on its English vocabulary, and the Ro→En encoder composed with the
     De→En decoder: every stage through `speechkit run`, two training steps each."""

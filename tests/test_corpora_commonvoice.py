@@ -117,6 +117,7 @@ def test_commonvoice_layout_and_column_errors(cv, tmp_path):
         prepare("commonvoice", root=tmp_path / "xx")
 
 
+@pytest.mark.slow
 def test_commonvoice_recipe_runs_every_stage(cv, tmp_path):
     """prepare → tokenizer → the transducer (LibriSpeech's config at toy size, two steps) → decode →
     score, for German chosen by --set lang=de."""

@@ -107,6 +107,7 @@ def test_covost2_layout_errors_say_where_the_data_comes_from(covost, tmp_path):
         prepare("covost2", root=tmp_path)
 
 
+@pytest.mark.slow
 def test_covost2_recipe_runs_every_stage(covost, tmp_path):
     """prepare, tokenizers, ASR of the French transcripts (transducer), STAST Fr→En warm-started from it
     (MuST-C's config; two steps each, toy sizes), decodes of STAST and ASR on test, and their scores."""

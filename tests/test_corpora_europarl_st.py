@@ -177,6 +177,7 @@ def test_layout_and_segment_errors_name_what_is_wrong(europarl, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_recipe_runs_every_stage(europarl, tmp_path):
     """prepare, tokenizers, the LegoNN ASR / De→En MT / En→De MT / ST trainings (two steps each, the recipe's
     configs at toy sizes), both zero-shot compositions, the fine-tuned composition, and every decode

@@ -135,6 +135,7 @@ def test_mustc_layout_errors_say_where_the_data_comes_from(mustc, tmp_path):
         prepare("mustc", root=tmp_path)
 
 
+@pytest.mark.slow
 def test_mustc_recipe_runs_every_stage(mustc, tmp_path):
     """prepare, tokenizers, ASR (transducer), MT (LegoNN), STAST warm-started from the ASR brick (two steps
     each, the recipes' configs at toy sizes), decodes of STAST, the cascade, ASR and MT on tst-COMMON, and

@@ -143,6 +143,7 @@ def test_tedlium3_layout_errors_say_where_the_data_comes_from(tedlium, tmp_path)
 
 
 
+@pytest.mark.slow
 def test_tedlium3_recipe_runs_every_stage(tedlium, tmp_path):
     """prepare → tokenizer → transducer and LM (LibriSpeech's configs at toy sizes, two steps each) →
     decode with and without the LM → the domain-shift stages, with the in-domain brick standing in for

@@ -14,6 +14,8 @@ import yaml
 from speechkit.recipe import SPEECHKIT, load_stages
 from speechkit.train.cli import run_lightning
 
+pytestmark = pytest.mark.slow  # end to end (pytest.ini: the slow tier)
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.parent.name for p in (ROOT / "recipes").glob("*/stages.yaml"))
 NEEDS = {"corpus": "/data/x", "lang": "de", "src": "fr"}  # the variables a user must --set
