@@ -83,6 +83,8 @@ class MWERTask(SpeechTask):
         scores = self.sequence_scores(enc, ys, lens).view(b, n)
         mwer = mwer_loss(scores, errors, mask).mean()
         loss = mwer + self.e2e_weight * out["loss"]
+        if not self._finite({"loss": loss, "mwer": mwer, "e2e": out["loss"]}):
+            return None  # skipped (SpeechTask.nonfinite_skips), or NonFiniteLoss stops the run
         p = scores.detach().masked_fill(~mask, float("-inf")).softmax(-1)
         self.log_dict({"train/loss": loss, "train/mwer": mwer, "train/e2e": out["loss"],
                        "train/expected_errors": (p * errors).sum(1).mean()}, prog_bar=True, batch_size=b)
