@@ -41,9 +41,9 @@ class SpeechkitCLI(LightningCLI):
         root = cfg.trainer.get("default_root_dir") or "."
         if self.subcommand == "fit" and self.resources is not None and _launcher_process():
             self.resources.enter_context(RunLock(root))
-        self.threads = threads_option(cfg.get("threads"))
+        self.threads, self.adaptive = threads_option(cfg.get("threads")), cfg.get("threads") == "auto"
         if self.threads:
-            torch.set_num_threads(abs(self.threads))
+            torch.set_num_threads(self.threads)
         if cfg.get("vocab_size") or cfg.get("source_vocab_size"):
             for key in ("model", "data"):
                 set_vocab_sizes(cfg.get(key), cfg.get("vocab_size"), cfg.get("source_vocab_size"))
@@ -55,10 +55,10 @@ class SpeechkitCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        if self.threads and self.threads < 0 and self.trainer is not None:  # --threads auto
+        if self.adaptive and self.trainer is not None:
             from .callbacks import AdaptiveThreads
 
-            self.trainer.callbacks.append(AdaptiveThreads(-self.threads))
+            self.trainer.callbacks.append(AdaptiveThreads(self.threads))
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--threads", type=int | str | None, default=None,
@@ -115,11 +115,11 @@ def set_vocab_sizes(node, target: int | None, source: int | None, _source_side: 
 
 
 def threads_option(value) -> int | None:
-    """``--threads``: None, a count, or "auto" (returned as minus the CPUs this process may use)."""
+    """``--threads``: None, a count, or "auto" (the CPUs this process may use: the most it will try)."""
     if value is None or isinstance(value, int):
         return value
-    if str(value) == "auto":
-        return -len(os.sched_getaffinity(0))
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
     try:
         return int(value)
     except ValueError:
