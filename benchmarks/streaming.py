@@ -110,12 +110,12 @@ from speechkit.compress.deploy import deploy
 from speechkit.data.dataset import collate, target_texts
 from speechkit.data.manifest import load_manifest
 from speechkit.features import FbankConfig, fbank
-from speechkit.lego.brick import load_brick
 from speechkit.lego.interface import Encoded
 from speechkit.lego.transducer import LSTMPredictor, StatelessPredictor
 from speechkit.metrics import score
-from speechkit.search.decode import brick_dataset
-from speechkit.search.stream import Recognizer, StreamOptions, deploy_int8
+from speechkit.pipelines.bricks import load_brick
+from speechkit.pipelines.decode import brick_dataset
+from speechkit.search.stream import CannotStream, Recognizer, StreamOptions, deploy_int8, set_chunk
 from speechkit.search.transducer import BeamSearch, GreedySearch, beam_search
 from speechkit.tokenizer import Tokenizer
 
@@ -241,22 +241,14 @@ def model_logprob(model: nn.Module, enc, ids: list[int]) -> float:
     return -float(model.rnnt_loss(dec, y, torch.tensor([len(ids)]))[0])
 
 
-def load(brick: str, chunk: int | None, stream: bool) -> tuple[nn.Module, dict]:
+def load(brick: str, chunk: int | None, stream: bool):
     """The brick in eval mode, its encoder chunk set; in streaming mode checked to stream."""
-    model, iface = load_brick(brick)
-    model.eval()
-    if chunk is not None:
-        if not getattr(getattr(model.encoder, "body", None), "causal", False):
-            raise SystemExit(f"{brick}: --chunk needs a streaming (causal) conformer encoder")
-        model.encoder.body.chunk = chunk
-    if stream:
-        try:
-            model.encoder.stream_state(1)
-        except (AttributeError, ValueError) as e:
-            raise SystemExit(f"{brick} cannot stream: {e}") from None
-        if getattr(model, "ingestor", None) is not None:
-            raise SystemExit(f"{brick}: streaming needs a transducer whose joiner reads the encoder")
-    return model, iface
+    b = load_brick(brick)
+    try:
+        set_chunk(b.module, chunk, stream)
+    except CannotStream as e:
+        raise SystemExit(f"{brick} cannot stream: {e}") from None
+    return b
 
 
 def plan_choices(plan) -> dict:
@@ -306,10 +298,10 @@ def bench(brick: str, manifest: str, max_utts: int | None = None, beam: int = 4,
           rank: str = "norm", step_max_tokens: int = 100, progress: bool = True, int8: bool = False,
           max_symbols: int = 3) -> dict:
     """Whole-utterance mode (see the module docstring) → {summary, utterances[, int8]}."""
-    model, iface = load(brick, chunk, stream=False)
-    tok = Tokenizer(Path(brick) / "tokenizer.model")
+    b = load(brick, chunk, stream=False)
+    model, tok = b.module, b.tokenizer
     utts = load_manifest(manifest, require_audio=True)[:max_utts]
-    ds = brick_dataset(brick, iface, utts, None, str(manifest))
+    ds = brick_dataset(b, utts, None, str(manifest))
     res = {}
     if int8:
         first = collate([ds[0]])
@@ -432,9 +424,8 @@ def bench_stream(brick: str, manifest: str, max_utts: int | None = None, beam: i
                  rank: str = "norm", step_max_tokens: int = 100, progress: bool = True,
                  int8: bool = False, max_symbols: int = 3) -> dict:
     """Streaming mode (see the module docstring) → {summary, utterances[, int8]}."""
-    model, iface = load(brick, chunk, stream=True)
-    tok = Tokenizer(Path(brick) / "tokenizer.model")
-    cfg = FbankConfig.from_dict(iface["input"])
+    b = load(brick, chunk, stream=True)
+    model, tok, cfg = b.module, b.tokenizer, b.fbank()
     opts = StreamOptions(chunk=chunk, beam=beam, endpoint_trailing=1e9, endpoint_silence=1e9, max_segment=1e9,
                          max_symbols=max_symbols)
     res = {}

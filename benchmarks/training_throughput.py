@@ -38,7 +38,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from speechkit.metrics import score
-from speechkit.search.decode import search
+from speechkit.search.dispatch import search
 from speechkit.train.cli import SpeechkitCLI
 from speechkit.train.module import warmup_cosine
 

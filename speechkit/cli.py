@@ -35,7 +35,7 @@ def _decode(a) -> None:
     import torch
 
     from .files import atomic_write
-    from .search.decode import (
+    from .pipelines.decode import (
         DecodeOptions,
         cascade_manifest,
         decode_manifest,
@@ -74,7 +74,7 @@ def _decode(a) -> None:
 def _tune_fusion(a) -> None:
     import torch
 
-    from .search.decode import DecodeOptions, tune_fusion
+    from .pipelines.decode import DecodeOptions, tune_fusion
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -135,7 +135,7 @@ def _new_brick(out: str | Path, *inputs: str | Path) -> None:
 
 def _export(a) -> None:
     from .compress.apply import CompressConfig, QuantConfig, SparsityConfig
-    from .compress.export import export_brick
+    from .pipelines.bricks import export_brick
 
     sp = None
     if a.sparsity:
@@ -160,19 +160,21 @@ def _export(a) -> None:
 def _bench(a) -> None:
     import torch
 
-    from .compress.bench import bench_decode
     from .compress.deploy import deploy
     from .data.dataset import collate
     from .data.manifest import load_manifest
-    from .lego.brick import load_brick
-    from .search.decode import brick_dataset, search
+    from .pipelines.bench import bench_decode
+    from .pipelines.bricks import load_brick
+    from .pipelines.decode import brick_dataset
+    from .search.dispatch import search
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, iface = load_brick(a.brick)
-    ds = brick_dataset(a.brick, iface, load_manifest(a.manifest)[:a.max_utts], None, a.manifest)
+    brick = load_brick(a.brick)
+    model = brick.module
+    ds = brick_dataset(brick, load_manifest(a.manifest)[:a.max_utts], None, a.manifest)
     against = a.against or a.brick
-    models = {f"fp32 {against}": load_brick(against)[0]}
+    models = {f"fp32 {against}": load_brick(against).module}
     plan = None
     if not a.no_deploy:
         sample = collate([ds[0]])  # batch 1, encoder and search: the shapes bench_decode uses
@@ -212,7 +214,7 @@ def _score(a) -> None:
 
 
 def _compose(a) -> None:
-    from .lego.compose import compose, save_composed
+    from .pipelines.compose import compose, save_composed
 
     _new_brick(a.out, a.decoder, *(e.partition("#")[0] for e in a.encoders))
     model, interface = compose(a.encoders, a.decoder, alpha=a.alpha, allow_hidden=a.allow_hidden)

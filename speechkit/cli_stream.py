@@ -53,27 +53,22 @@ def run(a) -> None:
     import torch
 
     from .audio import AudioError
-    from .features import FbankConfig
-    from .lego.brick import load_brick
-    from .search.decode import make_fusion
-    from .search.stream import StreamOptions, deploy_int8
-    from .search.stream_eval import load_calibration
-    from .tokenizer import Tokenizer
+    from .pipelines.bricks import load_brick
+    from .pipelines.decode import make_fusion
+    from .pipelines.stream_eval import load_calibration
+    from .search.stream import CannotStream, StreamOptions, deploy_int8, set_chunk
 
     torch.set_num_threads(a.threads)
-    model, iface = load_brick(a.brick)
-    model.eval()
-    tok = Tokenizer(Path(a.brick) / "tokenizer.model")
-    cfg = FbankConfig.from_dict(iface["input"])
-    fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward)
+    brick = load_brick(a.brick)
+    model, tok, cfg = brick.module, brick.tokenizer, brick.fbank()
+    fusion = make_fusion(brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward)
     opts = StreamOptions(chunk=a.chunk, beam=a.beam, max_symbols=a.max_symbols, fusion=fusion,
                          endpoint_trailing=a.endpoint_trailing, endpoint_silence=a.endpoint_silence,
                          max_segment=a.max_segment, timestamps=a.timestamps)
     try:
-        model.encoder.body.chunk = a.chunk
-        model.encoder.stream_state(1)
-    except (AttributeError, ValueError) as e:
-        raise SystemExit(f"error: {a.brick} cannot stream: {e}") from None
+        set_chunk(model, a.chunk)
+    except CannotStream as e:
+        raise CannotStream(f"{a.brick} cannot stream: {e}") from None
     if a.int8:  # linear layers → fbgemm int8 where faster at the streaming shapes
         plan = deploy_int8(model, tok, cfg, opts)
         if not a.json:
@@ -162,8 +157,8 @@ def _print_summary(recognizers: list, as_json: bool) -> None:
 def _evaluate(a, model, tok, cfg, opts) -> None:
     from .data.manifest import load_manifest
     from .files import atomic_write
-    from .search.decode import default_output
-    from .search.stream_eval import (
+    from .pipelines.decode import default_output
+    from .pipelines.stream_eval import (
         evaluate,
         fit_calibration,
         load_calibration,

@@ -29,7 +29,7 @@ def run_demo(minutes: float | None = None, max_utts: int | None = None, out: str
     ``data`` must be where the config's manifests live (demo.yaml: data/locale).
     """
     from .corpora.locale import prepare_locale
-    from .search.decode import decode_manifest
+    from .pipelines.decode import decode_manifest
     from .train.cli import run_lightning
 
     t0 = time.time()

@@ -9,7 +9,7 @@ import torchaudio.compliance.kaldi as kaldi
 import torchaudio.transforms as T
 from torch import Tensor, nn
 
-from .lego.brick import Brick
+from .nn.brick import Brick
 
 
 @dataclass(frozen=True)

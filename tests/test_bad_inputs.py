@@ -25,7 +25,8 @@ from speechkit.data.dataset import FeatureCache
 from speechkit.data.manifest import load_manifest
 from speechkit.features import FbankConfig
 from speechkit.files import RunLock, RunLockError, atomic_dir, atomic_write
-from speechkit.lego.brick import BrickError, build, load_brick, resolve, save_brick
+from speechkit.nn.brick import BrickError, build, resolve
+from speechkit.pipelines.bricks import load_brick, save_brick
 from speechkit.tokenizer import train_tokenizer
 from speechkit.train.module import NonFiniteLoss, SpeechTask
 
@@ -87,7 +88,7 @@ def test_brick_naming_a_function_that_runs_a_command_is_refused(brick, tmp_path)
 
 def test_brick_naming_a_file_writer_is_refused(brick, tmp_path):
     target = tmp_path / "written"
-    _with_config(brick, {"class_path": "speechkit.lego.brick.save_file",
+    _with_config(brick, {"class_path": "speechkit.pipelines.bricks.save_file",
                          "init_args": {"tensors": {}, "filename": str(target)}})
     with pytest.raises(BrickError, match="save_file"):
         load_brick(brick)
@@ -134,9 +135,9 @@ def test_every_speechkit_callable_a_config_could_name_is_refused_unless_a_module
             assert inspect.isclass(cls) and issubclass(cls, torch.nn.Module), path
             assert cls.__module__.startswith("speechkit."), path
             accepted.add(path)
-    assert {"speechkit.recipe.in_process", "speechkit.lego.brick.save_file", "speechkit.cli.main",
-            "speechkit.lego.brick.save_brick", "speechkit.files.write_text"} <= refused
-    assert "speechkit.lego.brick.nn" not in accepted  # a module object, not a class
+    assert {"speechkit.recipe.in_process", "speechkit.pipelines.bricks.save_file", "speechkit.cli.main",
+            "speechkit.pipelines.bricks.save_brick", "speechkit.files.write_text"} <= refused
+    assert "speechkit.nn.brick.nn" not in accepted  # a module object, not a class
     assert "speechkit.models.transducer.Transducer" in accepted and len(accepted) > 30
     # torch classes re-exported by a speechkit module are not speechkit's
     assert all(not p.endswith((".Tensor", ".Module")) for p in accepted)
@@ -176,7 +177,7 @@ def test_brick_files_are_readable_by_others(brick):
 
 
 def test_non_finite_weights_are_refused_on_save_and_load(brick):
-    model, _ = load_brick(brick)
+    model = load_brick(brick).module
     state = model.state_dict()
     key = next(k for k, v in state.items() if v.is_floating_point())
     state[key][0] = float("nan")
@@ -189,9 +190,10 @@ def test_non_finite_weights_are_refused_on_save_and_load(brick):
 
 
 def test_save_brick_keeps_the_old_brick_when_it_fails_and_refuses_foreign_folders(brick, monkeypatch):
-    model, iface = load_brick(brick)
+    b = load_brick(brick)
+    model, iface = b.module, b.interface
     before = (brick / "weights.safetensors").read_bytes()
-    monkeypatch.setattr("speechkit.lego.brick.save_file", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("speechkit.pipelines.bricks.save_file", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         save_brick(model, brick, iface)
     assert (brick / "weights.safetensors").read_bytes() == before

@@ -182,7 +182,7 @@ def test_stast_fit_decode_and_cascade_through_the_cli(tiny_corpus, tmp_path, mon
                                                                        open(tmp_path / "st.jsonl"))))
     # the second stage is the MT brick on the first stage's transcripts (a tiny ASR says nothing yet,
     # so the first stage is replaced by the true transcripts, one of them empty)
-    import speechkit.search.decode as sd
+    import speechkit.pipelines.decode as sd
 
     lines = [json.loads(x) for x in open(test)]
     said = [u["text"] for u in lines]

@@ -22,7 +22,6 @@ from speechkit.compress.deploy import deploy
 from speechkit.compress.export import fold, pack_nibbles, pack_nm, unpack_nibbles, unpack_nm
 from speechkit.compress.quant import WeightLSQ, lsq
 from speechkit.compress.sparsity import NMSparse, group_counts, nm_mask, srste
-from speechkit.lego.brick import load_brick, save_brick
 from speechkit.lego.decoders import AttentionDecoder
 from speechkit.lego.encoders import Chain, SpeechEncoder
 from speechkit.lego.interface import MarginalHead
@@ -34,6 +33,7 @@ from speechkit.models.stast import STAST
 from speechkit.models.transducer import Transducer
 from speechkit.nn.conformer import Conformer
 from speechkit.nn.subsampling import Conv2dSubsampling
+from speechkit.pipelines.bricks import load_brick, save_brick
 
 V = 20
 
@@ -241,7 +241,8 @@ def test_exported_brick_computes_what_the_fake_quantized_model_computed(tmp_path
     dense_bytes = sum(p.numel() * 4 for p in tiny_transducer(V, predictor="lstm").parameters())
     stored = sum(v.numel() * v.element_size() for v in state.values())
     assert stored < 0.75 * dense_bytes, cov.counts()
-    loaded, iface = load_brick(tmp_path / "b")
+    b = load_brick(tmp_path / "b")
+    loaded, iface = b.module, b.interface
     with torch.no_grad():
         out = loaded(x, lens)
         torch.testing.assert_close(out.hidden, ref.hidden, rtol=1e-5, atol=1e-5)
@@ -264,7 +265,7 @@ def test_export_before_quantization_started_stores_float_weights_and_loads(tmp_p
     assert not info["inputs"] and all(f["format"] == "2:4+float32" for f in info["params"].values()
                                       if "n" in f)
     save_brick(model, tmp_path / "b", {"compression": info}, state=state)
-    loaded, _ = load_brick(tmp_path / "b")
+    loaded = load_brick(tmp_path / "b").module
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, lens).hidden, ref)
 
@@ -280,7 +281,7 @@ def test_deploy_picks_int8_only_where_it_is_correct_and_keeps_outputs_close(tmp_
         model(x, lens)  # initialises the steps
         state, info = fold(model, cfg)
     save_brick(model, tmp_path / "b", {"compression": info}, state=state)
-    loaded, _ = load_brick(tmp_path / "b")
+    loaded = load_brick(tmp_path / "b").module
     with torch.no_grad():
         ref = loaded(x, lens).hidden
     plan = deploy(loaded, lambda m: m(x, lens), tolerance=0.05, repeats=3)
@@ -293,7 +294,7 @@ def test_deploy_picks_int8_only_where_it_is_correct_and_keeps_outputs_close(tmp_
     assert ((out - ref).norm() / ref.norm()) < 0.1  # a random model: the per-layer errors compound
     assert "layer" in plan.to_text()
     # a zero tolerance admits only exact kernels: int8 is never chosen
-    loaded2, _ = load_brick(tmp_path / "b")
+    loaded2 = load_brick(tmp_path / "b").module
     plan2 = deploy(loaded2, lambda m: m(x, lens), tolerance=0.0, repeats=1)
     assert {r["choice"] for r in plan2.rows} <= {"reference", "fp32"}
     assert all(r["candidates"]["int8"][1] > 0 and r["candidates"]["fp32"][1] == 0 for r in plan2.rows)

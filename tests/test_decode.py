@@ -11,7 +11,7 @@ import pytest
 from test_stream import _stream_brick, read_only
 
 from speechkit.data.manifest import load_manifest
-from speechkit.search.decode import default_output
+from speechkit.pipelines.decode import default_output
 
 
 def _cmd(*args):

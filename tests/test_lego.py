@@ -5,17 +5,18 @@ import math
 import pytest
 import torch
 
-from speechkit.lego.brick import BrickError, load_brick, save_brick
-from speechkit.lego.compose import compose, save_composed
 from speechkit.lego.decoders import AttentionDecoder
 from speechkit.lego.encoders import Chain, SequenceEncoder
 from speechkit.lego.interface import BeamConv, LengthController, MarginalHead, WEmb
 from speechkit.lego.transducer import Joiner, StatelessPredictor
 from speechkit.models.aed import AttentionModel
 from speechkit.models.transducer import Transducer
+from speechkit.nn.brick import BrickError
 from speechkit.nn.transformer import TokenEmbedding, TransformerStack
+from speechkit.pipelines.bricks import load_brick, save_brick
+from speechkit.pipelines.compose import compose, save_composed
 from speechkit.search.attention import attention_beam_search
-from speechkit.search.decode import search
+from speechkit.search.dispatch import search
 from speechkit.tokenizer import train_tokenizer
 
 V, D = 20, 32
@@ -199,15 +200,15 @@ def test_compose_joins_reloads_identically_and_refuses_mismatches(tmp_path):
     b = _brick(aed(seed=2).eval(), tmp_path / "b", tok)
     c = _brick(aed(seed=3).eval(), tmp_path / "c", other)
     model, iface = compose([str(a)], str(b))
-    src, _ = load_brick(a)
-    dst, _ = load_brick(b)
+    src = load_brick(a).module
+    dst = load_brick(b).module
     x, n = padded([5, 3])
     enc = model(x, n)
     torch.testing.assert_close(enc.logits, src(x, n).logits)  # the encoder of a ...
     assert model.decoder.out.weight.data_ptr() == dst.decoder.out.weight.data_ptr() or torch.equal(
         model.decoder.out.weight, dst.decoder.out.weight)  # ... with the decoder of b
     out = save_composed(model, iface, tmp_path / "ab")
-    again, _ = load_brick(out)
+    again = load_brick(out).module
     h1 = [nb[0].tokens for nb in search(model, model(x, n), beam=2)]
     h2 = [nb[0].tokens for nb in search(again, again(x, n), beam=2)]
     assert h1 == h2
@@ -229,7 +230,7 @@ def test_compose_adjusts_alpha_out_of_range_and_keeps_it_on_disk(tmp_path):
     model, iface = compose([str(a)], str(b), log=msgs.append)
     assert any("setting alpha 3.000 → 1.500" in m for m in msgs)
     assert model.encoder.length.alpha == pytest.approx(1.5) and iface["length_ratio"]["median"] == 1.5
-    again, _ = load_brick(save_composed(model, iface, tmp_path / "ab"))
+    again = load_brick(save_composed(model, iface, tmp_path / "ab")).module
     assert again.encoder.length.alpha == pytest.approx(1.5)
     msgs.clear()
     compose([str(b)], str(b), log=msgs.append)  # in range: untouched, silent
@@ -257,7 +258,7 @@ def test_init_from_copies_a_part_of_a_brick_and_freeze_stops_training(tmp_path):
     tok = _tok(tmp_path / "en.model", "abcdefghijklmnopqr")
     src = _brick(aed(seed=1).eval(), tmp_path / "src", tok)
     task = SpeechTask(aed(seed=2), init_from={"encoder": f"{src}#encoder"}, freeze=["encoder"])
-    loaded, _ = load_brick(src)
+    loaded = load_brick(src).module
     for (name, a), b in zip(task.model.encoder.state_dict().items(), loaded.encoder.state_dict().values()):
         assert torch.equal(a, b), name
     assert not any(p.requires_grad for p in task.model.encoder.parameters())

@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import tiny_transducer
 
-from speechkit.lego.brick import BrickError, load_brick, save_brick
+from speechkit.nn.brick import BrickError
+from speechkit.pipelines.bricks import load_brick, save_brick
 from speechkit.search.transducer import beam_search, ctc_greedy, greedy_search
 
 
@@ -87,7 +88,8 @@ def test_brick_save_load_identical_outputs(tmp_path, model):
     with torch.no_grad():
         model.encoder.cmvn.set_stats(torch.randn(80) * 50, torch.rand(80) * 1e4 + 3000, 50)
     save_brick(model, tmp_path / "b", {"kind": "test"})
-    loaded, iface = load_brick(tmp_path / "b")
+    b = load_brick(tmp_path / "b")
+    loaded, iface = b.module, b.interface
     assert iface["kind"] == "test"
     assert not (tmp_path / "b").joinpath("weights.pt").exists()
     x, n = torch.randn(2, 90, 80), torch.tensor([90, 70])
@@ -149,8 +151,8 @@ def test_every_preset_in_the_catalogue_builds():
 
     import yaml
 
-    from speechkit.lego.brick import build
     from speechkit.lego.interface import Encoded
+    from speechkit.nn.brick import build
 
     presets = sorted((Path(__file__).parent.parent / "modules").rglob("*.yaml"))
     assert len(presets) >= 6

@@ -11,7 +11,7 @@ from speechkit.models.stast import STAST, adaptation_distance, resample
 from speechkit.nn.conformer import Conformer
 from speechkit.nn.subsampling import FrameStack
 from speechkit.nn.transformer import TokenEmbedding, TransformerStack
-from speechkit.search.decode import search
+from speechkit.search.dispatch import search
 from speechkit.search.transducer import ctc_greedy
 
 SRC, TGT, D = 12, 16, 32

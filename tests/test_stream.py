@@ -17,7 +17,6 @@ import torch
 from speechkit.audio import read_audio, write_audio
 from speechkit.data.manifest import load_manifest
 from speechkit.features import FbankConfig, fbank
-from speechkit.lego.brick import save_brick
 from speechkit.lego.encoders import SpeechEncoder
 from speechkit.lego.interface import MarginalHead
 from speechkit.lego.transducer import Joiner, LSTMPredictor, StatelessPredictor
@@ -25,9 +24,10 @@ from speechkit.metrics import normalize_text
 from speechkit.models.transducer import Transducer
 from speechkit.nn.conformer import Conformer, chunk_mask
 from speechkit.nn.subsampling import FrameStack
+from speechkit.pipelines.bricks import save_brick
+from speechkit.pipelines.stream_eval import CALIBRATION, auc, ece, fit_calibration, word_pairs
 from speechkit.search.fusion import Fusion
 from speechkit.search.stream import MIN_TIMED_AUDIO_S, Recognizer, StreamOptions, Word, timing
-from speechkit.search.stream_eval import CALIBRATION, auc, ece, fit_calibration, word_pairs
 from speechkit.search.transducer import BeamSearch, GreedySearch, beam_search
 from speechkit.tokenizer import train_tokenizer
 
@@ -316,7 +316,7 @@ def _main(capsys, *args) -> tuple[str, str]:
 
 def test_stream_manifest_and_calibration_leave_a_read_only_brick_untouched(tiny_corpus, tmp_path, capsys,
                                                                            monkeypatch):
-    import speechkit.search.stream_eval as se
+    import speechkit.pipelines.stream_eval as se
 
     brick = _stream_brick(tmp_path, tiny_corpus)
     entry = {"time_shift": -0.05, "confidence": [2.0, 0.5], "words": 9}

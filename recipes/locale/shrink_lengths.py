@@ -12,15 +12,16 @@ import torch
 
 from speechkit.data.dataset import collate
 from speechkit.data.manifest import load_manifest
-from speechkit.lego.brick import load_brick
 from speechkit.lego.interface import Shrink
-from speechkit.search.decode import brick_dataset
+from speechkit.pipelines.bricks import load_brick
+from speechkit.pipelines.decode import brick_dataset
 
 
 def main(brick="exp/locale/full/brick", manifest="data/locale/st/en-de/dev.jsonl") -> None:
     torch.set_num_threads(1)
-    model, iface = load_brick(brick)
-    ds = brick_dataset(brick, iface, load_manifest(manifest, require_audio=True), None, manifest)
+    loaded = load_brick(brick)
+    model = loaded.module
+    ds = brick_dataset(loaded, load_manifest(manifest, require_audio=True), None, manifest)
     encoder, shrink, diff = model.encoder.eval(), Shrink(), []
     with torch.no_grad():
         for start in range(0, len(ds), 32):

@@ -11,15 +11,16 @@ import torch
 
 from speechkit.data.dataset import TextDataset
 from speechkit.data.manifest import load_manifest
-from speechkit.lego.brick import load_brick
 from speechkit.metrics import score
-from speechkit.search.decode import DecodeOptions, decode_dataset
+from speechkit.pipelines.bricks import load_brick
+from speechkit.pipelines.decode import DecodeOptions, decode_dataset
 from speechkit.tokenizer import Tokenizer
 
 
 def main(brick: str, manifest: str, beam: str = "1") -> None:
     torch.set_num_threads(1)
-    model, iface = load_brick(brick)
+    loaded = load_brick(brick)
+    model, iface = loaded.module, loaded.interface
     ds = TextDataset(load_manifest(manifest), Tokenizer(Path(brick) / "tokenizer.model"),
                      Tokenizer(Path(brick) / "transcript_tokenizer.model"), iface["target_lang"], manifest)
     res = decode_dataset(model.mt_model(), ds, DecodeOptions(beam=int(beam)))

@@ -19,7 +19,6 @@ int8 / 2:4 kernels.
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -175,17 +174,3 @@ def load_folded(model: nn.Module, state: dict[str, Tensor], info: dict) -> nn.Mo
     model.load_state_dict(dense)
     mark_deployable(model, info, scales)
     return model
-
-
-def export_brick(brick: str, out: str, cfg) -> dict:
-    """``one_shot`` compression of the brick at ``brick`` → a folded brick at ``out``."""
-    from ..lego.brick import brick_tokenizers, load_brick, save_brick
-
-    model, iface = load_brick(brick)
-    if "compression" in iface:
-        raise ValueError(f"{brick} is compressed already")
-    state, info = one_shot(model, cfg)
-    save_brick(model, out, {**iface, "compression": info}, brick_tokenizers(brick), state=state)
-    return {"brick": out, "coverage": info["coverage"],
-            "bytes": (Path(out) / "weights.safetensors").stat().st_size,
-            "dense_bytes": (Path(brick) / "weights.safetensors").stat().st_size}

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.brick import Brick
 from ..nn.transformer import causal_mask, padding_mask, sinusoids
-from .brick import Brick
 from .interface import Encoded, interface_logits
 
 

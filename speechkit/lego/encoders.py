@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..features import GlobalCMVN
-from .brick import Brick
+from ..nn.brick import Brick
 from .interface import Encoded, MarginalHead
 
 

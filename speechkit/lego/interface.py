@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.brick import Brick
 from ..nn.transformer import TransformerStack, padding_mask, sinusoids
-from .brick import Brick
 
 
 @dataclass

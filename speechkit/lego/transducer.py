@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.brick import Brick
 from ..nn.transformer import causal_mask, sinusoids
-from .brick import Brick
 
 
 class StatelessPredictor(Brick):

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from ..lego.brick import Brick
 from ..lego.interface import Encoded
+from ..nn.brick import Brick
 
 
 class EncoderDecoderModel(Brick):

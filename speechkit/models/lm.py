@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lego.brick import Brick
+from ..nn.brick import Brick
 
 
 class LanguageModel(Brick):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..lego.brick import Brick
+from .brick import Brick
 
 
 def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:

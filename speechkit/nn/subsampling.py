@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..lego.brick import Brick
+from .brick import Brick
 
 
 class FrameStack(Brick):

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..lego.brick import Brick
+from .brick import Brick
 
 
 def padding_mask(lengths: Tensor, max_len: int) -> Tensor:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torchaudio.functional as AF
 
+from ..errors import SpeechkitError
 from ..features import FbankConfig, fbank
 from ..lego.interface import Encoded
 from .fusion import Fusion
@@ -73,6 +74,29 @@ class Event:
         return asdict(self)
 
 
+class CannotStream(SpeechkitError, ValueError):
+    """A model that cannot stream (or take an attention chunk) was asked to."""
+
+
+def set_chunk(model, chunk: int | None, stream: bool = True) -> None:
+    """The one check of "can this model stream": set its encoder's attention chunk (encoder frames; a
+    streaming, causal Conformer) and, with ``stream``, check that it streams chunk by chunk (``stream_state``)
+    and that its joiner reads the encoder (no LegoNN ingestor); ``CannotStream`` saying why otherwise."""
+    body = getattr(getattr(model, "encoder", None), "body", None)
+    if chunk is not None:
+        if not getattr(body, "causal", False):
+            raise CannotStream("a chunk needs a streaming (causal) Conformer encoder; this "
+                               f"{type(model).__name__} has a {type(body).__name__}")
+        body.chunk = chunk
+    if stream:
+        if getattr(model, "ingestor", None) is not None:
+            raise CannotStream("streaming needs a transducer whose joiner reads the encoder (no ingestor)")
+        try:
+            model.encoder.stream_state(1)
+        except (AttributeError, ValueError) as e:
+            raise CannotStream(str(e)) from None
+
+
 class Recognizer:
     """One audio stream through a streaming transducer brick (see the module docstring).
 
@@ -82,12 +106,10 @@ class Recognizer:
     """
 
     def __init__(self, model, tokenizer, fbank_cfg: FbankConfig, opts: StreamOptions = StreamOptions()):
-        if getattr(model, "ingestor", None) is not None:
-            raise ValueError("streaming needs a transducer whose joiner reads the encoder (no ingestor)")
         if opts.timestamps not in ("transducer", "ctc"):
             raise ValueError(f"timestamps must be 'transducer' or 'ctc', got {opts.timestamps!r}")
         self.model, self.tok, self.cfg, self.opts = model, tokenizer, fbank_cfg, opts
-        model.encoder.body.chunk = opts.chunk
+        set_chunk(model, opts.chunk)
         self.enc_state = model.encoder.stream_state(1)
         self.win = int(fbank_cfg.sample_rate * fbank_cfg.frame_length_ms / 1000)
         self.hop = int(fbank_cfg.sample_rate * fbank_cfg.frame_shift_ms / 1000)

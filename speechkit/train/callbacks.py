@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..lego.brick import save_brick
+from ..pipelines.bricks import save_brick
 
 
 class ExportBrick(L.Callback):

@@ -23,7 +23,8 @@ import lightning as L
 import torch
 
 from ..data.datamodule import SpeechDataModule
-from ..lego.brick import BrickError, brick_tokenizers, load_brick, save_brick
+from ..nn.brick import BrickError
+from ..pipelines.bricks import load_brick, save_brick
 from .cli import quiet_lightning
 
 
@@ -90,10 +91,11 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
              seed: int = 0) -> dict:
     """Adapt ``brick`` to the sentences of ``text`` (JSONL manifest or plain text, one per line) and
     write the adapted brick to ``out`` → a summary (internal-LM perplexities before and after)."""
-    model, iface = load_brick(brick)
+    b = load_brick(brick)
+    model = b.module
     L.seed_everything(seed, verbose=False)
     task = ILMATask(model, rho, lr)
-    dm = SpeechDataModule(str(text), str(valid or text), str(Path(brick) / "tokenizer.model"),
+    dm = SpeechDataModule(str(text), str(valid or text), str(b.tokenizer.path),
                           vocab_size=model.vocab_size, text_only=True, max_frames=max_tokens, seed=seed)
     quiet_lightning()
     logger = L.pytorch.loggers.CSVLogger(str(Path(out).parent), name=f"{Path(out).name}-ilma")
@@ -110,6 +112,6 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
     if not math.isfinite(summary["ilm_ppl_after"]):
         raise RuntimeError(f"ILMA diverged (validation ILM perplexity {summary['ilm_ppl_after']}); "
                            "lower --lr")
-    save_brick(model.eval(), out, {**iface, "ilma": summary}, brick_tokenizers(brick))
+    save_brick(model.eval(), out, {**b.interface, "ilma": summary}, b.tokenizers)
     print(json.dumps(summary), file=sys.stderr)
     return summary

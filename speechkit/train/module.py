@@ -11,9 +11,10 @@ from lightning.pytorch.callbacks import Timer
 
 from ..compress.apply import CompressConfig, compress_model
 from ..errors import SpeechkitError
-from ..lego.brick import BrickError, load_brick
 from ..metrics import error_rates, score
-from ..search.decode import search
+from ..nn.brick import BrickError
+from ..pipelines.bricks import load_brick
+from ..search.dispatch import search
 from ..search.transducer import ctc_greedy
 
 
@@ -275,7 +276,7 @@ def _extras(batch: dict) -> dict:
 def load_part(model: torch.nn.Module, name: str, src: str) -> None:
     """Copy the weights of brick ``src`` (``DIR`` or ``DIR#attr.path``) into submodule ``name``."""
     directory, _, attr = src.partition("#")
-    brick, _ = load_brick(directory)
+    brick = load_brick(directory).module
     part = brick.get_submodule(attr) if attr else brick
     target = model.get_submodule(name)
     try:

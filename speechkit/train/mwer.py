@@ -16,9 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..lego.brick import BrickError, load_brick
 from ..lego.interface import Encoded
 from ..metrics import word_errors
+from ..nn.brick import BrickError
+from ..pipelines.bricks import load_brick
 from ..search.fusion import Fusion
 from ..search.transducer import beam_search
 from .module import SpeechTask
@@ -53,7 +54,7 @@ class MWERTask(SpeechTask):
         super().__init__(model, **kwargs)
         if not hasattr(model, "joiner"):
             raise BrickError(f"MWER here fine-tunes transducers; got a {type(model).__name__}")
-        self.lm = load_brick(lm)[0].requires_grad_(False) if lm else None
+        self.lm = load_brick(lm).module.requires_grad_(False) if lm else None
         if self.lm is not None and self.lm.vocab_size != model.vocab_size:
             raise BrickError(f"LM {lm} has {self.lm.vocab_size} labels, the model {model.vocab_size}")
         self.fusion = Fusion(self.lm, lm_weight, ilm_weight, length_reward, lm_eos)

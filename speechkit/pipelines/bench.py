@@ -13,7 +13,7 @@ import torch
 
 from ..data.dataset import collate
 from ..metrics import score
-from ..search.decode import search
+from ..search.dispatch import search
 
 
 @torch.no_grad()

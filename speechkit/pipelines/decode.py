@@ -17,14 +17,12 @@ from ..audio import AudioError
 from ..data.dataset import SpeechDataset, TextDataset, collate, target_texts
 from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
-from ..features import FbankConfig
-from ..lego.brick import BrickError, load_brick, read_interface
 from ..lego.interface import Encoded
 from ..metrics import Scores, normalize_text, score
-from ..tokenizer import Tokenizer
-from .attention import attention_beam_search
-from .fusion import Fusion
-from .transducer import Hypothesis, beam_search, greedy_search
+from ..nn.brick import BrickError
+from ..search.dispatch import search
+from ..search.fusion import Fusion
+from .bricks import LoadedBrick, load_brick, read_interface
 
 
 @dataclass(frozen=True)
@@ -48,21 +46,6 @@ def default_output(brick: str | Path, name: str) -> Path:
     if b.name in ("", ".", ".."):
         b = b.resolve()
     return b.parent / (name if b.name == "brick" else f"{b.name}-{name}")
-
-
-def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = None,
-           max_symbols: int = 1) -> list[list[Hypothesis]]:
-    """Search an encoded batch with whatever decoder ``model`` has → per utterance an N-best list.
-
-    Attention decoders: batched beam search (beam 1 = greedy). Transducers: batched greedy
-    (beam 1, score None) or modified beam search; with ``fusion`` (LM / ILME) a transducer always
-    runs beam search (beam 1 is then a one-slot beam).
-    """
-    if hasattr(model, "decoder") and hasattr(model.decoder, "teacher_forcing"):
-        return attention_beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion)
-    if beam <= 1 and fusion is None:
-        return [[Hypothesis(tuple(h), None)] for h in greedy_search(model, enc)]
-    return beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion, max_symbols=max_symbols)
 
 
 class _Unreadable(NamedTuple):
@@ -166,40 +149,44 @@ def score_results(results: list[dict], source: str | Path = "manifest") -> Score
     return score([r["ref"] for r in done], [r["hyp"] for r in done])
 
 
-def brick_dataset(brick: str | Path, iface: dict, utts: list[Utterance], target_lang: str | None,
+def loaded(brick: str | Path | LoadedBrick) -> LoadedBrick:
+    """``brick`` itself when already loaded, else ``load_brick(brick)``."""
+    return brick if isinstance(brick, LoadedBrick) else load_brick(brick)
+
+
+def brick_dataset(brick: LoadedBrick, utts: list[Utterance], target_lang: str | None,
                   source: str = "manifest") -> SpeechDataset | TextDataset:
     """The dataset a brick reads: fbank features with its settings, or text with its source tokenizer."""
-    tok = Tokenizer(Path(brick) / "tokenizer.model")
-    inp = iface["input"]
-    if inp.get("kind") == "text":
-        src_tok = Tokenizer(Path(brick) / "source_tokenizer.model")
-        if src_tok.fingerprint != inp["fingerprint"]:
-            raise BrickError(f"{brick}/source_tokenizer.model has fingerprint {src_tok.fingerprint}, "
-                             f"interface.json says {inp['fingerprint']}")
-        return TextDataset(utts, tok, src_tok, target_lang, source=source)
-    fbank = FbankConfig.from_dict(inp)
-    return SpeechDataset(utts, tok, fbank, source=source, target_lang=target_lang)
+    if brick.text_input:
+        return TextDataset(utts, brick.tokenizer, brick.source_tokenizer(), target_lang, source=source)
+    return SpeechDataset(utts, brick.tokenizer, brick.fbank(), source=source, target_lang=target_lang)
 
 
-def decode_manifest(brick: str | Path, manifest: str | Path, opts: DecodeOptions = DecodeOptions(),
-                    max_utts: int | None = None,
+def brick_manifest(brick: LoadedBrick, manifest: str | Path, max_utts: int | None = None,
+                   target_lang: str | None = "brick") -> SpeechDataset | TextDataset:
+    """The first ``max_utts`` utterances of ``manifest`` as ``brick`` reads them; ``target_lang`` "brick":
+    the one recorded in its interface.json."""
+    if target_lang == "brick":
+        target_lang = brick.interface.get("target_lang")
+    utts = load_manifest(manifest, require_audio=not brick.text_input)[:max_utts]
+    return brick_dataset(brick, utts, target_lang, str(manifest))
+
+
+def decode_manifest(brick: str | Path | LoadedBrick, manifest: str | Path,
+                    opts: DecodeOptions = DecodeOptions(), max_utts: int | None = None,
                     target_lang: str | None = "brick") -> tuple[list[dict], Scores]:
-    """Load a brick and decode a manifest → (results, scores).
+    """Decode a manifest with a brick (a directory or a ``LoadedBrick``) → (results, scores).
 
     ``target_lang``: the reference is the transcript (None) or the translation into that
     language; "brick" (default) uses the ``target_lang`` recorded in the brick's interface.json.
     """
-    model, iface = load_brick(brick)
-    if target_lang == "brick":
-        target_lang = iface.get("target_lang")
-    text_input = iface["input"].get("kind") == "text"
-    utts = load_manifest(manifest, require_audio=not text_input)[:max_utts]
-    res = decode_dataset(model, brick_dataset(brick, iface, utts, target_lang, str(manifest)), opts)
+    b = loaded(brick)
+    res = decode_dataset(b.module, brick_manifest(b, manifest, max_utts, target_lang), opts)
     return res, score_results(res, manifest)
 
 
-def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str | Path,
-                     opts: DecodeOptions = DecodeOptions(), max_utts: int | None = None,
+def cascade_manifest(asr_brick: str | Path | LoadedBrick, mt_brick: str | Path | LoadedBrick,
+                     manifest: str | Path, opts: DecodeOptions = DecodeOptions(), max_utts: int | None = None,
                      target_lang: str | None = "brick") -> tuple[list[dict], Scores]:
     """Cascade speech translation: ``asr_brick`` transcribes, the text brick ``mt_brick`` translates
     its transcripts → (results with 'asr' transcripts, scores against the translations).
@@ -207,18 +194,18 @@ def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str 
     An utterance whose transcript is empty gets an empty translation (scored as such); one whose audio
     ``opts.skip_bad`` left out keeps its {id, audio, error} row.
     """
-    mt, iface = load_brick(mt_brick)
-    if iface["input"].get("kind") != "text":
-        raise BrickError(f"{mt_brick} reads {iface['input'].get('kind')!r} inputs; the second stage of a "
-                         "cascade must read text (an MT brick)")
+    mt = loaded(mt_brick)
+    if not mt.text_input:
+        raise BrickError(f"{mt.path} reads {mt.interface['input'].get('kind')!r} inputs; the second stage of "
+                         "a cascade must read text (an MT brick)")
     if target_lang == "brick":
-        target_lang = iface.get("target_lang")
+        target_lang = mt.interface.get("target_lang")
     asr, _ = decode_manifest(asr_brick, manifest, opts, max_utts, target_lang=None)
     utts = load_manifest(manifest)[:max_utts]
     transcripts = [r.get("hyp", "") for r in asr]
     said = [i for i, (r, t) in enumerate(zip(asr, transcripts)) if "error" not in r and normalize_text(t)]
     second = [replace(utts[i], text=transcripts[i]) for i in said]
-    res = decode_dataset(mt, brick_dataset(mt_brick, iface, second, target_lang, str(manifest)), opts)
+    res = decode_dataset(mt.module, brick_dataset(mt, second, target_lang, str(manifest)), opts)
     out = [{"id": u.id, "ref": ref, "hyp": "", "asr": t}
            for u, ref, t in zip(utts, target_texts(utts, target_lang, str(manifest)), transcripts)]
     for i, r in zip(said, res):
@@ -227,42 +214,41 @@ def cascade_manifest(asr_brick: str | Path, mt_brick: str | Path, manifest: str 
     return out, score_results(out, manifest)
 
 
-def make_fusion(brick: str | Path, lm_brick: str | Path | None, lm_weight: float = 0.0,
+def make_fusion(brick: str | Path | LoadedBrick, lm_brick: str | Path | None, lm_weight: float = 0.0,
                 ilm_weight: float = 0.0, length_reward: float = 0.0, lm_eos: bool = True) -> Fusion | None:
     """The ``Fusion`` for decoding ``brick`` (None when every weight is 0 and there is no LM)."""
     if lm_brick is None and not (lm_weight or ilm_weight or length_reward):
         return None
-    iface = read_interface(brick) if lm_brick else {}
-    lm = load_lm(lm_brick, iface, brick) if lm_brick else None
+    lm = load_lm(lm_brick, brick) if lm_brick else None
     return Fusion(lm, lm_weight, ilm_weight, length_reward, lm_eos)
 
 
-def load_lm(lm_brick: str | Path, iface: dict, brick: str | Path = "the model"):
-    """Load an external LM brick and check it speaks the vocabulary of a model with interface ``iface``."""
-    lm, lm_iface = load_brick(lm_brick)
-    if not hasattr(lm, "step") or not hasattr(lm, "score"):
-        raise BrickError(f"{lm_brick} is a {lm_iface.get('kind')}, not a language model brick")
-    want = iface.get("tokenizer", {}).get("fingerprint")
-    have = lm_iface.get("tokenizer", {}).get("fingerprint")
-    if want != have:
-        raise BrickError(f"{lm_brick} uses tokenizer {have}, {brick} uses {want}: an external LM must "
-                         "speak the model's (interface) vocabulary")
-    return lm
+def load_lm(lm_brick: str | Path, model: str | Path | LoadedBrick):
+    """Load an external LM brick → its module, checked (``LoadedBrick.check_speaks``: the tokenizer
+    fingerprint) to speak the interface vocabulary of ``model`` (a brick or its directory)."""
+    lm = load_brick(lm_brick)
+    if not hasattr(lm.module, "step") or not hasattr(lm.module, "score"):
+        raise BrickError(f"{lm_brick} is a {lm.interface.get('kind')}, not a language model brick")
+    if isinstance(model, LoadedBrick):
+        lm.check_speaks(model.interface, model.path)
+    else:
+        lm.check_speaks(read_interface(model), model)
+    return lm.module
 
 
-def tune_fusion(brick: str | Path, manifest: str | Path, lm_brick: str | Path | None,
+def tune_fusion(brick: str | Path | LoadedBrick, manifest: str | Path, lm_brick: str | Path | None,
                 lm_weights: list[float], ilm_weights: list[float], length_rewards: list[float],
                 opts: DecodeOptions = DecodeOptions(beam=4), max_utts: int | None = None,
                 lm_eos: bool = True, report=print) -> list[dict]:
     """Grid search of the fusion weights on a dev manifest → one row per (λ_LM, λ_ILM, β), in grid
     order, each {'lm_weight', 'ilm_weight', 'length_reward', 'wer', 'cer', …}. The manifest is
     encoded once; ``report`` gets each row as it is done."""
-    model, iface = load_brick(brick)
-    lm = load_lm(lm_brick, iface, brick) if lm_brick else None
+    b = loaded(brick)
+    model = b.module
+    lm = load_lm(lm_brick, b) if lm_brick else None
     if lm is None and any(lm_weights):
         raise BrickError("LM weights other than 0 need an external LM (--lm)")
-    utts = load_manifest(manifest, require_audio=iface["input"].get("kind") != "text")[:max_utts]
-    ds = brick_dataset(brick, iface, utts, iface.get("target_lang"), str(manifest))
+    ds = brick_manifest(b, manifest, max_utts)
     encoded = list(encode_dataset(model, ds, opts))
     rows = []
     for lw, iw, lr in itertools.product(lm_weights, ilm_weights, length_rewards):

@@ -28,9 +28,10 @@ from pathlib import Path
 
 from torch import nn
 
-from .brick import TOKENIZER_FILES, BrickError, load_brick, save_brick
-from .encoders import Chain
-from .interface import LengthController
+from ..lego.encoders import Chain
+from ..lego.interface import LengthController
+from ..nn.brick import BrickError
+from .bricks import TOKENIZER_FILES, load_brick, save_brick
 
 
 @dataclass
@@ -43,8 +44,8 @@ class _Part:
 
 def _load_encoder(spec: str) -> _Part:
     directory, _, stage = spec.partition("#")
-    brick, iface = load_brick(directory)
-    enc = getattr(brick, "encoder", brick)
+    brick = load_brick(directory)
+    enc = getattr(brick.module, "encoder", brick.module)
     if stage:
         if not isinstance(enc, Chain):
             raise BrickError(f"{spec}: '#{stage}' selects a stage of a chain, but {directory} has a "
@@ -53,7 +54,7 @@ def _load_encoder(spec: str) -> _Part:
             enc = enc.bricks[int(stage)]
         except (ValueError, IndexError):
             raise BrickError(f"{spec}: no stage {stage!r} (the chain has {len(enc.bricks)})") from None
-    return _Part(spec, Path(directory), enc, iface)
+    return _Part(spec, Path(directory), enc, brick.interface)
 
 
 def _fingerprint(part: _Part) -> str:
@@ -122,8 +123,9 @@ def compose(encoders: list[str], decoder: str, alpha: float | None = None, allow
     if not encoders:
         raise BrickError("compose needs at least one encoder brick")
     parts = [_load_encoder(s) for s in encoders]
-    dec_model, dec_iface = load_brick(decoder)
-    dec = _Part(decoder, Path(decoder), dec_model, dec_iface)
+    dec_brick = load_brick(decoder)
+    dec_model = dec_brick.module
+    dec = _Part(decoder, Path(decoder), dec_model, dec_brick.interface)
     if not hasattr(dec_model, "encoder"):
         raise BrickError(f"{decoder}: a {type(dec_model).__name__} brick has no decoder side to reuse")
     for a, b in zip(parts, parts[1:]):

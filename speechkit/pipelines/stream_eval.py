@@ -22,7 +22,7 @@ from ..errors import SpeechkitError
 from ..features import FbankConfig
 from ..files import write_text
 from ..metrics import normalize_text, score
-from .stream import Recognizer, StreamOptions, Word, logit, timing
+from ..search.stream import Recognizer, StreamOptions, Word, logit, timing
 
 CALIBRATION = "stream_calibration.json"
 
