@@ -24,6 +24,6 @@ setup(
         "pyyaml",
         "numpy",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={"dev": ["pytest", "ruff", "import-linter"]},
     entry_points={"console_scripts": ["speechkit=speechkit.cli:main"]},
 )

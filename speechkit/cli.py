@@ -1,5 +1,9 @@
 """The ``speechkit`` command: prepare, fit/validate/test, decode, stream, tune-fusion, adapt-ilm, export,
-bench, score, compose, demo."""
+bench, score, compose, tokenizer, run, demo.
+
+Argument parsing only: each verb hands its arguments to one library call (``speechkit.pipelines``,
+``speechkit.corpora``, ``speechkit.train``, ``speechkit.recipe``) and prints what it returns. The
+toolkit's own errors end in one ``error: …`` line (``main``)."""
 
 from __future__ import annotations
 
@@ -7,77 +11,54 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
 
 
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _prepare(a) -> None:
     from .corpora import prepare
-    from .corpora.common import LayoutError, PrepareError, listing
+    from .corpora.common import listing
 
     split = lambda v: v.split(",") if v else None  # noqa: E731
     out = a.out or f"data/{a.corpus}"
-    try:
-        summary = prepare(a.corpus, out=out, root=a.root, max_utts=a.max_utts,
-                          langs=split(a.langs), heldout=split(a.heldout), parts=split(a.parts),
-                          workers=a.workers, skip_bad=a.skip_bad)
-    except (LayoutError, PrepareError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    print(json.dumps(summary.get("counts", summary.get("manifests", summary)), indent=1))
-    if summary.get("problems"):
+    summary = prepare(a.corpus, out=out, root=a.root, max_utts=a.max_utts, langs=split(a.langs),
+                      heldout=split(a.heldout), parts=split(a.parts), workers=a.workers, skip_bad=a.skip_bad)
+    print(json.dumps(summary["manifests"], indent=1))
+    if summary["problems"]:
         bad = summary["problems"]
-        print(f"left out {len(bad)} bad entr{'y' if len(bad) == 1 else 'ies'} (--skip-bad; all listed in "
+        print(f"left out {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} (all listed in "
               f"{out}/prepare.json):\n{listing(bad)}", file=sys.stderr)
 
 
 def _decode(a) -> None:
-    import torch
+    from .pipelines.decode import DecodeOptions, decode_to_file, make_fusion
 
-    from .files import atomic_write
-    from .pipelines.decode import (
-        DecodeOptions,
-        cascade_manifest,
-        decode_manifest,
-        decoded,
-        default_output,
-        make_fusion,
-    )
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _threads(a.threads)
     target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
     fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward, not a.no_lm_eos)
-    if fusion is not None and a.then:
-        raise SystemExit("error: --lm/--ilm-weight/--length-reward apply to one brick, not to a cascade "
-                         "(--then)")
     opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion, max_symbols=a.max_symbols,
                          skip_bad=a.skip_bad)
-    if a.then:
-        res, sc = cascade_manifest(a.brick, a.then, a.manifest, opts, a.max_utts, target_lang=target)
-    else:
-        res, sc = decode_manifest(a.brick, a.manifest, opts, a.max_utts, target_lang=target)
-    done, skipped = decoded(res), [r for r in res if "error" in r]
-    out = Path(a.out or default_output(a.brick, f"decode-{Path(a.manifest).stem}.jsonl"))
-    with atomic_write(out) as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+    summary, sc = decode_to_file(a.brick, a.manifest, opts, a.out, a.then, a.max_utts, target)
+    skipped = summary["skipped"] if a.skip_bad else summary.pop("skipped")
     if skipped:
         print(f"left out {len(skipped)} unreadable utterance{'s' * (len(skipped) > 1)} (--skip-bad):\n"
               + "\n".join(f"  {r['id']}: {r['error']}" for r in skipped), file=sys.stderr)
-    summary = {"manifest": a.manifest, "utts": len(done), **sc.to_dict(), "hyps": str(out)}
-    if a.skip_bad:
-        summary["skipped"] = skipped
-    print(json.dumps(summary) if a.json else f"{a.manifest}: {len(done)} utterances"
-          f"{f' ({len(skipped)} unreadable left out)' if skipped else ''}  {sc}\nhypotheses → {out}")
+    print(json.dumps(summary) if a.json else f"{a.manifest}: {summary['utts']} utterances"
+          f"{f' ({len(skipped)} unreadable left out)' if skipped else ''}  {sc}\n"
+          f"hypotheses → {summary['hyps']}")
 
 
 def _tune_fusion(a) -> None:
-    import torch
-
     from .pipelines.decode import DecodeOptions, tune_fusion
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    _threads(a.threads)
     grid = [[float(w) for w in g.split(",")] for g in (a.lm_weights, a.ilm_weights, a.length_rewards)]
     keys = ("lm_weight", "ilm_weight", "length_reward", "wer", "cer", "seconds")
     if not a.json:
@@ -94,43 +75,16 @@ def _tune_fusion(a) -> None:
           f"--length-reward {best['length_reward']}  (WER {best['wer']}%, CER {best['cer']}%)")
 
 
-def _add_fusion_options(p: argparse.ArgumentParser, grid: bool) -> None:
-    p.add_argument("--lm", default=None, metavar="LM_BRICK",
-                   help="external language model brick (shallow fusion)")
-    if grid:
-        p.add_argument("--lm-weights", default="0,0.1,0.2,0.3,0.4", help="comma-separated λ_LM values")
-        p.add_argument("--ilm-weights", default="0,0.1,0.2", help="comma-separated λ_ILM values")
-        p.add_argument("--length-rewards", default="0,0.5,1.0", help="comma-separated β values")
-    else:
-        p.add_argument("--lm-weight", type=float, default=0.0, help="λ_LM: weight of the external LM")
-        p.add_argument("--ilm-weight", type=float, default=0.0,
-                       help="λ_ILM: weight of the internal LM, subtracted (ILME)")
-        p.add_argument("--length-reward", type=float, default=0.0, help="β: added per emitted token")
-    p.add_argument("--no-lm-eos", action="store_true", help="leave out the LM's end-of-sentence score")
-
-
 def _adapt_ilm(a) -> None:
-    import torch
-
+    from .pipelines.bricks import check_new_brick
     from .train.ilma import run_ilma
 
-    _new_brick(a.out, a.brick)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    check_new_brick(a.out, a.brick)
+    _threads(a.threads)
     summary = run_ilma(a.brick, a.text, a.out, a.valid, a.rho, a.steps, a.lr, a.max_tokens, a.seed)
     print(json.dumps(summary) if a.json else
           f"internal-LM perplexity on {summary['valid']}: {summary['ilm_ppl_before']} → "
           f"{summary['ilm_ppl_after']}\nadapted brick written to {a.out}")
-
-
-def _new_brick(out: str | Path, *inputs: str | Path) -> None:
-    """Refuse an output brick ``out`` that is one of the ``inputs`` bricks or lies inside one (symbolic links
-    resolved): the bricks a command reads are read-only."""
-    path = Path(out).resolve()
-    for src in map(Path, inputs):
-        if path == src.resolve() or src.resolve() in path.parents:
-            raise SystemExit(f"error: --out {out} is the input brick {src} or inside it: the bricks a "
-                             "command reads are read-only; choose another --out")
 
 
 def _export(a) -> None:
@@ -147,88 +101,121 @@ def _export(a) -> None:
     q = QuantConfig(a.bits, None, per_channel=not a.per_tensor) if a.bits else None
     if sp is None and q is None:
         raise SystemExit("error: give --sparsity N:M and/or --bits B")
-    _new_brick(a.out, a.brick)
-    try:
-        res = export_brick(a.brick, a.out, CompressConfig(sparsity=sp, quant=q))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    res = export_brick(a.brick, a.out, CompressConfig(sparsity=sp, quant=q))
     print(json.dumps(res) if a.json else
           f"{a.brick} → {a.out}: {res['coverage']['compressed']:,} of {res['coverage']['total']:,} "
           f"parameters compressed, weights {res['dense_bytes']:,} → {res['bytes']:,} bytes")
 
 
 def _bench(a) -> None:
-    import torch
+    from .pipelines.bench import bench
 
-    from .compress.deploy import deploy
-    from .data.dataset import collate
-    from .data.manifest import load_manifest
-    from .pipelines.bench import bench_decode
-    from .pipelines.bricks import load_brick
-    from .pipelines.decode import brick_dataset
-    from .search.dispatch import search
-
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    brick = load_brick(a.brick)
-    model = brick.module
-    ds = brick_dataset(brick, load_manifest(a.manifest)[:a.max_utts], None, a.manifest)
-    against = a.against or a.brick
-    models = {f"fp32 {against}": load_brick(against).module}
-    plan = None
-    if not a.no_deploy:
-        sample = collate([ds[0]])  # batch 1, encoder and search: the shapes bench_decode uses
-        plan = deploy(model, lambda m: search(m, m(sample["inputs"], sample["input_lens"]), a.beam),
-                      a.tolerance, ptq=a.ptq)
-        if not a.json:
-            print(plan.to_text())
-    models[f"{'deployed' if plan else 'as loaded'} {a.brick}"] = model
-    res = bench_decode(models, ds, a.beam, progress=not a.json)
-    (ref, r0), (name, r1) = res.items()
-    ratio = round((r0["encoder_s"] + r0["search_s"]) / (r1["encoder_s"] + r1["search_s"]), 3)
-    enc_ratio = round(r0["encoder_s"] / r1["encoder_s"], 3)
-    summary = {"threads": torch.get_num_threads(), "beam": a.beam, "results": res,
-               "speedup": ratio, "encoder_speedup": enc_ratio,
-               "choices": {r["layer"]: r["choice"] for r in plan.rows} if plan else {}}
+    _threads(a.threads)
+    s = bench(a.brick, a.manifest, a.against, a.max_utts, a.beam, a.tolerance, a.ptq, not a.no_deploy,
+              progress=not a.json)
     if a.json:
-        print(json.dumps(summary))
+        print(json.dumps({k: v for k, v in s.items() if k != "plan"}))
         return
-    for k, r in res.items():
+    if s["plan"]:
+        print(s["plan"])
+    for k, r in s["results"].items():
         print(f"{k}: " + "  ".join(f"{f}={v}" for f, v in r.items()))
-    print(f"speed-up {ratio}× (encoder {enc_ratio}×) on {torch.get_num_threads()} thread(s)")
+    print(f"speed-up {s['speedup']}× (encoder {s['encoder_speedup']}×) on {s['threads']} thread(s)")
 
 
 def _score(a) -> None:
-    from .metrics import score
+    from .pipelines.decode import score_file
 
-    rows = []
-    for n, line in enumerate(open(a.hyps, encoding="utf-8"), 1):
-        try:
-            r = json.loads(line)
-            rows.append((r["ref"], r["hyp"]))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise SystemExit(f"error: {a.hyps}:{n}: expected a JSON object with 'ref' and 'hyp' "
-                             f"({e})") from None
-    sc = score([r for r, _ in rows], [h for _, h in rows])
+    sc = score_file(a.hyps)
     print(json.dumps(sc.to_dict()) if a.json else sc)
 
 
 def _compose(a) -> None:
+    from .pipelines.bricks import check_new_brick
     from .pipelines.compose import compose, save_composed
 
-    _new_brick(a.out, a.decoder, *(e.partition("#")[0] for e in a.encoders))
+    check_new_brick(a.out, a.decoder, *(e.partition("#")[0] for e in a.encoders))
     model, interface = compose(a.encoders, a.decoder, alpha=a.alpha, allow_hidden=a.allow_hidden)
     out = save_composed(model, interface, a.out)
     print(json.dumps({"brick": str(out), "length_ratio": interface["length_ratio"]}) if a.json else
           f"composed {' → '.join(a.encoders)} → decoder of {a.decoder}\nbrick written to {out}")
 
 
+def _tokenizer(a) -> None:
+    from .data.dataset import manifest_tokenizer
+    from .tokenizer import Tokenizer
+
+    if os.path.exists(a.out) and not a.force:
+        have = Tokenizer(a.out).vocab_size
+        if have != a.vocab_size:
+            raise SystemExit(f"error: {a.out} exists with {have} pieces, not --vocab-size {a.vocab_size}; "
+                             "--force retrains it")
+        print(f"have {a.out} ({have} pieces; --force retrains it)")
+        return
+    tok = manifest_tokenizer(a.manifest, a.out, a.vocab_size, a.target_lang)
+    print(f"tokenizer ({tok.vocab_size} pieces) → {a.out}")
+
+
+def _run_recipe(a) -> None:
+    from .recipe import in_process, load_stages, parse_sets, run_command, run_stages, select
+
+    stages = select(load_stages(a.recipe, parse_sets(a.set)), a.stage, a.stop_stage)
+    if a.list:
+        for s in stages:
+            print(f"{s.number:2d} {s.name:12s} {'done' if s.done() else 'todo'}  {s.command}")
+        return
+    call = in_process(main) if a.in_process else run_command
+    run_stages(stages, force=a.force, dry_run=a.dry_run, call=call)
+
+
+def _demo(a) -> None:
+    from .demo import run_demo
+
+    run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
+
+
+def _stream(a) -> None:
+    from .cli_stream import run
+
+    run(a)
+
+
+def _add_fusion_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    p.add_argument("--lm", default=None, metavar="LM_BRICK",
+                   help="external language model brick (shallow fusion)")
+    if grid:
+        p.add_argument("--lm-weights", default="0,0.1,0.2,0.3,0.4", help="comma-separated λ_LM values")
+        p.add_argument("--ilm-weights", default="0,0.1,0.2", help="comma-separated λ_ILM values")
+        p.add_argument("--length-rewards", default="0,0.5,1.0", help="comma-separated β values")
+    else:
+        p.add_argument("--lm-weight", type=float, default=0.0, help="λ_LM: weight of the external LM")
+        p.add_argument("--ilm-weight", type=float, default=0.0,
+                       help="λ_ILM: weight of the internal LM, subtracted (ILME)")
+        p.add_argument("--length-reward", type=float, default=0.0, help="β: added per emitted token")
+    p.add_argument("--no-lm-eos", action="store_true", help="leave out the LM's end-of-sentence score")
+
+
+def _options(*names: str, threads: int | None = None, max_utts: int | None = None) -> argparse.ArgumentParser:
+    """A parent parser with the options several verbs share: --threads, --max-utts, --json."""
+    p = argparse.ArgumentParser(add_help=False)
+    if "threads" in names:
+        p.add_argument("--threads", type=int, default=threads, help="torch threads (default: torch's)")
+    if "max_utts" in names:
+        p.add_argument("--max-utts", type=int, default=max_utts, help="the first N utterances only")
+    if "json" in names:
+        p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="speechkit", description=__doc__)
+    p = argparse.ArgumentParser(prog="speechkit", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True)
+    add = lambda verb, help, *shared, **kw: sub.add_parser(  # noqa: E731
+        verb, help=help, parents=[_options(*shared, **kw)] if shared else [])
     for verb in LIGHTNING_VERBS:
         sub.add_parser(verb, help=f"LightningCLI {verb} (speechkit {verb} -c CONFIG --help)", add_help=False)
-    pr = sub.add_parser("prepare", help="build a corpus and its manifests")
+
+    pr = add("prepare", "build a corpus and its manifests", "max_utts")
     pr.add_argument("corpus", help="locale (built here), librispeech, tedlium3, commonvoice, mustc, covost2, "
                     "europarl_st, iwslt14, wmt16 (README \"Recipes\")")
     pr.add_argument("--root", default=None, help="where the downloaded dataset lies (its distributed layout)")
@@ -237,12 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--skip-bad", action="store_true",
                     help="leave out bad entries (missing/unreadable audio, empty transcripts; listed in "
                     "prepare.json) instead of stopping")
-    pr.add_argument("--max-utts", type=int, default=None)
     pr.add_argument("--langs", default=None, help="comma-separated languages or pairs: locale's targets "
                     "(de,fr,ro), Common Voice language, MuST-C targets, CoVoST 2 sources, Europarl-ST pairs")
     pr.add_argument("--heldout", default=None, help="comma-separated held-out catalog prefixes")
     pr.add_argument("--workers", type=int, default=None)
-    de = sub.add_parser("decode", help="decode a manifest with a brick; print WER/CER and BLEU/chrF")
+
+    de = add("decode", "decode a manifest with a brick; print WER/CER and BLEU/chrF",
+             "threads", "max_utts", "json")
     de.add_argument("brick")
     de.add_argument("manifest")
     de.add_argument("--out", default=None, help="hypotheses JSONL, one line per decoded utterance (default: "
@@ -256,25 +244,53 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--nbest", type=int, default=1)
     de.add_argument("--max-symbols", type=int, default=1, help="transducer beam search: most labels per "
                     "frame (1: modified beam search; streaming models want 3)")
-    de.add_argument("--max-utts", type=int, default=None)
-    de.add_argument("--threads", type=int, default=None)
     de.add_argument("--target-lang", default=None,
                     help="reference: 'text' (transcript) or a translation language (default: the brick's)")
     de.add_argument("--then", default=None, metavar="MT_BRICK",
                     help="cascade: translate BRICK's transcripts with this text brick (scores translations)")
-    _add_fusion_options(de, grid=False)
-    de.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-    tf = sub.add_parser("tune-fusion",
-                        help="grid-search LM / ILM weights and length reward on a dev manifest")
+    _add_fusion_options(de)
+
+    st = add("stream", "streaming recognition of audio files or raw 16-kHz s16le PCM on stdin (partials, "
+             "finals, word times and confidence)", "threads", "max_utts", "json", threads=1)
+    st.add_argument("brick", help="a streaming transducer brick (causal Conformer, FrameStack front end)")
+    st.add_argument("inputs", nargs="*", help="audio files (any format soundfile reads, any rate), or - for "
+                    "raw 16-kHz s16le mono PCM on stdin (default when no input is given)")
+    st.add_argument("--manifest", default=None, help="evaluate on a manifest instead: WER, RTF, latency, "
+                    "word-start error and confidence AUC (hypotheses → --out)")
+    st.add_argument("--calibrate", action="store_true", help="with --manifest (a dev set): fit the word-time "
+                    "shift and confidence map for these settings and store them in --calibration")
+    st.add_argument("--calibration", default=None, metavar="FILE", help="calibration table (JSON) that "
+                    "--calibrate adds to and other runs read (default: beside the brick, never inside it: "
+                    "BRICK/../stream_calibration.json, or BRICK/../NAME-stream_calibration.json for a brick "
+                    "folder NAME other than 'brick'; without --calibration, a run whose settings that file "
+                    "lacks reads a BRICK/stream_calibration.json shipped in the brick)")
+    st.add_argument("--out", default=None, help="hypotheses JSONL of --manifest (default: beside the brick: "
+                    "BRICK/../stream-MANIFEST-SETTINGS.jsonl, NAME- prefixed for a brick folder NAME other "
+                    "than 'brick'; nothing is written inside a brick)")
+    st.add_argument("--chunk", type=int, default=8, help="encoder frames per chunk (40 ms each with "
+                    "FrameStack 4): the latency / accuracy trade-off")
+    st.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
+    st.add_argument("--max-symbols", type=int, default=3, help="most labels per encoder frame")
+    _add_fusion_options(st)
+    st.add_argument("--timestamps", choices=("transducer", "ctc"), default="transducer",
+                    help="word start times from the transducer's emissions or a CTC alignment (finals)")
+    st.add_argument("--endpoint-trailing", type=float, default=1.2, help="s without a new token that end a "
+                    "segment with text")
+    st.add_argument("--endpoint-silence", type=float, default=2.4, help="s that drop a segment without text")
+    st.add_argument("--max-segment", type=float, default=20.0, help="s: the longest segment")
+    st.add_argument("--block-ms", type=int, default=100, help="audio read per step (ms)")
+    st.add_argument("--int8", action="store_true", help="int8 kernels (fbgemm) for the linear layers where "
+                    "they are faster and within tolerance (compress.deploy)")
+
+    tf = add("tune-fusion", "grid-search LM / ILM weights and length reward on a dev manifest",
+             "threads", "max_utts", "json")
     tf.add_argument("brick")
     tf.add_argument("manifest")
     _add_fusion_options(tf, grid=True)
     tf.add_argument("--beam", type=int, default=4)
-    tf.add_argument("--max-utts", type=int, default=None)
-    tf.add_argument("--threads", type=int, default=None)
-    tf.add_argument("--json", action="store_true", help="one JSON line per grid point")
-    ad = sub.add_parser("adapt-ilm", help="ILMA: adapt a transducer's internal LM to target-domain text "
-                        "(trains the joiner's last layer only)")
+
+    ad = add("adapt-ilm", "ILMA: adapt a transducer's internal LM to target-domain text (trains the joiner's "
+             "last layer only)", "threads", "json")
     ad.add_argument("brick", help="transducer brick (ideally trained with ilm_weight > 0)")
     ad.add_argument("text", help="target-domain text: a JSONL manifest or a plain text file, "
                     "one sentence per line")
@@ -287,33 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--lr", type=float, default=1e-3)
     ad.add_argument("--max-tokens", type=int, default=2000, help="tokens per batch")
     ad.add_argument("--seed", type=int, default=0)
-    ad.add_argument("--threads", type=int, default=None)
-    ad.add_argument("--json", action="store_true")
-    ex = sub.add_parser("export", help="one-shot N:M / int8 compression of a trained brick (no training; "
-                        "a brick trained with a compress: section is exported folded by fit itself)")
+
+    ex = add("export", "one-shot N:M / int8 compression of a trained brick (no training; a brick trained "
+             "with a compress: section is exported folded by fit itself)", "json")
     ex.add_argument("brick")
     ex.add_argument("--out", required=True)
     ex.add_argument("--sparsity", default=None, metavar="N:M", help="e.g. 2:4 (magnitude, along K)")
     ex.add_argument("--bits", type=int, default=None, help="weight bits (8: int8 storage)")
     ex.add_argument("--per-tensor", action="store_true",
                     help="one weight step per tensor (default: per channel)")
-    ex.add_argument("--json", action="store_true")
-    be = sub.add_parser("bench", help="deploy a brick (per-layer fastest correct kernel) and time its decode "
-                        "against the fp32 brick, side by side")
+
+    be = add("bench", "deploy a brick (per-layer fastest correct kernel) and time its decode against the "
+             "fp32 brick, side by side", "threads", "max_utts", "json", threads=1, max_utts=100)
     be.add_argument("brick", help="the (compressed) brick to deploy")
     be.add_argument("manifest")
     be.add_argument("--against", default=None, help="reference brick (default: BRICK itself, not deployed)")
-    be.add_argument("--max-utts", type=int, default=100)
     be.add_argument("--beam", type=int, default=1)
-    be.add_argument("--threads", type=int, default=1)
     be.add_argument("--tolerance", type=float, default=0.03, help="largest relative error per layer")
     be.add_argument("--ptq", action="store_true", help="allow int8 kernels on weights not trained for int8")
     be.add_argument("--no-deploy", action="store_true", help="time BRICK as loaded")
-    be.add_argument("--json", action="store_true")
-    sc = sub.add_parser("score", help="WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)")
+
+    sc = add("score", "WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)", "json")
     sc.add_argument("hyps")
-    sc.add_argument("--json", action="store_true", help="print one JSON line")
-    co = sub.add_parser("compose", help="join encoder brick(s) with the decoder of another brick")
+
+    co = add("compose", "join encoder brick(s) with the decoder of another brick", "json")
     co.add_argument("encoders", nargs="+", help="encoder bricks, first to last (DIR, or DIR#N: stage N "
                     "of a chain)")
     co.add_argument("--decoder", required=True, help="the brick whose decoder side is reused")
@@ -323,16 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "length ratio is outside the decoder's recorded range)")
     co.add_argument("--allow-hidden", action="store_true",
                     help="join a decoder that reads hidden states (monolithic; the control experiment)")
-    co.add_argument("--json", action="store_true")
-    tk = sub.add_parser("tokenizer", help="train a sentencepiece tokenizer on a manifest's normalised "
-                        "transcripts (or translations)")
+
+    tk = add("tokenizer", "train a sentencepiece tokenizer on a manifest's normalised transcripts (or "
+             "translations)")
     tk.add_argument("manifest", help="JSONL manifest (or a plain text file, one sentence per line)")
     tk.add_argument("--out", required=True, help="the .model file to write")
     tk.add_argument("--vocab-size", type=int, default=256)
     tk.add_argument("--target-lang", default=None, help="train on this translation instead of the transcript")
     tk.add_argument("--force", action="store_true", help="overwrite an existing model")
-    rn = sub.add_parser("run", help="run a recipe's numbered, resumable stages (RECIPE/stages.yaml)")
-    rn.add_argument("recipe", help="the recipe folder, e.g. recipes/locale")
+
+    rn = add("run", "run a recipe's numbered, resumable stages (RECIPE/stages.yaml, or a stages file of an "
+             "experiment)")
+    rn.add_argument("recipe", help="a recipe folder (its stages.yaml), e.g. recipes/locale, or a stages file "
+                    "in one, e.g. recipes/locale/lego.yaml")
     rn.add_argument("--stage", default=None, help="first stage (number or name; default: the first)")
     rn.add_argument("--stop-stage", default=None, help="last stage (number or name; default: the last)")
     rn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -342,15 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--dry-run", action="store_true", help="print what would run")
     rn.add_argument("--in-process", action="store_true", help="run speechkit commands inside this process "
                     "(no start-up per command: faster for short stages, e.g. tests)")
-    dm = sub.add_parser("demo", help="prepare locale, train a small transducer, decode, print WER")
+
+    dm = add("demo", "prepare locale, train a small transducer, decode, print WER", "max_utts")
     dm.add_argument("--minutes", type=float, default=None, help="training time budget")
-    dm.add_argument("--max-utts", type=int, default=None)
     dm.add_argument("--out", default="exp/demo")
     dm.add_argument("--config", default=None, help="training config (default: recipes/locale/conf/demo.yaml)")
-    from .cli_stream import add_parser as add_stream
-
-    add_stream(sub)
     return p
+
+
+VERBS = {"prepare": _prepare, "decode": _decode, "stream": _stream, "tune-fusion": _tune_fusion,
+         "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench, "score": _score, "compose": _compose,
+         "tokenizer": _tokenizer, "run": _run_recipe, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -365,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
 
             run_lightning(argv)
             return
-        _run(build_parser().parse_args(argv))
+        a = build_parser().parse_args(argv)
+        VERBS[a.verb](a)
     except BrokenPipeError:  # the reader went away (`speechkit stream … | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(1) from None
@@ -389,57 +408,6 @@ def user_error(e: BaseException) -> str | None:
     if isinstance(e, known) or type(e).__name__ in foreign:
         return " ".join(str(e).split()) or type(e).__name__
     return None
-
-
-def _run(a) -> None:
-    if a.verb == "demo":
-        from .demo import run_demo
-
-        run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
-        return
-    {"prepare": _prepare, "decode": _decode, "score": _score, "compose": _compose,
-     "tune-fusion": _tune_fusion, "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench,
-     "stream": _stream, "run": _run_recipe, "tokenizer": _tokenizer}[a.verb](a)
-
-
-def _tokenizer(a) -> None:
-    from .data.dataset import target_texts
-    from .data.manifest import load_texts
-    from .tokenizer import Tokenizer, train_tokenizer
-
-    if Path(a.out).exists() and not a.force:
-        have = Tokenizer(a.out).vocab_size
-        if have != a.vocab_size:
-            raise SystemExit(f"error: {a.out} exists with {have} pieces, not --vocab-size {a.vocab_size}; "
-                             "--force retrains it")
-        print(f"have {a.out} ({have} pieces; --force retrains it)")
-        return
-    texts = target_texts(load_texts(a.manifest), a.target_lang, a.manifest)
-    tok = train_tokenizer(texts, a.out, a.vocab_size)
-    print(f"tokenizer ({tok.vocab_size} pieces, {len(texts)} sentences) → {a.out}")
-
-
-def _run_recipe(a) -> None:
-    import subprocess
-
-    from .recipe import RecipeError, in_process, load_stages, parse_sets, run_stages, select
-
-    try:
-        stages = select(load_stages(a.recipe, parse_sets(a.set)), a.stage, a.stop_stage)
-        if a.list:
-            for s in stages:
-                print(f"{s.number:2d} {s.name:12s} {'done' if s.done() else 'todo'}  {s.command}")
-            return
-        call = in_process if a.in_process else subprocess.call
-        run_stages(stages, force=a.force, dry_run=a.dry_run, call=call)
-    except RecipeError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-def _stream(a) -> None:
-    from .cli_stream import run
-
-    run(a)
 
 
 if __name__ == "__main__":

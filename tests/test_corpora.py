@@ -1,6 +1,7 @@
 """Dataset preparations (issue 8) on tiny fixtures in each dataset's real layout (tests/dataset_fixtures.py):
 manifests, validation, idempotence, and errors that name what is wrong."""
 
+import json
 
 import pytest
 from dataset_fixtures import FIT, TINY_MT, altered, bad_then_skipped, make_librispeech, run_recipe
@@ -29,8 +30,12 @@ def test_librispeech_manifests_from_the_distributed_layout(librispeech, tmp_path
     assert {u.id for u in utts} == {"24-203-0000", "24-203-0001", "108-1245-0000", "108-1245-0001"}
     assert utts[0].speaker == utts[0].id.split("-")[0]
     assert utts[0].text == utts[0].text.upper() and 1.0 < utts[0].duration < 5.0
-    assert (out / "lm/train.txt").read_text().count("\n") == 30 and summary["lm"]["sentences"] == 30
+    assert (out / "lm/train.txt").read_text().count("\n") == 30
+    assert summary["details"]["lm"]["sentences"] == 30
     assert parts["asr/dev"]["utterances"] == 8
+    file = json.loads((out / "prepare.json").read_text())  # the one schema (corpora.common.write_summary)
+    assert list(file) == ["version", "corpus", "params", "manifests", "problems", "details"]
+    assert file == {k: v for k, v in summary.items() if k != "written"} and file["corpus"] == "LibriSpeech"
     again = prepare("librispeech", root=librispeech, out=out, workers=2)  # LibriSpeech/ itself as root
     assert again["written"] == [] and again["manifests"] == summary["manifests"]  # idempotent
 
@@ -99,7 +104,7 @@ def test_wmt16_and_parallel_file_errors(tmp_path, capsys):
             prepare("wmt16", root=raw, out=tmp_path / "data")
         main(["prepare", "wmt16", "--root", str(raw), "--out", str(tmp_path / "data"), "--skip-bad"])
         out, err = capsys.readouterr()
-        assert '"utterances": 63' in out and "left out 1 bad entry" in err and "europarl-v8-0000003" in err
+        assert '"utterances": 63' in out and "left out 1 entry" in err and "europarl-v8-0000003" in err
     en = raw / "SETIMES.en-ro.en"
     en.write_text(en.read_text() + "one more line\n")
     with pytest.raises(PrepareError, match=r"SETIMES.en-ro.ro has 32 lines but .*SETIMES.en-ro.en has 33"):

@@ -91,7 +91,8 @@ def test_tedlium3_manifests_from_the_distributed_layout(tedlium, tmp_path):
     summary = prepare("tedlium3", root=tedlium.parent, out=out, workers=2)
     m = summary["manifests"]
     assert [m[f"asr/{s}"]["utterances"] for s in ("train", "dev", "test")] == [8, 2, 4]
-    assert summary["skipped"] == {"train": 3, "dev": 1, "test": 2}  # the ignore_time_segment_in_scoring ones
+    skipped = summary["details"]["skipped"]  # the ignore_time_segment_in_scoring ones
+    assert skipped == {"train": 3, "dev": 1, "test": 2}
     times = json.loads((tedlium.parent / "times.json").read_text())
     train = load_manifest(out / "asr/train.jsonl", require_audio=True)
     gore = [u for u in train if u.speaker == "AlGore_2009"]
@@ -105,14 +106,14 @@ def test_tedlium3_manifests_from_the_distributed_layout(tedlium, tmp_path):
     lm = (out / "lm/train.txt").read_text().splitlines()
     assert lm[:8] == [u.text for u in train]  # the transcripts, then the LM corpus without </s> and <unk>
     assert lm[8:] == ["we'll talk about the climate", "the ocean is deep", "people build cities"]
-    assert summary["lm"]["sentences"] == 11
+    assert summary["details"]["lm"]["sentences"] == 11
     stamp = (out / "lm/train.txt").stat().st_mtime_ns
     again = prepare("tedlium3", root=tedlium, out=out, workers=2)  # TEDLIUM_release-3/ itself as root
     assert again["written"] == [] and again["manifests"] == m  # idempotent
     assert (out / "lm/train.txt").stat().st_mtime_ns == stamp
     capped = prepare("tedlium3", root=tedlium, out=tmp_path / "capped", lm_sentences=2)  # 1 line per LM file
     assert (tmp_path / "capped/lm/train.txt").read_text().splitlines()[8:] == [lm[8], lm[10]]
-    assert capped["lm"]["sentences"] == 10
+    assert capped["details"]["lm"]["sentences"] == 10
 
 
 def test_tedlium3_bad_entries_are_named_or_skipped(tedlium, tmp_path):

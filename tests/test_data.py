@@ -9,8 +9,8 @@ import soundfile as sf
 import torch
 
 from speechkit.audio import AudioError, read_audio, write_audio
-from speechkit.data.datamodule import SpeechDataModule
-from speechkit.data.dataset import SpeechDataset, TextDataset, utterance_features
+from speechkit.data.datamodule import LMDataModule, SpeechDataModule, TextDataModule
+from speechkit.data.dataset import SpeechDataset, TextDataset, manifest_tokenizer, utterance_features
 from speechkit.data.manifest import ManifestError, Utterance, load_manifest, load_texts, save_manifest
 from speechkit.errors import SpeechkitError
 from speechkit.features import FbankConfig
@@ -201,8 +201,8 @@ def test_missing_tokenizer_is_an_error_naming_key_and_path(tmp_path, key):
         train_tokenizer(EN * 10, paths[other], vocab_size=30)
     missing = tmp_path / "typo" / "missing.model"
     paths[key] = missing
-    dm = SpeechDataModule(train, train, str(paths["tokenizer"]), vocab_size=30, target_lang="en",
-                          source_tokenizer=str(paths["source_tokenizer"]), source_vocab_size=30)
+    dm = TextDataModule(train, train, str(paths["tokenizer"]), str(paths["source_tokenizer"]),
+                        source_vocab_size=30, vocab_size=30, target_lang="en")
     at = re.escape(str(missing))
     for step in (dm.prepare_data, dm.setup):
         with pytest.raises(TokenizerNotFoundError, match=rf"^data\.{key}: tokenizer model not found: {at}; "
@@ -216,9 +216,52 @@ def test_missing_tokenizer_is_an_error_naming_key_and_path(tmp_path, key):
 def test_missing_tokenizers_are_trained_when_the_config_asks(tmp_path):
     train = _mt_manifest(tmp_path)
     tgt, src = tmp_path / "tok" / "en.model", tmp_path / "tok" / "src.model"
-    dm = SpeechDataModule(train, train, str(tgt), vocab_size=30, target_lang="en", source_tokenizer=str(src),
-                          source_vocab_size=30, train_tokenizers=True)
+    dm = TextDataModule(train, train, str(tgt), str(src), source_vocab_size=30, vocab_size=30,
+                        target_lang="en", train_tokenizers=True)
     dm.prepare_data()
     assert Tokenizer(tgt).vocab_size == 30 and Tokenizer(src).vocab_size == 30
     dm.setup("fit")
     assert len(dm.sets["train"]) == len(EN) * 5
+
+
+def test_manifest_tokenizer_trains_on_transcripts_or_translations(tmp_path):
+    rows = [{"id": f"u{i}", "text": t, "translation": {"de": f"Satz {t}"}} for i, t in enumerate(EN * 5)]
+    train = _write(tmp_path / "train.jsonl", rows)
+    en = manifest_tokenizer(train, tmp_path / "en.model", 30)
+    de = manifest_tokenizer(train, tmp_path / "de.model", 30, target_lang="de")
+    assert en.vocab_size == de.vocab_size == 30 and en.fingerprint != de.fingerprint
+    assert en.unk in en.encode("satz") and de.unk not in de.encode("satz")  # no 'z' in the transcripts
+    with pytest.raises(ValueError, match="train.jsonl: utterance 'u0' has no 'fr' translation"):
+        manifest_tokenizer(train, tmp_path / "fr.model", 30, target_lang="fr")
+
+
+def test_each_mode_reads_its_own_inputs(tmp_path):
+    """Speech: fbank features and the transcript side (STAST); text: source token ids (MT); LM: the
+    targets themselves, from plain text too. ``input_info`` is what interface.json records."""
+    wave = torch.sin(torch.arange(16000) / 8.0) * 0.1
+    write_audio(tmp_path / "a.wav", wave)
+    rows = [{"id": f"u{i}", "text": t, "audio": "a.wav", "duration": 1.0, "translation": {"en": t}}
+            for i, t in enumerate(EN * 5)]
+    train = str(_write(tmp_path / "train.jsonl", rows))
+    tok = str(tmp_path / "en.model")
+    speech = SpeechDataModule(train, train, tok, cache_dir=None, num_mel_bins=40, transcript_tokenizer=tok,
+                              transcript_vocab_size=30, vocab_size=30, train_tokenizers=True,
+                              max_valid_utts=3)
+    speech.prepare_data()
+    speech.setup("fit")
+    x, y, _, transcript = speech.sets["train"][0]
+    assert x.shape[1] == 40 and speech.input_info()["kind"] == "fbank" and len(speech.sets["valid"]) == 3
+    assert torch.equal(transcript, y) and speech.source_tokenizer is None
+
+    mt = TextDataModule(train, train, tok, tok, source_vocab_size=30, vocab_size=30, target_lang="en")
+    mt.setup("fit")
+    assert mt.input_info() == {"kind": "text", **Tokenizer(tok).info()} and mt.transcript_tokenizer is None
+
+    text = tmp_path / "lm.txt"
+    text.write_text("\n".join(EN * 5) + "\n")
+    lm = LMDataModule(str(text), train, tok, vocab_size=30)
+    lm.setup("fit")
+    src, tgt, _ = lm.sets["train"][0]
+    assert lm.input_info() == {"kind": "none"} and torch.equal(src, tgt)
+    assert len(lm.sets["train"]) == len(EN) * 5
+    assert lm.source_tokenizer is None and lm.target_lang is None

@@ -7,8 +7,9 @@ import torch
 from conftest import tiny_transducer
 from test_lego import V, aed, padded
 
-from speechkit.lego.transducer import LSTMPredictor, StatelessPredictor, TransformerPredictor
+from speechkit.lego.transducer import Joiner, LSTMPredictor, StatelessPredictor, TransformerPredictor
 from speechkit.models.lm import LanguageModel
+from speechkit.models.transducer import Transducer
 from speechkit.search.attention import attention_beam_search
 from speechkit.search.fusion import Fusion
 from speechkit.search.transducer import beam_search
@@ -83,10 +84,10 @@ def test_transducer_ilm_is_the_joiner_with_a_zero_encoder_term():
         zeroed.joiner.enc_proj.bias.zero_()
     logits = zeroed.joiner(torch.randn(2, 5, 32)[:, :, None], pred[:, None])  # (B, T, U+1, V+1), any encoder
     want = logits[..., :40].log_softmax(-1)
-    got = m.internal_lm_logprobs(pred)
+    got = m.internal_lm().logprobs(y)  # (B, U+1, V+1)
     for t in range(5):
-        torch.testing.assert_close(got, want[:, t], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(m.internal_lm_logprobs(m.joiner.pred_proj(pred), projected=True), got)
+        torch.testing.assert_close(got[..., :40], want[:, t], atol=1e-5, rtol=1e-4)
+    assert not m.internal_lm().has_eos and torch.equal(got[..., 40], torch.zeros(2, 7))  # no end of sentence
 
 
 @pytest.mark.parametrize("predictor", ["stateless", "lstm"])
@@ -109,7 +110,7 @@ def test_transducer_fusion_scores_labels_only():
 
     def extra(tokens):
         y, n = torch.tensor([tokens]), torch.tensor([len(tokens)])
-        lm_score, ilm_score = float(ext.score(y, n, eos=True)), float(m.internal_lm_score(y, n))
+        lm_score, ilm_score = float(ext.score(y, n, eos=True)), float(m.internal_lm().score(y, n))
         return f.lm_weight * lm_score - f.ilm_weight * ilm_score + f.length_reward * len(tokens)
 
     assert _check_fused_scores(plain, fused, extra) >= 3
@@ -210,21 +211,22 @@ def test_ilm_training_term_is_the_internal_lm_cross_entropy():
     y, n = padded([6, 4], vocab=40)
     enc = m(torch.randn(2, 60, 80), torch.tensor([60, 44]))
     out = {k: v.detach() for k, v in m.encoded_loss(enc, y, n).items()}
-    logp = m.internal_lm_logprobs(m.predictor(y)[:, :-1]).detach()
+    logp = m.internal_lm().logprobs(y).detach()  # (B, U+1, V+1)
     want = -sum(float(logp[i, u, y[i, u]]) for i in range(2) for u in range(int(n[i]))) / 2
     assert float(out["ilm"]) == pytest.approx(want, rel=1e-5)
     want = float(out["rnnt"] + m.ctc_weight * out["ctc"] + 0.5 * out["ilm"])
     assert float(out["loss"]) == pytest.approx(want, rel=1e-5)
 
 
-def test_aed_ilm_training_term_and_internal_lm_logprobs():
+def test_aed_ilm_training_term_and_internal_lm():
     model = aed(seed=1).eval()  # no dropout: the two computations must agree
     model.ilm_weight = 0.3
     x, n = padded([9, 6], vocab=30)
     y, u = padded([5, 3], vocab=V, seed=4)
     out = {k: v.detach() for k, v in model.encoded_loss(model(x, n), y, u).items()}
     prev, _ = model.decoder.teacher_forcing(y, u)
-    logp = model.internal_lm_logprobs(prev).detach()  # (B, U+1, V+1)
+    logp = model.internal_lm().logprobs(y).detach()  # (B, U+1, V+1)
+    torch.testing.assert_close(logp, model.decoder.internal_lm_logits(prev).log_softmax(-1).detach())
     want = -sum(float(logp[i, k, t]) for i in range(2) for k, t in enumerate(y[i, : u[i]].tolist() + [V])) / 2
     assert float(out["ilm"]) == pytest.approx(want, rel=1e-5)
     total = float(model.ce_weight * out["ce"] + model.ctc_weight * out["ctc"] + 0.3 * out["ilm"])
@@ -247,10 +249,98 @@ def test_mwer_scores_carry_gradient_into_the_model_but_not_the_lm():
     e2e = -AF.rnnt_loss(m.joiner(dec.hidden.repeat_interleave(2, 0)[:, :, None], m.predictor(ys)[:, None]),
                         ys.int(), dec.lengths.repeat_interleave(2, 0).int(), lens.int(), blank=m.blank,
                         reduction="none")
-    want = e2e + 0.5 * ext.score(ys, lens) - 0.3 * m.internal_lm_score(ys, lens) + 0.5 * lens
+    want = e2e + 0.5 * ext.score(ys, lens) - 0.3 * m.internal_lm().score(ys, lens) + 0.5 * lens
     torch.testing.assert_close(scores, want, atol=1e-4, rtol=1e-5)
     errors = torch.tensor([[0.0, 2.0], [1.0, 4.0]])
     mwer_loss(scores.view(2, 2), errors, torch.ones(2, 2, dtype=torch.bool)).sum().backward()
     for part in (m.joiner, m.predictor, m.encoder):
         assert sum(float(p.grad.abs().sum()) for p in part.parameters() if p.grad is not None) > 0
     assert all(p.grad is None for p in ext.parameters())
+
+
+def _token_lm(kind):
+    """A ``TokenLM`` of each kind: external LMs and the internal LMs of every model class."""
+    from test_stast import stast
+
+    if kind.startswith("lm-"):
+        return lm(30, kind[3:], seed=3)
+    if kind == "aed":
+        return aed(seed=2).eval().internal_lm()
+    if kind == "stast":
+        return stast().eval().internal_lm()
+    torch.manual_seed(5)
+    pred = BODIES[kind.split("-")[1]](40)
+    return Transducer(tiny_transducer(seed=5).encoder, pred, Joiner(32, 32, 40, 32)).eval().internal_lm()
+
+
+@pytest.mark.parametrize("kind", ["lm-transformer", "lm-lstm", "aed", "stast", "transducer-transformer",
+                                  "transducer-stateless"])
+@torch.no_grad()
+def test_token_lm_stepping_equals_the_whole_sequence_call(kind):
+    """The one LM protocol (models.base.TokenLM): stepping a batch token by token, through beam-style
+    reorderings (select) and rows that stop early (where), gives the log-probs of the whole-sequence call,
+    hence the same sequence scores, for the external LM and every model's internal LM."""
+    m = _token_lm(kind)
+    v = m.vocab_size
+    y, n = padded([5, 2, 4], vocab=v, seed=6)
+    want = m.token_logprobs(y, n)  # (B, U+1), the end of sentence at U_b
+    perm = torch.tensor([2, 0, 1])
+    logp, state = m.start(3, "cpu")
+    got = []
+    for u in range(y.shape[1] + 1):
+        nxt = torch.where(n == u, v, y[:, min(u, y.shape[1] - 1)])
+        got.append(torch.where(u <= n, logp.gather(1, nxt[:, None])[:, 0], 0.0))
+        if u == y.shape[1]:
+            break
+        state, logp = m.select(state, perm), logp[perm]  # reorder the rows, step, and back
+        emit = (u < n)[perm]
+        new_logp, new_state = m.step(torch.where(emit, y[perm, u], v), state)
+        state, logp = m.where(emit, new_state, state), torch.where(emit[:, None], new_logp, logp)
+        back = perm.argsort()
+        state, logp = m.select(state, back), logp[back]
+    torch.testing.assert_close(torch.stack(got, 1), want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(m.score(y, n), want.sum(1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(m.score(y, n, eos=False), want.sum(1) - want.gather(1, n[:, None])[:, 0])
+
+
+def test_ilm_loss_is_the_internal_lm_cross_entropy_and_kl():
+    from speechkit.models.base import ilm_loss
+
+    m = aed(seed=1).eval()
+    y, n = padded([5, 3], vocab=V, seed=2)
+    ilm = m.internal_lm()
+    out = ilm_loss(ilm, y, n, reference=ilm)
+    torch.testing.assert_close(out["ce"], -ilm.score(y, n))
+    torch.testing.assert_close(out["kl"], torch.zeros(2), atol=1e-6, rtol=0)
+    inp, tgt = m.decoder.teacher_forcing(y, n)
+    ce = torch.nn.functional.cross_entropy(m.decoder.internal_lm_logits(inp).flatten(0, 1), tgt.flatten(),
+                                           reduction="sum")
+    torch.testing.assert_close(out["ce"].sum(), ce)
+
+
+def test_mwer_checks_its_lm_by_tokenizer_fingerprint_like_decode(tmp_path):
+    from pathlib import Path
+
+    from speechkit.nn.brick import BrickError
+    from speechkit.tokenizer import Tokenizer, train_tokenizer
+    from speechkit.train.mwer import MWERTask
+
+    v1 = Path(__file__).parent / "fixtures" / "bricks_v1"
+    same = Tokenizer(v1 / "lm" / "tokenizer.model")  # the LM brick's own: 24 pieces
+    other = train_tokenizer(["the cat sat on the mat", "a dog ran in the park", "we see the sea",
+                             "hello there my friend", "good morning to you all", "one two three four"] * 3,
+                            tmp_path / "other.model", vocab_size=24)  # as many pieces, other ones
+
+    class Trainer:  # what MWERTask.setup reads of a trainer
+        def __init__(self, tok):
+            self.datamodule = type("DM", (), {"tokenizer": tok, "tokenizer_path": tok.path})()
+
+    task = MWERTask(tiny_transducer(24), lm=str(v1 / "lm"), lm_weight=0.3, ilm_weight=0.1)
+    assert task.lm is None and task.fusion.lm is None  # loaded in setup, where the data's tokenizer is known
+    task.trainer = Trainer(other)
+    with pytest.raises(BrickError, match="tokenizer"):
+        task.setup("validate")
+    task.trainer = Trainer(same)
+    task.setup("validate")
+    assert task.fusion.lm is task.lm and task.fusion.lm_weight == 0.3 and task.fusion.ilm_weight == 0.1
+    assert not any(p.requires_grad for p in task.lm.parameters())

@@ -265,3 +265,66 @@ def test_init_from_copies_a_part_of_a_brick_and_freeze_stops_training(tmp_path):
     assert all(p.requires_grad for p in task.model.decoder.parameters())
     with pytest.raises(BrickError, match="do not match"):
         SpeechTask(aed(text_encoder(src_vocab=31)), init_from={"encoder": f"{src}#encoder"})
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@torch.no_grad()
+def test_transformer_layers_step_equals_the_causal_forward(cross):
+    """``TransformerLayers.step`` (one position per call against the key/value cache) equals the whole
+    causal forward, through beam reorderings (select) and rows that pause (where); with cross-attention
+    each memory (with its padding) is shared by a beam of 2 rows."""
+    from speechkit.nn.masks import causal_mask, padding_mask
+    from speechkit.nn.transformer import TransformerLayers
+
+    torch.manual_seed(0)
+    layers = TransformerLayers(2, D, 4, 64, cross=cross).eval()
+    x = torch.randn(4, 7, D)
+    memory, mem_lens = (torch.randn(2, 5, D), torch.tensor([5, 3])) if cross else (None, None)
+    rows_memory = None if memory is None else memory.repeat_interleave(2, 0)  # (4, K, D) one per row
+    pad = None if memory is None else padding_mask(mem_lens.repeat_interleave(2, 0), 5)
+    want = layers(x, causal=causal_mask(7), memory=rows_memory, memory_pad=pad)  # (4, 7, D)
+    state = layers.initial_state(4, "cpu", memory, mem_lens)
+    perm = torch.tensor([1, 0, 3, 2])  # swaps within each beam
+    got = torch.zeros_like(want)
+    late = torch.isin(perm, torch.tensor([0, 3]))  # rows 0 and 3 sit out a step (where keeps their state)
+    for u in range(7):
+        for go in (~late, late):
+            state = state.select(perm)
+            out, new = layers.step(x[perm, u], state)
+            state = new.where(go, state)
+            got[perm[go], u] = out[go]
+            state = state.select(perm.argsort())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_attention_decoder_step_equals_the_full_prefix_and_its_internal_lm():
+    torch.manual_seed(0)
+    dec = AttentionDecoder(vocab_size=11, dim=32, layers=2, heads=4).eval()
+    prev = torch.cat([torch.full((3, 1), 11), torch.randint(0, 11, (3, 6))], 1)
+    memory, lengths = torch.randn(3, 9, 32), torch.tensor([9, 4, 7])
+    for mem, want in (((memory, lengths), dec(memory, lengths, prev)), ((), dec.internal_lm_logits(prev))):
+        state, steps = dec.initial_state(3, "cpu", *mem), []
+        for u in range(prev.shape[1]):
+            logits, state = dec.step(prev[:, u], state)
+            steps.append(logits)
+        torch.testing.assert_close(torch.stack(steps, 1), want, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_attention_beam_search_scores_are_the_full_prefix_log_probs():
+    """The incremental search scores each hypothesis as the decoder run on its whole prefix does."""
+    model = aed(seed=2).eval()
+    model.decoder.out.bias[V] += 2.0  # hypotheses end by themselves
+    x, n = padded([9, 6], vocab=30)
+    enc = model(x, n)
+    mem, mem_lens = model.decoder.memory(enc)
+    checked = 0
+    for i, nb in enumerate(attention_beam_search(model, enc, beam=3, nbest=3)):
+        for h in nb:
+            prev = torch.tensor([[V, *h.tokens]])
+            logp = model.decoder(mem[i:i + 1], mem_lens[i:i + 1], prev).log_softmax(-1)[0]  # (L, V+1)
+            assert h.score == pytest.approx(sum(float(logp[u, t]) for u, t in enumerate([*h.tokens, V])),
+                                            abs=1e-4)
+            checked += 1
+    assert checked == 6

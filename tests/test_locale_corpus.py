@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from speechkit.corpora.common import PREPARE_VERSION
 from speechkit.corpora.espeak import split_words
 from speechkit.corpora.locale import (
     DEFAULT_HELDOUT,
@@ -16,6 +17,7 @@ from speechkit.corpora.locale import (
     clean_english,
     clean_translation,
     prepare_locale,
+    read_catalogs,
 )
 from speechkit.data.manifest import load_manifest
 from speechkit.metrics import normalize_text
@@ -55,18 +57,26 @@ def corpus(tmp_path_factory):
     return out, prepare_locale(out, max_utts=40, langs=LANGS, workers=2, progress=False)
 
 
+def _utterances(summary: dict, sub: str) -> int:
+    """Utterances in all of ``sub``'s manifests (e.g. ``asr``: the whole corpus)."""
+    return sum(v["utterances"] for k, v in summary["manifests"].items() if k.rsplit("/", 1)[0] == sub)
+
+
 def test_counts_and_manifests(corpus):
     out, summary = corpus
-    assert summary["utterances"] == 40 and summary["synthesized_this_run"] == 40
-    assert sum(summary["counts"]["asr"].values()) == 40
-    assert summary["heldout_catalogs"] and "git" in summary["heldout_catalogs"]
+    details = summary["details"]
+    assert summary["version"] == PREPARE_VERSION and summary["corpus"] == "locale"
+    assert _utterances(summary, "asr") == 40 and details["synthesized_this_run"] == 40
+    assert details["heldout_catalogs"] and "git" in details["heldout_catalogs"]
     assert json.loads((out / "prepare.json").read_text()) == summary
     mans = _manifests(out)
-    for sub, counts in summary["counts"].items():
-        for split in SPLITS:
-            assert len(mans.get(f"{sub}/{split}.jsonl", [])) == counts[split], (sub, split)
+    assert set(mans) == {f"{name}.jsonl" for name in summary["manifests"]}  # empty splits: no file
+    for name, entry in summary["manifests"].items():
+        utts = mans[f"{name}.jsonl"]
+        assert entry["utterances"] == len(utts) > 0, name
+        assert entry["hours"] == round(sum(u.duration or 0 for u in utts) / 3600, 3), name
     for x in LANGS:
-        assert sum(summary["counts"][f"st/en-{x}"].values()) == summary["translations"][x] > 0
+        assert _utterances(summary, f"st/en-{x}") == details["translations"][x] > 0
         for u in mans.get(f"mt/{x}-en/train.jsonl", []):
             assert u.lang == x and u.audio is None and set(u.translation) == {"en"}
 
@@ -96,11 +106,11 @@ def test_heldout_and_stable_splits(corpus):
 
     t = time.time()
     again = prepare_locale(out, max_utts=40, langs=LANGS, workers=2, progress=False)
-    assert again["synthesized_this_run"] == 0 and time.time() - t < 15
-    assert again["counts"] == summary["counts"]
+    assert again["details"]["synthesized_this_run"] == 0 and time.time() - t < 15
+    assert again["manifests"] == summary["manifests"]
 
     small = prepare_locale(out, max_utts=20, langs=LANGS, workers=2, progress=False)
-    assert small["synthesized_this_run"] == 0 and small["utterances"] == 20
+    assert small["details"]["synthesized_this_run"] == 0 and _utterances(small, "asr") == 20
     sub = {i: (s, u.domain) for i, (s, u) in _asr(out).items()}
     assert len(sub) == 20 and all(split_of[i] == v for i, v in sub.items())
 
@@ -108,3 +118,11 @@ def test_heldout_and_stable_splits(corpus):
 def test_missing_catalogs(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         prepare_locale(tmp_path / "out", locale_dir=tmp_path, progress=False)
+
+
+def test_unreadable_catalog_is_a_problem_line(tmp_path):
+    bad = tmp_path / "de" / "LC_MESSAGES" / "broken.mo"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a catalog")
+    cats, problems = read_catalogs(tmp_path, ["de"])
+    assert cats == {"de": {}} and problems == [f"{bad}: unreadable catalog (OSError), skipped"]

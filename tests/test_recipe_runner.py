@@ -1,6 +1,7 @@
 """The shared recipe runner (speechkit/recipe.py, `speechkit run`): numbered stages, resumable, with
 variables and clear errors."""
 
+import ast
 import sys
 from pathlib import Path
 
@@ -128,7 +129,142 @@ def test_vocab_sizes_are_set_on_the_target_and_the_source_side_separately():
 def test_in_process_runs_speechkit_commands_here_and_reports_failures(recipe, tmp_path, capsys):
     from speechkit.recipe import SPEECHKIT, in_process
 
+    call = in_process(main)  # the CLI's entry point is given: speechkit.recipe does not import the CLI
     missing = str(tmp_path / "none.jsonl")
-    assert in_process([*SPEECHKIT, "tokenizer", missing, "--out", str(tmp_path / "t.model")]) == 1
+    assert call([*SPEECHKIT, "tokenizer", missing, "--out", str(tmp_path / "t.model")]) == 1
     assert "manifest not found" in capsys.readouterr().err  # the error a subprocess would have printed
-    assert in_process([sys.executable, "-c", "raise SystemExit(4)"]) == 4  # anything else: a subprocess
+    assert call([sys.executable, "-c", "raise SystemExit(4)"]) == 4  # anything else: a subprocess
+    (tmp_path / "h.jsonl").write_text('{"ref": "a b", "hyp": "a c"}\n')
+    with open(tmp_path / "out.txt", "w") as sink:  # stdout: kept in the file and shown
+        assert call([*SPEECHKIT, "score", str(tmp_path / "h.jsonl"), "--json"], stdout=sink) == 0
+        assert call([sys.executable, "-c", "print('sub')"], stdout=sink) == 0
+    assert '"wer": 50.0' in capsys.readouterr().out
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert '"wer": 50.0' in lines[0] and lines[1] == "sub"
+    tree = ast.parse(Path(sys.modules["speechkit.recipe"].__file__).read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m.endswith("cli")}, imported  # the runner never imports the CLI
+
+
+EXPERIMENT = """\
+vars:
+  exp: {exp}
+  lang: de
+  beams: "1 4"
+stages:
+  - name: train
+    fit: [conf/a.yaml, "conf/a.yaml?", "conf/b_{{lang}}.yaml?", conf/c.yaml]
+    root: "{{exp}}/m"
+  - name: eval
+    foreach: {{b: "{{beams}}", x: [p, q]}}
+    run:
+      - python -c "print('{{b}}{{x}}')"
+      - python -c "print('{{lang}}')"
+    stdout: "{{exp}}/results/eval.txt"
+"""
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> Path:
+    folder = tmp_path / "recipes" / "toy"
+    (folder / "conf").mkdir(parents=True)
+    for name in ("a", "b_ro", "c"):
+        (folder / "conf" / f"{name}.yaml").write_text("{}\n")
+    (folder / "stages.yaml").write_text("stages:\n  - {name: x, run: python -c pass}\n")
+    path = folder / "exp1.yaml"
+    path.write_text(EXPERIMENT.format(exp=tmp_path / "exp"))
+    return path
+
+
+def test_a_stages_file_beside_stages_yaml_is_a_recipe_of_its_own(experiment, tmp_path):
+    train, ev = load_stages(experiment)
+    assert [c.split("=", 1)[1] for c in train.commands[0] if c.startswith("--config=")] == [
+        str(experiment.parent / "conf/a.yaml"), str(experiment.parent / "conf/c.yaml")]  # `?`: left out
+    (ro,) = [c for c in load_stages(experiment, {"lang": "ro"})[0].commands[0] if "b_ro" in c]
+    assert ro == f"--config={experiment.parent / 'conf/b_ro.yaml'}"  # the optional layer that exists
+    assert ev.command.startswith("python -c 'print('\"'\"'1p'\"'\"')' && python -c")  # as written
+    assert ev.commands[0][0] == sys.executable
+    assert [load_stages(experiment.parent)[0].name] == ["x"]  # the folder: its stages.yaml
+    (experiment.parent / "exp2.yaml").write_text("stages:\n  - {name: y, run: 'echo {exp}'}\n")
+    assert load_stages(experiment.parent / "exp2.yaml")[0].commands == (("echo", "exp/toy/exp2"),)
+    with pytest.raises(RecipeError, match="conf/a.yaml is not a stages file"):
+        load_stages(experiment.parent / "conf" / "a.yaml")
+    with pytest.raises(RecipeError, match="no such recipe folder or stages file"):
+        load_stages(experiment.parent / "nothing.yaml")
+
+
+def test_foreach_repeats_the_commands_and_stdout_keeps_what_they_print(experiment, tmp_path, capsys):
+    (_, ev) = load_stages(experiment)
+    printed = [argv[-1] for argv in ev.commands]
+    assert [p.split("'")[1] for p in printed[::2]] == ["1p", "1q", "4p", "4q"]  # first key outermost
+    assert len(ev.commands) == 8
+    out = tmp_path / "exp/results/eval.txt"
+    run_stages([ev], log=lambda _: None)
+    assert out.read_text().split() == ["1p", "de", "1q", "de", "4p", "de", "4q", "de"]
+    assert "4q" in capsys.readouterr().out  # shown as well
+    assert ev.done()
+    out.unlink()
+    assert not ev.done()  # a stage whose output file is gone runs again
+    (ev2,) = select(load_stages(experiment, {"beams": "2"}), "eval", None)
+    assert not ev2.done()  # another command
+    run_stages([ev2], log=lambda _: None)
+    assert out.read_text().split() == ["2p", "de", "2q", "de"]  # rewritten, not appended
+    text = experiment.read_text().replace("print('{lang}')", "raise SystemExit(5)")
+    experiment.write_text(text)
+    (ev3,) = select(load_stages(experiment, {"beams": "3"}), "eval", None)
+    with pytest.raises(SystemExit, match=r"stage 2 \(eval\) failed with exit code 5"):
+        run_stages([ev3], log=lambda _: None)
+    assert out.read_text().split() == ["2p", "de", "2q", "de"]  # a failed stage leaves the file as it was
+    experiment.write_text(text.replace("foreach: {b:", "foreach: {lang:"))
+    with pytest.raises(RecipeError, match="foreach 'lang' would hide the variable"):
+        load_stages(experiment)
+    experiment.write_text(text.replace('    root: "{exp}/m"', '    root: "{exp}/m"\n    stdout: x'))
+    with pytest.raises(RecipeError, match=r"stage 1 \(train\): \['stdout'\] belong to run stages"):
+        load_stages(experiment)
+
+
+def test_demo_runs_the_locale_recipes_demo_stages(tmp_path, monkeypatch, capsys):
+    from speechkit import demo
+    from speechkit.recipe import SPEECHKIT
+
+    monkeypatch.chdir(tmp_path)
+    calls, fail = [], set()
+
+    def fake(argv, **kw):  # stands in for the speechkit subprocesses
+        verb, args = argv[len(SPEECHKIT)], list(argv[len(SPEECHKIT) + 1:])
+        calls.append(args if verb == "fit" else [verb, *args])
+        if verb == "fit":
+            (tmp_path / "exp/d/brick").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "exp/d/brick/weights.safetensors").write_text("")
+        if verb == "decode":
+            Path(args[args.index("--out") + 1]).write_text(
+                '{"ref": "open the file", "hyp": "open a file"}\n{"ref": "quit", "hyp": "quit"}\n')
+        return 1 if verb in fail else 0
+
+    r = demo.run_demo(minutes=2.5, max_utts=300, out="exp/d", call=fake)
+    assert [c[0] for c in calls] == ["prepare", "--config=" + str(demo.DEFAULT_CONFIG), "decode", "score"]
+    assert calls[0] == ["prepare", "locale", "--out", "data/locale", "--max-utts", "300"]
+    assert calls[1][1:] == ["--trainer.default_root_dir=exp/d", "--threads=auto",
+                            "--model.init_args.time_schedule=true", "--trainer.max_time=00:00:02:30"]
+    assert calls[2] == ["decode", "exp/d/brick", "data/locale/asr/test.jsonl", "--out",
+                        "exp/d/decode-test.jsonl"]
+    assert r["wer"] == pytest.approx(0.25) and "REF: open the file" in capsys.readouterr().out
+    calls.clear()
+    demo.run_demo(out="exp/d", call=fake)  # trained: the brick is there; the rest runs again
+    assert [c[0] for c in calls] == ["prepare", "decode", "score"] and calls[0][-1] == "data/locale"
+    (tmp_path / "exp/d/brick/weights.safetensors").unlink()
+    (tmp_path / "exp/d/checkpoints").mkdir()
+    (tmp_path / "exp/d/checkpoints/last.ckpt").write_text("")
+    calls.clear()
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("{}\n")
+    demo.run_demo(out="exp/d", config="my.yaml", call=fake)  # a killed run resumes; --config: from here
+    assert calls[1][0] == f"--config={cfg}" and calls[1][-1] == "--ckpt_path=last"
+    assert "resuming from exp/d/checkpoints/last.ckpt" in capsys.readouterr().out
+    fail.add("decode")
+    with pytest.raises(SystemExit, match=r"demo stage 3 \(decode\) failed with exit code 1; run `speechkit"):
+        demo.run_demo(out="exp/d", call=fake)
+    tree = ast.parse(Path(demo.__file__).read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "recipe" in imported and not {m for m in imported if m.endswith("cli")}, imported

@@ -180,3 +180,27 @@ def test_search_and_baselines():
         STAST(SpeechEncoder(FrameStack(80, D, 2), Conformer(D, 1, 2, 2, 5), MarginalHead(D, SRC + 1)),
               SequenceEncoder(TokenEmbedding(SRC, D), TransformerStack(D, 1, 2, 2)),
               AttentionDecoder(TGT, D, 1, 2, 2), acoustic_dim=D, shrink=Shrink())
+
+
+@torch.no_grad()
+def test_stast_internal_lm_is_the_shared_decoder_s_and_fuses():
+    from speechkit.search.fusion import Fusion
+
+    model = stast().eval()
+    model.decoder.out.bias[TGT] += 0.7  # hypotheses end by themselves (not at the length limit)
+    feats, lens, tgt, tgt_lens, _ = batch()
+    torch.testing.assert_close(model.internal_lm().score(tgt, tgt_lens),
+                               model.mt_model().internal_lm().score(tgt, tgt_lens))
+    enc = model(feats, lens)
+    plain = search(model, enc, beam=3, nbest=3)
+    fused = search(model, enc, beam=3, nbest=3, fusion=Fusion(ilm_weight=0.05))
+    checked = 0
+    for p_nb, f_nb in zip(plain, fused):  # every hypothesis in both: fused = plain − λ_ILM log P_ILM(Y)
+        p = {h.tokens: h.score for h in p_nb}
+        for h in f_nb:
+            if h.tokens in p:
+                y = torch.tensor([h.tokens or (0,)])
+                want = p[h.tokens] - 0.05 * float(model.internal_lm().score(y, torch.tensor([len(h.tokens)])))
+                assert h.score == pytest.approx(want, abs=1e-4)
+                checked += 1
+    assert checked >= 3

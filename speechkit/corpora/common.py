@@ -1,7 +1,8 @@
 """What every dataset preparation shares (``speechkit prepare <corpus> --root PATH``): checking the
 distributed layout, audio headers, writing manifests only when they change, validating what was
-written, and the ``prepare.json`` summary. Nothing is downloaded: a missing part of the layout is an
-error that says where the dataset comes from and how its folder must look.
+written, and the ``prepare.json`` summary (``write_summary`` holds its one schema, for every corpus).
+Nothing is downloaded: a missing part of the layout is an error that says where the dataset comes from
+and how its folder must look.
 """
 
 from __future__ import annotations
@@ -196,15 +197,54 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+PREPARE_VERSION = 1  # of the prepare.json schema (``write_summary``)
+
+
+def write_summary(out: Path, corpus: str, params: dict, manifests: dict[str, dict], problems: list[str],
+                  details: dict | None = None) -> dict:
+    """Write ``out/prepare.json``, the one summary every preparation leaves (atomically, and only when it
+    changes), and return it. Its keys (schema ``PREPARE_VERSION``):
+
+    - ``version``: ``PREPARE_VERSION``; a reader meeting another one treats the file as absent;
+    - ``corpus``: its name (``Corpus.name``, e.g. ``LibriSpeech``; ``locale``);
+    - ``params``: the options the preparation ran with (root, langs, max_utts, …);
+    - ``manifests``: ``{name: {"utterances": N, "hours": H}}`` for each ``out/<name>.jsonl`` written
+      (``manifest_entry``), e.g. ``asr/train``, ``st/en-de/dev``; H is 0 for text-only manifests;
+    - ``problems``: one line per input left out (bad audio, empty texts, unreadable catalogs), [] if none;
+    - ``details``: what only this corpus has, described by its ``prepare_<corpus>`` docstring (e.g. the
+      ``lm`` text of librispeech and tedlium3, locale's catalogs and synthesis counts); {} if nothing.
+    """
+    summary = {"version": PREPARE_VERSION, "corpus": corpus, "params": params, "manifests": manifests,
+               "problems": problems, "details": details or {}}
+    write_if_changed(out / "prepare.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    return summary
+
+
+def read_summary(out: Path) -> dict | None:
+    """The ``out/prepare.json`` of an earlier run, or None (absent, unreadable or another schema)."""
+    try:
+        summary = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("version") == PREPARE_VERSION else None
+
+
+def manifest_entry(utts: Iterable[Utterance]) -> dict:
+    """A manifest's line in ``prepare.json``: ``{"utterances": N, "hours": H}`` (H from the durations)."""
+    utts = list(utts)
+    return {"utterances": len(utts), "hours": round(sum(u.duration or 0.0 for u in utts) / 3600, 3)}
+
+
 def finish(out: Path, corpus: Corpus, manifests: dict[str, list[Utterance]], problems: list[str],
-           params: dict, skip_bad: bool = False, extra: dict | None = None) -> dict:
+           params: dict, skip_bad: bool = False, details: dict | None = None) -> dict:
     """Write ``out/<name>.jsonl`` for each manifest (only when changed; audio paths relative to it), read
-    each back to validate it, and write ``out/prepare.json`` (counts, hours, problems). Bad entries
-    raise a ``PrepareError`` listing them, unless ``skip_bad`` (then they are left out and listed)."""
+    each back to validate it, and write ``out/prepare.json`` (``write_summary``). Bad entries raise a
+    ``PrepareError`` listing them, unless ``skip_bad`` (then they are left out and listed). Returns the
+    summary plus ``written``: the manifest files this run changed (not in prepare.json)."""
     if problems and not skip_bad:
         raise PrepareError(f"{corpus.name}: {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'} "
                            f"(rerun with --skip-bad to leave them out):\n{listing(problems)}")
-    summary, written = {"corpus": corpus.name, "params": params, "manifests": {}, **(extra or {})}, []
+    entries, written = {}, []
     for name, utts in manifests.items():
         path = out / f"{name}.jsonl"
         if not utts:
@@ -216,11 +256,8 @@ def finish(out: Path, corpus: Corpus, manifests: dict[str, list[Utterance]], pro
         back = load_manifest(path, require_audio=utts[0].audio is not None)
         if len(back) != len(utts):  # pragma: no cover - a write that went wrong
             raise PrepareError(f"{path}: wrote {len(utts)} utterances, read back {len(back)}")
-        hours = sum(u.duration or 0.0 for u in back) / 3600
-        summary["manifests"][name] = {"utterances": len(back), "hours": round(hours, 3)}
-    summary["problems"] = problems
-    write_if_changed(out / "prepare.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
-    return {**summary, "written": written}
+        entries[name] = manifest_entry(back)
+    return {**write_summary(out, corpus.name, params, entries, problems, details), "written": written}
 
 
 def _relative(audio: str | None, base: Path) -> str | None:

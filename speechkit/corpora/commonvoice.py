@@ -95,8 +95,8 @@ def prepare_commonvoice(root: str | Path, out: str | Path = "data/commonvoice",
                         langs: list[str] | None = None, workers: int | None = None,
                         skip_bad: bool = False) -> dict:
     """Manifests ``asr/<lang>/{train,dev,test}.jsonl`` for each language of ``langs`` (or the one under
-    ``root``); returns the summary (also in ``out/prepare.json``). A split whose TSV has no rows is left
-    out and listed under ``empty``."""
+    ``root``); returns the summary (also in ``out/prepare.json``, ``common.write_summary``). A split whose
+    TSV has no rows is left out and listed in its ``details.empty``."""
     root, out = Path(root), Path(out)
     COMMONVOICE.require(root, "the --root folder")
     releases = sorted(root.glob("cv-corpus-*/"))

@@ -49,7 +49,9 @@ def read_part(folder: Path) -> tuple[list[Utterance], list[str]]:
 def prepare_librispeech(root: str | Path, out: str | Path = "data/librispeech",
                         parts: list[str] | None = None, lm_sentences: int = 2_000_000,
                         workers: int | None = None, skip_bad: bool = False) -> dict:
-    """Manifests of the LibriSpeech parts under ``root`` (all found, or ``parts``); returns the summary."""
+    """Manifests of the LibriSpeech parts under ``root`` (all found, or ``parts``); returns the summary
+    (``common.write_summary``; its ``details.lm``: the LM text's ``source``, ``text`` path and ``sentences``,
+    when the LM corpus is there)."""
     root, out = Path(root), Path(out)
     LIBRISPEECH.require(root, "the --root folder")
     if (root / "LibriSpeech").is_dir():
@@ -73,14 +75,14 @@ def prepare_librispeech(root: str | Path, out: str | Path = "data/librispeech",
                           ("dev", [p for p in parts if p.startswith("dev")])):
         if members:
             manifests[f"asr/{name}"] = [u for p in members for u in manifests[f"asr/{p}"]]
-    extra = {}
+    details = {}
     candidates = [d / f for d in (root, root.parent) for f in (LM_FILE, LM_FILE + ".gz")]
     lm = next((c for c in candidates if c.is_file()), None)
     if lm is not None:
         n = write_lm_text(lm, out / "lm" / "train.txt", lm_sentences)
-        extra["lm"] = {"source": str(lm), "text": str(out / "lm" / "train.txt"), "sentences": n}
+        details["lm"] = {"source": str(lm), "text": str(out / "lm" / "train.txt"), "sentences": n}
     params = {"root": str(root), "parts": parts, "lm_sentences": lm_sentences}
-    return finish(out, LIBRISPEECH, manifests, problems, params, skip_bad, extra)
+    return finish(out, LIBRISPEECH, manifests, problems, params, skip_bad, details)
 
 
 def write_lm_text(src: Path, dst: Path, limit: int) -> int:

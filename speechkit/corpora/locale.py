@@ -13,7 +13,7 @@ Layout under ``out``: ``audio/<id>.flac`` (16 kHz), ``asr/<split>.jsonl``,
 Empty splits get no manifest file (``load_manifest`` rejects empty files).
 Messages are deduplicated by normalised text (that is what the id hashes); the surface
 form kept is the smallest variant in the chosen domain catalog. Catalogs Python's
-gettext cannot decode (e.g. a Latin-1 header) are skipped and listed in prepare.json.
+gettext cannot decode (e.g. a Latin-1 header) are skipped and listed in prepare.json's ``problems``.
 
 Held-out domains: ``heldout`` is a tuple of catalog-name *prefixes*; the default covers
 git and the whole PostgreSQL family (postgres-15, psql-15, pg_dump-15, pgscripts-15,
@@ -21,7 +21,7 @@ initdb-15, libpq5-15, plpgsql-15, ...). Their messages go to ``heldout_{train,de
 ``heldout_train`` is meant as text for LM/domain adaptation (its audio is made anyway).
 
 Word times come from ``espeak.word_times`` (one entry per word; utterances where espeak spoke
-several words as one are counted as ``word_event_mismatches`` in ``prepare.json``).
+several words as one are counted as ``details.word_event_mismatches`` in ``prepare.json``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import multiprocessing
 import os
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 
 from speechkit.audio import MODEL_RATE, AudioError, audio_info, write_audio
+from speechkit.corpora.common import manifest_entry, read_summary, write_summary
 from speechkit.corpora.espeak import forget_engine, speak, word_times
 from speechkit.data.manifest import VERSION, Utterance, save_manifest
-from speechkit.files import write_text
 from speechkit.metrics import normalize_text
 
 DEFAULT_LANGS = ("de", "fr", "es", "ro", "it", "pl", "sv", "ru", "pt", "nl", "cs")
@@ -137,7 +137,7 @@ class Message:
 
 
 def read_catalogs(locale_dir: Path, langs: Sequence[str]) -> tuple[dict, list[str]]:
-    """``{lang: {domain: {english: translation or None}}}`` and the unreadable .mo files."""
+    """``{lang: {domain: {english: translation or None}}}`` and a problem line per unreadable .mo file."""
     cats: dict[str, dict[str, dict[str, str | None]]] = {}
     skipped, cleaned = [], {}  # cleaned: msgid -> English (translation-independent ones only)
     for lang in langs:
@@ -147,7 +147,7 @@ def read_catalogs(locale_dir: Path, langs: Sequence[str]) -> tuple[dict, list[st
                 with open(path, "rb") as f:
                     catalog = gettext.GNUTranslations(f)._catalog
             except (OSError, UnicodeDecodeError, LookupError) as e:
-                skipped.append(f"{path} ({type(e).__name__})")
+                skipped.append(f"{path}: unreadable catalog ({type(e).__name__}), skipped")
                 continue
             entries = {}
             for k, v in catalog.items():
@@ -298,29 +298,29 @@ def _records(msgs: list[Message], synth: dict, out: Path, sub: str, lang: str | 
     return utts
 
 
-def write_manifests(msgs: list[Message], synth: dict, out: Path, langs: list[str]) -> dict:
-    """All asr/mt/st manifests (non-empty ones only; stale ones removed) -> counts."""
+def write_manifests(msgs: list[Message], synth: dict, out: Path, langs: list[str]) -> dict[str, dict]:
+    """All asr/mt/st manifests (non-empty ones only; stale ones removed) → their ``prepare.json`` entries
+    (``{"asr/train": {"utterances": N, "hours": H}, …}``)."""
     jobs = [("asr", None, "asr")]
     for x in langs:
         jobs += [(f"mt/{x}-en", x, "mt-x-en"), (f"mt/en-{x}", x, "mt-en-x"), (f"st/en-{x}", x, "st")]
     by_split = defaultdict(list)
     for m in msgs:
         by_split[m.split].append(m)
-    counts, written = {}, set()
+    entries, written = {}, set()
     for sub, lang, task in jobs:
-        counts[sub] = {}
         for split in SPLITS:
             utts = _records(by_split[split], synth, out, sub, lang, task)
-            counts[sub][split] = len(utts)
             if utts:
                 path = out / sub / f"{split}.jsonl"
                 save_manifest(utts, path)
                 written.add(path.resolve())
+                entries[f"{sub}/{split}"] = manifest_entry(utts)
     for top in ("asr", "mt", "st"):
         for path in (out / top).rglob("*.jsonl") if (out / top).is_dir() else []:
             if path.resolve() not in written:
                 path.unlink()
-    return counts
+    return entries
 
 
 def _fingerprint(msgs: list[Message], synth: dict, langs: list[str]) -> str:
@@ -349,11 +349,18 @@ def prepare_locale(out: str | Path = "data/locale", max_utts: int | None = None,
                    langs: Sequence[str] | None = None, heldout: Sequence[str] = DEFAULT_HELDOUT,
                    workers: int | None = None, locale_dir: str | Path = "/usr/share/locale",
                    progress: bool = True) -> dict:
-    """Build (or refresh) the locale corpus under ``out``; returns the prepare.json summary.
+    """Build (or refresh) the locale corpus under ``out``; returns the prepare.json summary
+    (``common.write_summary``; ``problems``: the catalogs gettext cannot read).
 
     ``langs`` defaults to every language of DEFAULT_LANGS with at least one catalog;
     ``heldout`` holds catalog-name prefixes; ``max_utts`` keeps the messages with the
     smallest hashes, so smaller corpora are subsets of bigger ones.
+
+    The summary's ``details``: ``catalogs`` (``{lang: [catalog, …]}`` read), ``heldout_catalogs``,
+    ``translations`` (``{lang: messages with a translation}``), ``word_event_mismatches`` (utterances
+    where espeak spoke several words as one) and ``words_without_event`` (such words in all),
+    ``synthesized_this_run`` (utterances spoken by this run, not reused) and ``fingerprint`` (of all
+    the manifests are made of: an unchanged one skips rewriting them).
     """
     out, locale_dir = Path(out), Path(locale_dir)
     langs = _languages(locale_dir, langs)
@@ -366,33 +373,23 @@ def prepare_locale(out: str | Path = "data/locale", max_utts: int | None = None,
     synth, n_new = synthesize(msgs, out, workers or os.cpu_count() or 1, progress)
     used = [x for x in langs if any(x in m.translation for m in msgs)]
     fingerprint = _fingerprint(msgs, synth, used)
-    old = json.loads((out / "prepare.json").read_text()) if (out / "prepare.json").is_file() else {}
-    if old.get("fingerprint") == fingerprint and all(
-            (out / sub / f"{split}.jsonl").is_file()
-            for sub, c in old["counts"].items() for split, n in c.items() if n):
-        counts = old["counts"]  # same content: skip rewriting ~500k records
+    old = read_summary(out) or {"manifests": {}, "details": {}}
+    if old["details"].get("fingerprint") == fingerprint and all(
+            (out / f"{name}.jsonl").is_file() for name in old["manifests"]):
+        manifests = old["manifests"]  # same content: skip rewriting ~500k records
     else:
-        counts = write_manifests(msgs, synth, out, used)
-    seconds = Counter()
-    for m in msgs:
-        seconds[m.split] += synth[m.id]["duration"]
+        manifests = write_manifests(msgs, synth, out, used)
     all_domains = sorted({d for c in cats.values() for d in c})
-    summary = {
-        "params": {"max_utts": max_utts, "langs": list(langs), "heldout": list(heldout),
-                   "locale_dir": str(locale_dir), "voices": list(VOICES), "variants": list(VARIANTS),
-                   "rates": list(RATES), "pitches": list(PITCHES), "sample_rate": MODEL_RATE},
+    params = {"max_utts": max_utts, "langs": list(langs), "heldout": list(heldout),
+              "locale_dir": str(locale_dir), "voices": list(VOICES), "variants": list(VARIANTS),
+              "rates": list(RATES), "pitches": list(PITCHES), "sample_rate": MODEL_RATE}
+    details = {
         "catalogs": {x: sorted(c) for x, c in cats.items()},
         "heldout_catalogs": [d for d in all_domains if d.startswith(tuple(heldout))],
-        "skipped_catalogs": skipped,
-        "utterances": len(msgs),
-        "counts": counts,
         "translations": {x: sum(x in m.translation for m in msgs) for x in langs},
-        "hours": {s: round(seconds[s] / 3600, 4) for s in SPLITS},
-        "total_hours": round(sum(seconds.values()) / 3600, 4),
         "word_event_mismatches": sum(synth[m.id]["merged"] > 0 for m in msgs),
         "words_without_event": sum(synth[m.id]["merged"] for m in msgs),
         "synthesized_this_run": n_new,
         "fingerprint": fingerprint,
     }
-    write_text(out / "prepare.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    return summary
+    return write_summary(out, "locale", params, manifests, skipped, details)

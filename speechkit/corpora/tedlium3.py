@@ -12,7 +12,7 @@ Transcripts are cleaned as the Kaldi / ESPnet recipes do: segments marked
 ``ignore_time_segment_in_scoring`` are left out, ``<unk>``, ``<sil>`` and other ``<…>`` / ``{…}`` /
 ``[…]`` non-speech tokens, pronunciation variants (``the(2)``) and a trailing ``(talk name)`` are
 removed, and split contractions are joined (``i 've`` → ``i've``, ``it 's`` → ``it's``). A segment
-with no words left is left out and counted (``skipped`` in prepare.json); not a bad entry.
+with no words left is left out and counted (``details.skipped`` in prepare.json); not a bad entry.
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def prepare_tedlium3(root: str | Path, out: str | Path = "data/tedlium3", worker
                      skip_bad: bool = False, lm_sentences: int = 2_000_000) -> dict:
     """Manifests ``asr/{train,dev,test}.jsonl`` and ``lm/train.txt`` (the training transcripts and up to
     ``lm_sentences`` sentences of ``LM/*.en.gz``) from the TED-LIUM 3 folder ``root``
-    (``TEDLIUM_release-3/`` or its parent); returns the summary (also in ``out/prepare.json``)."""
+    (``TEDLIUM_release-3/`` or its parent); returns the summary (also in ``out/prepare.json``,
+    ``common.write_summary``), whose ``details`` hold ``skipped`` (segments with no words left, per split)
+    and ``lm`` (the LM text's ``sources``, ``text`` path and ``sentences``)."""
     root, out = Path(root), Path(out)
     TEDLIUM3.require(root, "the --root folder")
     if (root / "TEDLIUM_release-3").is_dir():
@@ -170,5 +172,5 @@ def prepare_tedlium3(root: str | Path, out: str | Path = "data/tedlium3", worker
         lines = lm_lines(manifests["asr/train"], corpus, lm_sentences)
         summary_lm["sentences"] = write_lines_if_changed(out / "lm/train.txt", lines)
     params = {"root": str(root), "distribution": "legacy", "lm_sentences": lm_sentences}
-    extra = {"skipped": skipped, "lm": summary_lm}
-    return finish(out, TEDLIUM3, manifests, problems, params, skip_bad, extra)
+    details = {"skipped": skipped, "lm": summary_lm}
+    return finish(out, TEDLIUM3, manifests, problems, params, skip_bad, details)

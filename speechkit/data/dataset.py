@@ -24,8 +24,8 @@ from ..audio import AudioError, read_audio
 from ..features import FbankConfig, fbank
 from ..files import atomic_path
 from ..metrics import normalize_text
-from ..tokenizer import Tokenizer
-from .manifest import Utterance
+from ..tokenizer import Tokenizer, train_tokenizer
+from .manifest import Utterance, load_texts
 
 
 def utterance_features(u: Utterance, cfg: FbankConfig) -> Tensor:
@@ -120,6 +120,14 @@ def target_texts(utts: list[Utterance], target_lang: str | None, source: str) ->
                              f"(text={raw!r})")
         out.append(text)
     return out
+
+
+def manifest_tokenizer(manifest: str | Path, out: str | Path, vocab_size: int,
+                       target_lang: str | None = None) -> Tokenizer:
+    """Train a sentencepiece model of ``vocab_size`` pieces on the normalised targets (``target_texts``) of
+    a JSONL manifest or plain text file (``manifest.load_texts``): its transcripts, or its ``target_lang``
+    translations; written to ``out`` (atomically)."""
+    return train_tokenizer(target_texts(load_texts(manifest), target_lang, str(manifest)), out, vocab_size)
 
 
 UNK_WARN_TOKEN_SHARE = 0.01  # warn when more than this share of all tokens is <unk> …

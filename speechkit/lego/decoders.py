@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.brick import Brick
-from ..nn.transformer import causal_mask, padding_mask, sinusoids
+from ..nn.masks import causal_mask, padding_mask
+from ..nn.transformer import KVCache, TransformerLayers, sinusoids
 from .interface import Encoded, interface_logits
 
 
@@ -39,9 +40,7 @@ class AttentionDecoder(Brick):
         self.memory_proj = nn.Linear(memory_dim, dim) if memory_dim and memory_dim != dim else None
         self.embed = nn.Embedding(vocab_size + 1, dim)
         nn.init.normal_(self.embed.weight, std=dim**-0.5)  # × sqrt(D) in forward: unit scale
-        self.layers = nn.ModuleList(
-            nn.TransformerDecoderLayer(dim, heads, ffn_mult * dim, dropout, batch_first=True, norm_first=True)
-            for _ in range(layers))
+        self.layers = TransformerLayers(layers, dim, heads, ffn_mult * dim, dropout, cross=True)
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, vocab_size + 1)
         self.dropout = nn.Dropout(dropout)
@@ -59,28 +58,43 @@ class AttentionDecoder(Brick):
             raise ValueError(f"encoder width {h.shape[-1]} != decoder width {self.dim} (set memory_dim)")
         return h, enc.lengths
 
-    def _inputs(self, prev: Tensor) -> tuple[Tensor, Tensor]:
-        """prev (B, L) → embedded inputs with positions (B, L, D) and the causal mask (L, L)."""
-        length = prev.shape[1]
-        pos = sinusoids(torch.arange(length, device=prev.device), self.dim)
-        return self.dropout(self.embed(prev) * self.dim**0.5 + pos), causal_mask(length, prev.device)
+    def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """tokens (...,) at positions (...,) → scaled embeddings + sinusoids (..., D), dropout."""
+        return self.dropout(self.embed(tokens) * self.dim**0.5 + sinusoids(positions, self.dim))
 
-    def forward(self, memory: Tensor, memory_lengths: Tensor, prev: Tensor) -> Tensor:
-        """memory (B, K, D), memory_lengths (B,), prev tokens (B, L) starting with V → logits (B, L, V+1)."""
-        x, causal = self._inputs(prev)
-        mem_pad = padding_mask(memory_lengths, memory.shape[1])
-        for layer in self.layers:
-            x = layer(x, memory, tgt_mask=causal, memory_key_padding_mask=mem_pad)
+    def forward(self, memory: Tensor | None, memory_lengths: Tensor | None, prev: Tensor) -> Tensor:
+        """memory (B, K, D), memory_lengths (B,), prev tokens (B, L) starting with V → logits (B, L, V+1).
+        ``memory`` None: the internal LM (ILME, METHODS.md §3), the decoder with its attention context
+        set to zero, i.e. every cross-attention term left out."""
+        length = prev.shape[1]
+        x = self._embed(prev, torch.arange(length, device=prev.device))
+        mem_pad = None if memory is None else padding_mask(memory_lengths, memory.shape[1])
+        x = self.layers(x, causal=causal_mask(length, prev.device), memory=memory, memory_pad=mem_pad)
         return self.out(self.norm(x))
 
     def internal_lm_logits(self, prev: Tensor) -> Tensor:
-        """The internal LM (ILME, METHODS.md §3): the decoder with its attention context set to zero,
-        i.e. each layer's cross-attention term left out. prev (B, L) starting with V → (B, L, V+1)."""
-        x, causal = self._inputs(prev)
-        for layer in self.layers:  # the pre-norm layer of forward, without its _mha_block
-            x = x + layer._sa_block(layer.norm1(x), causal, None)
-            x = x + layer._ff_block(layer.norm3(x))
-        return self.out(self.norm(x))
+        """The internal LM: prev (B, L) starting with V → logits (B, L, V+1) (``forward`` without memory)."""
+        return self(None, None, prev)
+
+    def initial_state(self, n: int, device, memory: Tensor | None = None,
+                      memory_lengths: Tensor | None = None) -> KVCache:
+        """The state of n empty hypotheses; memory (S, K, D) with lengths (S,) (``memory()``) is read by the
+        n / S consecutive hypotheses of each source (a beam); without it the steps are the internal LM's."""
+        return self.layers.initial_state(n, device, memory, memory_lengths)
+
+    def step(self, tokens: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
+        """Feed one token per hypothesis (N,) (V first: the start) → logits of the next (N, V+1), new state.
+        Equals ``forward`` on the whole prefix in eval mode, at the cost of one position."""
+        x, state = self.layers.step(self._embed(tokens, state.lengths), state)
+        return self.out(self.norm(x)), state
+
+    def select(self, state: KVCache, index: Tensor) -> KVCache:
+        """The hypotheses ``index`` (M,) of ``state`` (beam reordering)."""
+        return state.select(index)
+
+    def where(self, mask: Tensor, new: KVCache, old: KVCache) -> KVCache:
+        """Per hypothesis ``new`` where mask (N,) else ``old``; ``new`` must be a ``step`` from ``old``."""
+        return new.where(mask, old)
 
     def teacher_forcing(self, targets: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """targets (B, U) → decoder inputs ``[V, y1..yU]`` (B, U+1) and outputs ``[y1..yU, V]``
@@ -88,19 +102,14 @@ class AttentionDecoder(Brick):
         b, u = targets.shape
         start = torch.full((b, 1), self.eos, dtype=targets.dtype, device=targets.device)
         inp = torch.cat([start, targets], 1)
-        pos = torch.arange(u + 1, device=targets.device)[None]
-        out = torch.cat([targets, start], 1).masked_fill(pos > target_lengths[:, None], -100)
-        out = out.masked_fill(pos == target_lengths[:, None], self.eos)
-        return inp, out
+        out = torch.cat([targets, start], 1).masked_fill(padding_mask(target_lengths + 1, u + 1), -100)
+        return inp, out.scatter(1, target_lengths[:, None], self.eos)
 
-    def cross_entropy(self, enc: Encoded | None, targets: Tensor, target_lengths: Tensor,
+    def cross_entropy(self, enc: Encoded, targets: Tensor, target_lengths: Tensor,
                       label_smoothing: float = 0.0) -> Tensor:
         """Teacher-forced cross-entropy of targets (B, U) given an encoded batch, summed over tokens
-        (end of sentence included) and the batch; ``enc`` None: of the internal LM (ILM training)."""
+        (end of sentence included) and the batch."""
         inp, tgt = self.teacher_forcing(targets, target_lengths)
-        if enc is None:
-            logits = self.internal_lm_logits(inp)  # (B, U+1, V+1)
-        else:
-            logits = self(*self.memory(enc), inp)
+        logits = self(*self.memory(enc), inp)  # (B, U+1, V+1)
         return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
                                label_smoothing=label_smoothing, reduction="sum")

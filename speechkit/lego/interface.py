@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.brick import Brick
-from ..nn.transformer import TransformerStack, padding_mask, sinusoids
+from ..nn.masks import padding_mask
+from ..nn.transformer import TransformerStack, sinusoids
 
 
 @dataclass

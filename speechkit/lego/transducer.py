@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.brick import Brick
-from ..nn.transformer import causal_mask, sinusoids
+from ..nn.masks import causal_mask
+from ..nn.transformer import KVCache, TransformerLayers, sinusoids
 
 
 class StatelessPredictor(Brick):
@@ -95,23 +96,18 @@ class LSTMPredictor(Brick):
 class TransformerPredictor(Brick):
     """Embedding + sinusoidal positions → causal pre-norm Transformer layers → LayerNorm.
 
-    ``step`` is incremental: the state of a hypothesis is its length and each layer's cached
-    keys and values, ``(lengths (N,), [(keys, values) (N, C, D) per layer])``, so a step costs
-    one position (it matches ``forward`` in eval mode: no dropout inside ``step``). Cache
-    positions at or after a row's length are scratch: ``step`` writes the new position there in
-    place (growing the capacity C in chunks), so ``where(mask, new, old)`` for ``new = step(…, old)``
-    only has to choose the lengths.
+    ``step`` is incremental: a hypothesis's state is its length and each layer's cached keys and
+    values (``speechkit.nn.transformer.KVCache``), so a step costs one position (it matches ``forward``
+    in eval mode).
     """
 
     def __init__(self, vocab_size: int, dim: int = 256, layers: int = 2, heads: int = 4, ffn_mult: int = 4,
                  dropout: float = 0.1):
         super().__init__()
-        self.vocab_size, self.dim, self.heads = vocab_size, dim, heads
+        self.vocab_size, self.dim = vocab_size, dim
         self.embed = nn.Embedding(vocab_size + 1, dim)
         nn.init.normal_(self.embed.weight, std=dim**-0.5)  # × sqrt(D) below: unit scale
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, ffn_mult * dim, dropout, batch_first=True, norm_first=True)
-            for _ in range(layers))
+        self.layers = TransformerLayers(layers, dim, heads, ffn_mult * dim, dropout)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
@@ -122,49 +118,21 @@ class TransformerPredictor(Brick):
         ids = torch.cat([targets.new_full((targets.shape[0], 1), self.vocab_size), targets], dim=1)
         length = ids.shape[1]
         x = self._inputs(ids, torch.arange(length, device=ids.device))
-        causal = causal_mask(length, ids.device)
-        for layer in self.layers:
-            x = layer(x, src_mask=causal, is_causal=True)
-        return self.norm(x)  # (B, U+1, P)
+        return self.norm(self.layers(x, causal=causal_mask(length, ids.device)))  # (B, U+1, P)
 
-    def initial_state(self, n: int, device):
-        empty = torch.zeros(n, 0, self.dim, device=device)
-        return torch.zeros(n, dtype=torch.long, device=device), [(empty, empty) for _ in self.layers]
+    def initial_state(self, n: int, device) -> KVCache:
+        return self.layers.initial_state(n, device)
 
-    def step(self, tokens: Tensor, state) -> tuple[Tensor, object]:
-        lengths, cache = state
-        n, rows, h = tokens.shape[0], torch.arange(tokens.shape[0], device=tokens.device), self.heads
-        x = self._inputs(tokens, lengths)  # (N, D) at each row's own position
-        width = int(lengths.max()) + 1 if n else 1
-        visible = torch.arange(width, device=tokens.device)[None] <= lengths[:, None]  # (N, width)
-        new_cache = []
-        for layer, (keys, values) in zip(self.layers, cache):
-            att = layer.self_attn
-            q, k, v = F.linear(layer.norm1(x), att.in_proj_weight, att.in_proj_bias).chunk(3, -1)
-            if keys.shape[1] < width:  # grow the capacity by a chunk
-                keys, values = _grow(keys, width + 7), _grow(values, width + 7)
-            keys.index_put_((rows, lengths), k)  # in place: position `lengths` is scratch in `state`
-            values.index_put_((rows, lengths), v)
-            new_cache.append((keys, values))
-            split = [t.view(n, -1, h, self.dim // h).transpose(1, 2)
-                     for t in (q[:, None], keys[:, :width], values[:, :width])]
-            a = F.scaled_dot_product_attention(*split, attn_mask=visible[:, None, None])  # (N, H, 1, D/H)
-            x = x + att.out_proj(a.transpose(1, 2).reshape(n, self.dim))
-            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
-        return self.norm(x), (lengths + 1, new_cache)
+    def step(self, tokens: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
+        x, state = self.layers.step(self._inputs(tokens, state.lengths), state)  # rows at their own positions
+        return self.norm(x), state
 
-    def select(self, state, index: Tensor):
-        lengths, cache = state
-        return lengths[index], [(k[index], v[index]) for k, v in cache]
+    def select(self, state: KVCache, index: Tensor) -> KVCache:
+        return state.select(index)
 
-    def where(self, mask: Tensor, new, old):
+    def where(self, mask: Tensor, new: KVCache, old: KVCache) -> KVCache:
         """``new`` must be a ``step`` from ``old`` (as in search): their caches agree below each length."""
-        return torch.where(mask, new[0], old[0]), new[1]
-
-
-def _grow(t: Tensor, width: int) -> Tensor:
-    """(N, L, D) → (N, width, D), zero-padded (width ≥ L)."""
-    return torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1], t.shape[2])], dim=1)
+        return new.where(mask, old)
 
 
 class Joiner(Brick):

@@ -9,11 +9,37 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor, nn
 
 from ..lego.decoders import AttentionDecoder
 from ..lego.interface import Encoded, interface_ctc
-from .base import EncoderDecoderModel, term_scales
+from .base import EncoderDecoderModel, TokenLM, ilm_loss, term_scales
+
+
+class DecoderILM(TokenLM):
+    """The internal LM of an ``AttentionDecoder`` (METHODS.md §3): the decoder with its attention context
+    set to zero (every cross-attention term left out), as a ``TokenLM`` over V pieces + end of sentence."""
+
+    def __init__(self, decoder: AttentionDecoder):
+        self.decoder, self.vocab_size = decoder, decoder.vocab_size
+
+    def initial_state(self, n: int, device):
+        return self.decoder.initial_state(n, device)
+
+    def step(self, tokens: Tensor, state) -> tuple[Tensor, object]:
+        logits, state = self.decoder.step(tokens, state)
+        return logits.float().log_softmax(-1), state
+
+    def select(self, state, index: Tensor):
+        return self.decoder.select(state, index)
+
+    def where(self, mask: Tensor, new, old):
+        return self.decoder.where(mask, new, old)
+
+    def logprobs(self, targets: Tensor) -> Tensor:
+        prev = torch.cat([targets.new_full((targets.shape[0], 1), self.vocab_size), targets], 1)  # (B, U+1)
+        return self.decoder.internal_lm_logits(prev).float().log_softmax(-1)
 
 
 class AttentionModel(EncoderDecoderModel):
@@ -61,10 +87,10 @@ class AttentionModel(EncoderDecoderModel):
         if w["ctc"]:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
         if w["ilm"]:
-            out["ilm"] = self.decoder.cross_entropy(None, targets, target_lengths) / b
+            out["ilm"] = ilm_loss(self.internal_lm(), targets, target_lengths)["ce"].sum() / b
         out["loss"] = sum(w[k] * v for k, v in out.items())
         return out
 
-    def internal_lm_logprobs(self, prev: Tensor) -> Tensor:
-        """log P_ILM of the next token after each prefix of prev (B, L) (starting with V) → (B, L, V+1)."""
-        return self.decoder.internal_lm_logits(prev).float().log_softmax(-1)
+    def internal_lm(self) -> DecoderILM:
+        """The internal LM: the decoder with zero attention context (``TokenLM``)."""
+        return DecoderILM(self.decoder)

@@ -4,26 +4,27 @@ A ``LanguageModel`` is a label-context body with the predictor API of
 ``speechkit.lego.transducer`` (``LSTMPredictor``, ``TransformerPredictor``, ``StatelessPredictor``)
 plus an output layer over ``V + 1`` ids: pieces ``0 .. V-1`` and ``V`` = end of sentence, which is
 also the start label the body is fed first (the id of the CTC/transducer blank, never in text).
+It is a ``TokenLM`` (``speechkit.models.base``), like every model's internal LM.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.brick import Brick
+from .base import TokenLM
 
 
-class LanguageModel(Brick):
+class LanguageModel(Brick, TokenLM):
     """body (predictor API, output width ``dim``) → dropout → Linear(dim, V + 1).
 
     Training: ``loss(inputs, lengths, targets, target_lengths)`` → summed token NLL per sentence
     (end of sentence included); the inputs are ignored (the targets are the text).
-    Search: ``initial_state(n)``, ``step(tokens (N,), state) → (log-probs (N, V+1), state)``,
-    ``select``, ``where``: the predictor's state API, so search code treats LMs and predictors alike.
+    Search and scoring: the ``TokenLM`` protocol (``start``, ``step``, ``select``, ``where``,
+    ``logprobs``, ``token_logprobs``, ``score``).
     """
 
     def __init__(self, body: nn.Module, dim: int, dropout: float = 0.1):
@@ -40,20 +41,8 @@ class LanguageModel(Brick):
         """targets (B, U) → logits (B, U+1, V+1) for the contexts [start, y1, …, yU]."""
         return self.out(self.drop(self.body(targets)))
 
-    def token_logprobs(self, targets: Tensor, target_lengths: Tensor, eos: bool = True) -> Tensor:
-        """log P(y_u | y<u) per target (and of the end of sentence if ``eos``) → (B, U+1), 0 after the end."""
-        logp = self(targets).float().log_softmax(-1)  # (B, U+1, V+1)
-        u = targets.shape[1]
-        pos = torch.arange(u + 1, device=targets.device)[None]
-        nxt = torch.cat([targets, targets.new_zeros(targets.shape[0], 1)], 1)
-        nxt = nxt.masked_fill(pos == target_lengths[:, None], self.eos)
-        out = logp.gather(-1, nxt.clamp(0, self.vocab_size)[..., None])[..., 0]
-        keep = pos <= target_lengths[:, None] if eos else pos < target_lengths[:, None]
-        return out.masked_fill(~keep, 0.0)
-
-    def score(self, targets: Tensor, target_lengths: Tensor, eos: bool = True) -> Tensor:
-        """log P(Y) of each sentence (B, U), lengths (B,) → (B,)."""
-        return self.token_logprobs(targets, target_lengths, eos).sum(1)
+    def logprobs(self, targets: Tensor) -> Tensor:
+        return self(targets).float().log_softmax(-1)
 
     def loss(self, inputs: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor,
              scales: Mapping[str, float] | None = None) -> dict[str, Tensor]:
@@ -63,13 +52,7 @@ class LanguageModel(Brick):
         return {"loss": nll / b, "tokens": (target_lengths.sum() + b).float() / b}
 
     def initial_state(self, n: int, device):
-        """The state of n empty histories (nothing fed yet); ``start`` feeds the start label."""
         return self.body.initial_state(n, device)
-
-    def start(self, n: int, device) -> tuple[Tensor, object]:
-        """Log-probs of the first token (N, V+1) and the state after the start label."""
-        return self.step(torch.full((n,), self.eos, dtype=torch.long, device=device),
-                         self.initial_state(n, device))
 
     def step(self, tokens: Tensor, state) -> tuple[Tensor, object]:
         out, state = self.body.step(tokens, state)

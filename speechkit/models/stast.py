@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from ..lego.decoders import AttentionDecoder
 from ..lego.encoders import SequenceEncoder, SpeechEncoder
 from ..lego.interface import Encoded, Shrink, ctc_loss
-from ..nn.transformer import padding_mask, sinusoids
-from .aed import AttentionModel
+from ..nn.masks import padding_mask
+from ..nn.transformer import sinusoids
+from .aed import AttentionModel, DecoderILM
 from .base import EncoderDecoderModel, term_scales
 
 DISTANCES = ("mse_mean", "token_mse", "contrastive")
@@ -174,6 +175,10 @@ class STAST(EncoderDecoderModel):
                 out["adapt"] = d.sum() / b
         out["loss"] = sum(weights[k] * v for k, v in out.items())
         return out
+
+    def internal_lm(self) -> DecoderILM:
+        """The internal LM of the shared decoder (the same for ST and MT): zero attention context."""
+        return DecoderILM(self.decoder)
 
     def mt_model(self) -> AttentionModel:
         """The text path as an MT ``AttentionModel`` (transcript ids → target) sharing these modules."""

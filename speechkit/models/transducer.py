@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..lego.interface import Encoded, interface_ctc, interface_logits
 from ..lego.transducer import Joiner
-from .base import EncoderDecoderModel, scale_of, term_scales
+from .base import EncoderDecoderModel, TokenLM, ilm_loss, scale_of, term_scales
 from .pruned_rnnt import pruned_rnnt_loss
 
 
@@ -121,7 +122,7 @@ class Transducer(EncoderDecoderModel):
         if w["ctc"]:
             out["ctc"] = interface_ctc(enc, targets, target_lengths) / b
         if w["ilm"]:
-            out["ilm"] = -self.internal_lm_score(targets, target_lengths).sum() / b
+            out["ilm"] = ilm_loss(self.internal_lm(), targets, target_lengths)["ce"].sum() / b
         out["loss"] = sum(w[k] * out[k] for k in w if k in out)
         return out
 
@@ -139,17 +140,39 @@ class Transducer(EncoderDecoderModel):
         return pruned_rnnt_loss(self.joiner, dec.hidden, pred, am, lm, targets, dec.lengths, target_lengths,
                                 self.blank, self.prune_range, self.lm_only_scale, self.am_only_scale)
 
-    def internal_lm_logprobs(self, pred_out: Tensor, projected: bool = False) -> Tensor:
-        """log P_ILM over non-blank labels from predictor outputs (..., P) → (..., V): the joiner
-        without its encoder term, softmax over the non-blank outputs (METHODS.md §3).
-        ``projected``: ``pred_out`` is already through ``joiner.pred_proj`` (what search keeps)."""
-        logits = self.joiner.joint(0.0, pred_out) if projected else self.joiner.internal_lm_logits(pred_out)
-        return logits[..., : self.vocab_size].float().log_softmax(-1)
+    def internal_lm(self) -> TransducerILM:
+        """The internal LM: the joiner without its encoder term over the predictor (``TokenLM``)."""
+        return TransducerILM(self.predictor, self.joiner)
 
-    def internal_lm_score(self, targets: Tensor, target_lengths: Tensor) -> Tensor:
-        """log P_ILM(Y) = Σ_u log P_ILM(y_u | y<u) of targets (B, U), lengths (B,) → (B,). The
-        transducer ILM has no end-of-sentence label."""
-        logp = self.internal_lm_logprobs(self.predictor(targets)[:, :-1])  # (B, U, V)
-        tok = logp.gather(-1, targets.clamp(0, self.vocab_size - 1)[..., None])[..., 0]
-        pad = torch.arange(targets.shape[1], device=targets.device)[None] >= target_lengths[:, None]
-        return tok.masked_fill(pad, 0.0).sum(1)
+
+class TransducerILM(TokenLM):
+    """A transducer's internal LM (METHODS.md §3) as a ``TokenLM``: the joiner with its encoder term
+    removed, softmax over the V non-blank outputs, ``P_ILM(k | y≤u) ∝ exp joiner(0, predictor(y≤u))_k``.
+    It has no end of sentence: column V of its log-probs is 0 (``has_eos = False``). Its state is the
+    predictor's (the predictor state API of ``speechkit.lego.transducer``)."""
+
+    has_eos = False
+
+    def __init__(self, predictor: nn.Module, joiner: Joiner):
+        self.predictor, self.joiner, self.vocab_size = predictor, joiner, joiner.vocab_size
+
+    def _logp(self, pred: Tensor) -> Tensor:
+        """Predictor outputs (..., P) → (..., V+1): log-softmax over the V labels, then 0 (no end)."""
+        logp = self.joiner.internal_lm_logits(pred)[..., : self.vocab_size].float().log_softmax(-1)
+        return F.pad(logp, (0, 1))
+
+    def initial_state(self, n: int, device):
+        return self.predictor.initial_state(n, device)
+
+    def step(self, tokens: Tensor, state) -> tuple[Tensor, object]:
+        out, state = self.predictor.step(tokens, state)
+        return self._logp(out), state
+
+    def select(self, state, index: Tensor):
+        return self.predictor.select(state, index)
+
+    def where(self, mask: Tensor, new, old):
+        return self.predictor.where(mask, new, old)
+
+    def logprobs(self, targets: Tensor) -> Tensor:
+        return self._logp(self.predictor(targets))  # (B, U+1, V+1)

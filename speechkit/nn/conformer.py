@@ -25,23 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .brick import Brick
-
-
-def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """lengths (B,) → bool mask (B, T) that is True at valid frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def chunk_mask(t: int, chunk: int, left: int | None, device=None) -> Tensor:
-    """(T, T) bool: query frame i sees key frame j iff j lies in i's chunk of ``chunk`` frames or
-    before it, and at most ``left`` frames (None: any number) before the start of i's chunk."""
-    idx = torch.arange(t, device=device)
-    start = idx // chunk * chunk  # (T,) first frame of each query's chunk
-    seen = idx[None, :] < (start + chunk)[:, None]
-    if left is not None:
-        seen &= idx[None, :] >= (start - left)[:, None]
-    return seen
-
+from .masks import chunk_mask, padding_mask
 
 _ROTARY: dict = {}  # (Dh, device, dtype) → cos, sin tables (N, Dh/2), grown on demand
 
@@ -216,7 +200,7 @@ class Conformer(Brick):
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         t = x.shape[1]
-        mask = lengths_to_mask(lengths, t)
+        mask = ~padding_mask(lengths, t)  # (B, T) valid frames
         chunk = self._train_chunk() if self.training else self.chunk
         att = mask[:, None, :]  # (B, 1, T) keys
         if chunk is not None:  # every row keeps its diagonal, so no query sees nothing

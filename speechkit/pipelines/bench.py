@@ -8,12 +8,17 @@ encoder forward and the search are timed separately. RTF = (encoder + search) / 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
+from ..compress.deploy import deploy
 from ..data.dataset import collate
+from ..data.manifest import load_manifest
 from ..metrics import score
 from ..search.dispatch import search
+from .bricks import load_brick
+from .decode import brick_dataset
 
 
 @torch.no_grad()
@@ -49,3 +54,30 @@ def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1,
                      "search_s": round(search_s, 3), "rtf": round((enc_s + search_s) / audio, 4),
                      "wer": round(sc.wer * 100, 2), "cer": round(sc.cer * 100, 2)}
     return out
+
+
+def bench(brick: str | Path, manifest: str | Path, against: str | Path | None = None, max_utts: int = 100,
+          beam: int = 1, tolerance: float = 0.03, ptq: bool = False, deploy_kernels: bool = True,
+          progress: bool = True) -> dict:
+    """``speechkit bench``: deploy ``brick`` (per layer the fastest kernel within ``tolerance``,
+    ``compress.deploy``; ``ptq``: int8 also where the weights were not trained for it) and time its decode
+    against the fp32 brick ``against`` (default: ``brick`` as loaded), side by side on the first ``max_utts``
+    utterances → {threads, beam, results: {name: bench_decode row}, speedup, encoder_speedup, choices,
+    plan (the deployment table as text, or None)}."""
+    b = load_brick(brick)
+    ds = brick_dataset(b, load_manifest(manifest)[:max_utts], None, str(manifest))
+    against = against or brick
+    models = {f"fp32 {against}": load_brick(against).module}
+    plan = None
+    if deploy_kernels:
+        sample = collate([ds[0]])  # batch 1, encoder and search: the shapes bench_decode uses
+        plan = deploy(b.module, lambda m: search(m, m(sample["inputs"], sample["input_lens"]), beam),
+                      tolerance, ptq=ptq)
+    models[f"{'deployed' if plan else 'as loaded'} {brick}"] = b.module
+    res = bench_decode(models, ds, beam, progress=progress)
+    (_, r0), (_, r1) = res.items()
+    return {"threads": torch.get_num_threads(), "beam": beam, "results": res,
+            "speedup": round((r0["encoder_s"] + r0["search_s"]) / (r1["encoder_s"] + r1["search_s"]), 3),
+            "encoder_speedup": round(r0["encoder_s"] / r1["encoder_s"], 3),
+            "choices": {r["layer"]: r["choice"] for r in plan.rows} if plan else {},
+            "plan": plan.to_text() if plan else None}

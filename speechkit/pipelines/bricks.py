@@ -34,8 +34,8 @@ from ..tokenizer import Tokenizer
 
 TOKENIZER_FILES = {"target": "tokenizer.model", "source": "source_tokenizer.model",
                    "transcript": "transcript_tokenizer.model"}  # role → file: the one home of these names
-BRICK_FILES = {"config.yaml", "weights.safetensors", "interface.json", "stream_calibration.json",
-               *TOKENIZER_FILES.values()}
+CALIBRATION = "stream_calibration.json"  # the streaming calibration table (pipelines.stream_eval)
+BRICK_FILES = {"config.yaml", "weights.safetensors", "interface.json", CALIBRATION, *TOKENIZER_FILES.values()}
 
 
 def save_brick(module: Brick, directory: str | Path, interface: dict, tokenizers: dict | None = None,
@@ -197,11 +197,22 @@ def load_brick(directory: str | Path, device: str | torch.device | None = None) 
     return LoadedBrick(d, module, interface, tokenizers)
 
 
+def check_new_brick(out: str | Path, *inputs: str | Path) -> None:
+    """Refuse (``BrickError``) an output brick ``out`` that is one of the ``inputs`` bricks or lies inside one
+    (symbolic links resolved): the bricks a command reads are read-only."""
+    path = Path(out).resolve()
+    for src in map(Path, inputs):
+        if path == src.resolve() or src.resolve() in path.parents:
+            raise BrickError(f"--out {out} is the input brick {src} or inside it: the bricks a command reads "
+                             "are read-only; choose another --out")
+
+
 def export_brick(brick: str | Path, out: str | Path, cfg) -> dict:
     """``one_shot`` compression (``speechkit.compress.export``) of the brick at ``brick`` → a folded brick
     at ``out``; returns {'brick', 'coverage', 'bytes', 'dense_bytes'}."""
     from ..compress.export import one_shot
 
+    check_new_brick(out, brick)
     b = load_brick(brick)
     if "compression" in b.interface:
         raise ValueError(f"{brick} is compressed already")

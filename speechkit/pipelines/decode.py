@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -17,8 +18,11 @@ from ..audio import AudioError
 from ..data.dataset import SpeechDataset, TextDataset, collate, target_texts
 from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
+from ..errors import SpeechkitError
+from ..files import atomic_write
 from ..lego.interface import Encoded
 from ..metrics import Scores, normalize_text, score
+from ..models.base import TokenLM
 from ..nn.brick import BrickError
 from ..search.dispatch import search
 from ..search.fusion import Fusion
@@ -214,6 +218,46 @@ def cascade_manifest(asr_brick: str | Path | LoadedBrick, mt_brick: str | Path |
     return out, score_results(out, manifest)
 
 
+def decode_to_file(brick: str | Path, manifest: str | Path, opts: DecodeOptions = DecodeOptions(),
+                   out: str | Path | None = None, then: str | Path | None = None,
+                   max_utts: int | None = None, target_lang: str | None = "brick") -> tuple[dict, Scores]:
+    """``speechkit decode``: decode ``manifest`` with ``brick`` (then, for a cascade, translate its
+    transcripts with the text brick ``then``), write one JSON line per decoded utterance to ``out``
+    atomically (default: ``default_output``, beside the brick) → (summary {manifest, utts, wer, cer, bleu,
+    chrf, …, hyps, skipped: [{id, audio, error}] (with ``opts.skip_bad``)}, the ``Scores``)."""
+    if then and opts.fusion is not None:
+        raise ValueError("--lm/--ilm-weight/--length-reward apply to one brick, not to a cascade (--then)")
+    if then:
+        res, sc = cascade_manifest(brick, then, manifest, opts, max_utts, target_lang=target_lang)
+    else:
+        res, sc = decode_manifest(brick, manifest, opts, max_utts, target_lang=target_lang)
+    done = decoded(res)
+    out = Path(out or default_output(brick, f"decode-{Path(manifest).stem}.jsonl"))
+    with atomic_write(out) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
+    return {"manifest": str(manifest), "utts": len(done), **sc.to_dict(), "hyps": str(out),
+            "skipped": [r for r in res if "error" in r]}, sc
+
+
+def score_file(hyps: str | Path) -> Scores:
+    """``speechkit score``: the scores of a hypotheses JSONL (one {ref, hyp} object per line, as ``decode``
+    writes); a line that is not one is named (``HypothesesError``: file:line)."""
+    rows = []
+    with open(hyps, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+                rows.append((r["ref"], r["hyp"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise HypothesesError(f"{hyps}:{n}: expected a JSON object with 'ref' and 'hyp' "
+                                      f"({e})") from None
+    return score([r for r, _ in rows], [h for _, h in rows])
+
+
+class HypothesesError(SpeechkitError, ValueError):
+    """A hypotheses file that is not one {ref, hyp} JSON object per line (the message names file:line)."""
+
+
 def make_fusion(brick: str | Path | LoadedBrick, lm_brick: str | Path | None, lm_weight: float = 0.0,
                 ilm_weight: float = 0.0, length_reward: float = 0.0, lm_eos: bool = True) -> Fusion | None:
     """The ``Fusion`` for decoding ``brick`` (None when every weight is 0 and there is no LM)."""
@@ -223,14 +267,17 @@ def make_fusion(brick: str | Path | LoadedBrick, lm_brick: str | Path | None, lm
     return Fusion(lm, lm_weight, ilm_weight, length_reward, lm_eos)
 
 
-def load_lm(lm_brick: str | Path, model: str | Path | LoadedBrick):
-    """Load an external LM brick → its module, checked (``LoadedBrick.check_speaks``: the tokenizer
-    fingerprint) to speak the interface vocabulary of ``model`` (a brick or its directory)."""
+def load_lm(lm_brick: str | Path, model: str | Path | LoadedBrick | dict, where: str | Path | None = None):
+    """Load an external LM brick → its module (a ``TokenLM``), checked (``LoadedBrick.check_speaks``: the
+    tokenizer fingerprint) to speak the interface vocabulary of ``model``: a brick, its directory, or an
+    interface (interface.json's content, at least ``{"tokenizer": Tokenizer.info()}``) named by ``where``."""
     lm = load_brick(lm_brick)
-    if not hasattr(lm.module, "step") or not hasattr(lm.module, "score"):
+    if not isinstance(lm.module, TokenLM):
         raise BrickError(f"{lm_brick} is a {lm.interface.get('kind')}, not a language model brick")
     if isinstance(model, LoadedBrick):
         lm.check_speaks(model.interface, model.path)
+    elif isinstance(model, dict):
+        lm.check_speaks(model, where or "the model")
     else:
         lm.check_speaks(read_interface(model), model)
     return lm.module

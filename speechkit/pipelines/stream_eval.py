@@ -17,14 +17,23 @@ import jiwer
 import torch
 
 from ..audio import read_audio
-from ..data.manifest import Utterance
+from ..data.manifest import Utterance, load_manifest
 from ..errors import SpeechkitError
 from ..features import FbankConfig
-from ..files import write_text
+from ..files import atomic_write, write_text
 from ..metrics import normalize_text, score
-from ..search.stream import Recognizer, StreamOptions, Word, logit, timing
-
-CALIBRATION = "stream_calibration.json"
+from ..search.stream import (
+    CannotStream,
+    Recognizer,
+    StreamOptions,
+    Word,
+    deploy_int8,
+    logit,
+    set_chunk,
+    timing,
+)
+from .bricks import CALIBRATION, LoadedBrick, load_brick
+from .decode import default_output, make_fusion
 
 
 class CalibrationError(SpeechkitError):
@@ -141,8 +150,6 @@ def fit_calibration(results: list[dict]) -> dict:
 
 def calibration_path(brick: str | Path) -> Path:
     """Where ``--calibrate`` writes by default: beside the brick (``decode.default_output``), never in it."""
-    from .decode import default_output
-
     return default_output(brick, CALIBRATION)
 
 
@@ -183,3 +190,45 @@ def save_calibration(brick: str | Path, opts: StreamOptions, entry: dict,
     table[opts.key()] = entry
     write_text(path, json.dumps(table, indent=1) + "\n")
     return path
+
+
+def streaming_brick(brick: str | Path, opts: StreamOptions, lm: str | Path | None = None,
+                    lm_weight: float = 0.0, ilm_weight: float = 0.0, length_reward: float = 0.0,
+                    lm_eos: bool = True, int8: bool = False) -> tuple[LoadedBrick, StreamOptions, object]:
+    """Load ``brick`` to stream with ``opts`` → (the brick with its encoder chunk set, ``opts`` with the
+    fusion of the LM arguments, the int8 deployment plan or None). ``CannotStream`` names a brick that
+    cannot stream."""
+    b = load_brick(brick)
+    try:
+        set_chunk(b.module, opts.chunk)
+    except CannotStream as e:
+        raise CannotStream(f"{brick} cannot stream: {e}") from None
+    opts = replace(opts, fusion=make_fusion(b, lm, lm_weight, ilm_weight, length_reward, lm_eos))
+    plan = deploy_int8(b.module, b.tokenizer, b.fbank(), opts) if int8 else None  # fbgemm where faster
+    return b, opts, plan
+
+
+def evaluate_manifest(brick: LoadedBrick, manifest: str | Path, opts: StreamOptions,
+                      out: str | Path | None = None, calibrate: bool = False,
+                      calibration: str | Path | None = None, max_utts: int | None = None,
+                      block_s: float = 0.1, progress: bool = True) -> dict:
+    """``speechkit stream --manifest``: stream every utterance, write the hypotheses (with word times and
+    confidences) to ``out`` (default: beside the brick) → summary {manifest, utts, settings, wer, …, rtf,
+    latency, hyps[, calibration, calibration_file]}. ``calibrate``: fit the word-time shift and confidence
+    map on these results and store them in the ``calibration`` table (``save_calibration``)."""
+    utts = load_manifest(manifest)[:max_utts]
+    if not calibrate:
+        opts = load_calibration(brick.path, opts, calibration)
+    results, totals = stream_utterances(brick.module, brick.tokenizer, brick.fbank(), utts, opts, block_s,
+                                        progress=progress)
+    out = Path(out or default_output(brick.path, f"stream-{Path(manifest).stem}-{opts.key()}.jsonl"))
+    with atomic_write(out) as f:
+        f.writelines(json.dumps({**r, "words": [w.__dict__ for w in r["words"]]}, ensure_ascii=False) + "\n"
+                     for r in results)
+    summary = {"manifest": str(manifest), "utts": len(results), "settings": opts.key(), **evaluate(results),
+               **totals, "hyps": str(out)}
+    if calibrate:
+        summary["calibration"] = {**fit_calibration(results), "dev": str(manifest)}
+        path = save_calibration(brick.path, opts, summary["calibration"], calibration)
+        summary["calibration_file"] = str(path)
+    return summary

@@ -1,35 +1,52 @@
 """Batched beam search for attention decoders (``speechkit.lego.decoders.AttentionDecoder``).
 
-All hypotheses of all utterances of a batch are scored in one decoder call per step.
-Hypotheses are ranked by ``log P / length ** length_penalty``. An ending (end of sentence)
-is kept only when it is among the ``beam`` best candidates of its step; an utterance is done
-when it has ``beam`` ended hypotheses or reaches its length limit: the memory length (a
-CTC-trained interface has at least one position per output token) plus a small slack.
+All hypotheses of all utterances of a batch are scored in one incremental decoder step per output
+position (``AttentionDecoder.step``: one new position against the cached keys and values; the LMs of a
+``Fusion`` are stepped alike). Hypotheses are ranked by ``log P / length ** length_penalty``. An ending
+(end of sentence) is kept only when it is among the ``beam`` best candidates of its step; an utterance
+is done when it has ``beam`` ended hypotheses or reaches its length limit: the memory length (a
+CTC-trained interface has at least one position per output token) plus a small slack. Done
+utterances leave the batch.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from ..lego.interface import Encoded
-from .fusion import Fusion
+from .fusion import Fusion, FusionState
 from .transducer import Hypothesis
 
 
-def _fused(logp: Tensor, prev: Tensor, dec, fusion: Fusion) -> Tensor:
-    """Decoder log-probs (N, V+1) of the next token after ``prev`` (N, L) → fused scores: every token
-    gets λ_LM log P_LM − λ_ILM log P_ILM (ILM: the decoder with zero attention context), pieces also
-    the length reward β; the end of sentence gets the LM term only if ``fusion.lm_eos``."""
-    v = dec.vocab_size
-    lm = fusion.lm(prev[:, 1:])[:, -1].float().log_softmax(-1) if fusion.lm is not None else None
-    ilm = dec.internal_lm_logits(prev)[:, -1].float().log_softmax(-1) if fusion.ilm_weight else None
-    def cols(x, a, b):
-        return None if x is None else x[:, a:b]
+def _fused(logp: Tensor, fused: FusionState | None) -> Tensor:
+    """Decoder log-probs (N, V+1) of the next token → fused scores: pieces get the fusion's piece terms
+    (λ_LM log P_LM − λ_ILM log P_ILM + β), the end of sentence its end terms."""
+    if fused is None:
+        return logp
+    v = logp.shape[-1] - 1
+    return torch.cat([logp[:, :v] + fused.piece_terms(), logp[:, v:] + fused.end_terms()[:, None]], -1)
 
-    tok = fusion.terms(cols(lm, 0, v), cols(ilm, 0, v))
-    end = fusion.terms(cols(lm if fusion.lm_eos else None, v, v + 1), cols(ilm, v, v + 1), reward=False)
-    return torch.cat([logp[:, :v] + tok, logp[:, v:] + end], -1)
+
+def _extend(top_s: list[float], top_i: list[int], first: int, beam: int, width: int, last: bool,
+            tokens: Tensor, finished: list[Hypothesis]) -> list[tuple[int, int, float]]:
+    """One utterance's best candidates (scores, indices into its beam × (V+1) extensions; its hypotheses
+    are rows ``first …`` of tokens (N, L)) → (row, token, score) of the (at most ``beam``) that go on.
+    Endings (end of sentence; every candidate when ``last``) join ``finished`` if among the best ``beam``."""
+    kept = []
+    for rank, (s, j) in enumerate(zip(top_s, top_i)):
+        if len(kept) == beam or s == -math.inf:
+            break
+        row, tok = first + j // width, j % width
+        if tok == width - 1 or last:
+            if rank < beam:
+                seq = tokens[row].tolist() + ([] if tok == width - 1 else [tok])
+                finished.append(Hypothesis(tuple(seq), s))
+            continue
+        kept.append((row, tok, s))
+    return kept
 
 
 def _rank(h: Hypothesis, length_penalty: float) -> float:
@@ -46,53 +63,43 @@ def attention_beam_search(model, enc: Encoded, beam: int = 4, nbest: int | None 
     the end-of-sentence token (with ``fusion``: the fused score, see ``_fused``).
     """
     dec = model.decoder
-    nbest = nbest or beam
     mem, mem_lens = dec.memory(enc)  # (B, K, D)
-    b, dev = mem.shape[0], mem.device
+    b, dev, eos = mem.shape[0], mem.device, dec.eos
     max_len = (mem_lens + max_len_slack).tolist()
-    mem, mem_lens = mem.repeat_interleave(beam, 0), mem_lens.repeat_interleave(beam, 0)  # (B·beam, K, D)
-    tokens = torch.full((b * beam, 1), dec.eos, dtype=torch.long, device=dev)
-    scores = torch.full((b, beam), float("-inf"), device=dev)
-    scores[:, 0] = 0.0
+    state = dec.initial_state(b * beam, dev, mem, mem_lens)  # a beam of hypotheses per utterance
+    fused = fusion.start(model, b * beam, dev) if fusion is not None else None
+    utts = list(range(b))  # the utterances still searched; hypothesis rows i·beam … of utts[i]
+    feed = torch.full((b * beam,), eos, dtype=torch.long, device=dev)
+    tokens = torch.zeros(b * beam, 0, dtype=torch.long, device=dev)  # (N, L) each row's tokens so far
+    scores = torch.full((b, beam), -math.inf, device=dev)
+    scores[:, 0] = 0.0  # one live hypothesis, the empty one, per utterance
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-    done = [False] * b
-    for step in range(max(max_len)):
-        live = (~torch.tensor(done, device=dev)).repeat_interleave(beam)  # rows of unfinished utterances
-        logp = torch.full((b * beam, dec.vocab_size + 1), float("-inf"), device=dev)
-        logp[live] = dec(mem[live], mem_lens[live], tokens[live])[:, -1].float().log_softmax(-1)
-        if fusion is not None:
-            logp[live] = _fused(logp[live], tokens[live], dec, fusion)
+    for step in range(max(max_len, default=0)):
+        logits, state = dec.step(feed, state)
+        logp = _fused(logits.float().log_softmax(-1), fused)  # (N, V+1)
         width = logp.shape[-1]
-        cand = (scores.view(-1, 1) + logp).view(b, beam * width)
-        top_s, top_i = cand.topk(min(2 * beam, cand.shape[1]), dim=-1)
-        rows, new_scores = [], torch.full((b, beam), float("-inf"), device=dev)
-        new_tok = torch.full((b, beam), dec.eos, dtype=torch.long, device=dev)
-        for i in range(b):
-            kept = 0
-            for rank, (s, j) in enumerate(zip(top_s[i].tolist(), top_i[i].tolist())):
-                if done[i] or kept == beam or s == float("-inf"):
-                    break
-                parent, tok = divmod(j, width)
-                row = i * beam + parent
-                if tok == dec.eos or step + 1 >= max_len[i]:
-                    if rank < beam:  # an ending counts only if it is among the best `beam` candidates
-                        seq = tokens[row, 1:].tolist() + ([] if tok == dec.eos else [tok])
-                        finished[i].append(Hypothesis(tuple(seq), s))
-                    continue
-                rows.append((i, kept, row))
-                new_scores[i, kept], new_tok[i, kept] = s, tok
-                kept += 1
-            if len(finished[i]) >= beam or step + 1 >= max_len[i]:
-                done[i] = True
-        if all(done):
+        cand = (scores.view(-1, 1) + logp).view(len(utts), beam * width)
+        top_s, top_i = (t.tolist() for t in cand.topk(min(2 * beam, cand.shape[1]), dim=-1))
+        parents, new_tok, new_scores, kept_utts = [], [], [], []
+        for i, u in enumerate(utts):
+            last = step + 1 >= max_len[u]
+            kept = _extend(top_s[i], top_i[i], i * beam, beam, width, last, tokens, finished[u])
+            if len(finished[u]) >= beam or last or not kept:
+                if not finished[u]:  # nothing ended: the best hypothesis so far
+                    finished[u].append(Hypothesis(tuple(tokens[i * beam].tolist()), float(scores[i, 0])))
+                continue
+            kept += [(i * beam, eos, -math.inf)] * (beam - len(kept))  # empty slots
+            kept_utts.append(u)
+            parents += [r for r, _, _ in kept]
+            new_tok += [t for _, t, _ in kept]
+            new_scores.append([s for _, _, s in kept])
+        if not kept_utts:
             break
-        parents = torch.arange(b * beam, device=dev).view(b, beam).clone()
-        for i, k, row in rows:
-            parents[i, k] = row
-        tokens = torch.cat([tokens[parents.flatten()], new_tok.view(-1, 1)], 1)
-        scores = new_scores.masked_fill(torch.tensor(done, device=dev)[:, None], float("-inf"))
-    out = []
-    for i in range(b):
-        hyps = finished[i] or [Hypothesis(tuple(tokens[i * beam, 1:].tolist()), float(scores[i, 0]))]
-        out.append(sorted(hyps, key=lambda h: -_rank(h, length_penalty))[:nbest])
-    return out
+        parents = torch.tensor(parents, device=dev)
+        feed = torch.tensor(new_tok, device=dev)
+        state, utts = dec.select(state, parents), kept_utts
+        tokens = torch.cat([tokens[parents], feed[:, None]], 1)
+        scores = torch.tensor(new_scores, device=dev)
+        if fused is not None:
+            fused.advance(parents, feed)
+    return [sorted(hyps, key=lambda h: -_rank(h, length_penalty))[:nbest or beam] for hyps in finished]

@@ -2,8 +2,13 @@
 
     score(Y) = log P_E2E(Y|X) + λ_LM log P_LM(Y) − λ_ILM log P_ILM(Y) + β |Y|
 
-The searches (``transducer.beam_search``, ``attention.attention_beam_search``) add these terms per
-emitted token; a transducer's blank steps get none of them and the LM advances on labels only.
+``Fusion`` owns the LM side of that score for every search and for MWER. The external LM and the
+model's internal LM (``model.internal_lm()``) are both ``TokenLM``s (``speechkit.models.base``: V+1
+log-probs, column V the end of sentence), so they are handled alike: ``Fusion.start`` steps them over
+N hypothesis slots (``FusionState``: what each next piece or the end would add, ``advance`` to reorder
+and feed), ``Fusion.sequence_score`` scores whole sequences. The searches add the piece terms per
+emitted token (a transducer's blank steps get none, and the LMs advance on labels only) and the end
+terms when a hypothesis ends.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ class Fusion:
 
     lm_weight: λ_LM; ilm_weight: λ_ILM (the model's internal LM is subtracted: ILME; without an
     external LM this is ILM subtraction alone); length_reward: β per emitted token; lm_eos: add
-    λ_LM log P_LM(end of sentence | Y) at the end of each hypothesis.
+    λ_LM log P_LM(end of sentence | Y) at the end of each hypothesis (the internal LM's end of
+    sentence, where it has one, is always subtracted).
     """
 
     lm: torch.nn.Module | None = None
@@ -36,31 +42,65 @@ class Fusion:
             raise ValueError(f"fusion weights must be >= 0 (lm_weight={self.lm_weight}, "
                              f"ilm_weight={self.ilm_weight}); λ_ILM is subtracted by the search")
 
-    def terms(self, lm_logp: Tensor | None, ilm_logp: Tensor | None, reward: bool = True):
-        """λ_LM · lm_logp − λ_ILM · ilm_logp (+ β if ``reward``), for log-probs (..., V) of the same
-        shape; a missing term counts 0. Returns a tensor or the float β."""
-        out = self.length_reward if reward else 0.0
-        if lm_logp is not None and self.lm is not None:
-            out = out + self.lm_weight * lm_logp
-        if ilm_logp is not None:
-            out = out - self.ilm_weight * ilm_logp
+    def terms(self, model) -> list[tuple[object, float, bool]]:
+        """The LM terms in use: (``TokenLM``, signed weight, whether its end of sentence counts)."""
+        out = []
+        if self.lm is not None and self.lm_weight:
+            out.append((self.lm, self.lm_weight, self.lm_eos))
+        if self.ilm_weight:
+            out.append((model.internal_lm(), -self.ilm_weight, True))
         return out
 
-    def lm_scorer(self, n: int, device) -> LMState | None:
-        return LMState(self.lm, n, device) if self.lm is not None else None
+    def start(self, model, n: int, device) -> FusionState:
+        """The LMs of ``model``'s fusion over n empty hypothesis slots."""
+        return FusionState(self, model, n, device)
+
+    def sequence_score(self, model, e2e: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+        """Fused scores of whole sequences: e2e = log P_E2E(Y|X) (B,), targets (B, U), lengths (B,) → (B,).
+        The internal-LM term carries gradient (MWER-ILME); the external LM is fixed (no gradient)."""
+        score = e2e + self.length_reward * target_lengths
+        for lm, w, eos in self.terms(model):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and lm is not self.lm):
+                lm_score = lm.score(targets, target_lengths, eos)
+            score = score + w * lm_score
+        return score
 
 
-class LMState:
-    """The external LM's state and next-token log-probs (N, V+1) for N hypothesis slots."""
+class FusionState:
+    """The fusion's LMs stepped over N hypothesis slots: per LM its state and next-token log-probs
+    (N, V+1)."""
 
-    def __init__(self, lm, n: int, device):
-        self.lm = lm
-        self.logp, self.state = lm.start(n, device)
+    def __init__(self, fusion: Fusion, model, n: int, device):
+        self.reward, self.v, self.n, self.device = fusion.length_reward, model.vocab_size, n, device
+        self.lms = fusion.terms(model)
+        started = [lm.start(n, device) for lm, _, _ in self.lms]
+        self.logp, self.state = [s[0] for s in started], [s[1] for s in started]
 
-    def advance(self, parents: Tensor, tokens: Tensor, emit: Tensor) -> None:
-        """Reorder the slots (parents (N,)), then feed ``tokens`` (N,) to the rows where ``emit``."""
-        self.state, self.logp = self.lm.select(self.state, parents), self.logp[parents]
-        if emit.any():
-            logp, state = self.lm.step(torch.where(emit, tokens, self.lm.eos), self.state)
-            self.state = self.lm.where(emit, state, self.state)
-            self.logp = torch.where(emit[:, None], logp, self.logp)
+    def piece_terms(self) -> Tensor:
+        """(N, V): what emitting each piece adds, β + λ_LM log P_LM(piece) − λ_ILM log P_ILM(piece)."""
+        out = torch.full((self.n, self.v), self.reward, device=self.device)
+        for (_, w, _), logp in zip(self.lms, self.logp):
+            out = out + w * logp[:, : self.v]
+        return out
+
+    def end_terms(self) -> Tensor:
+        """(N,): what ending adds, λ_LM log P_LM(end) (if ``lm_eos``) − λ_ILM log P_ILM(end)."""
+        out = torch.zeros(self.n, device=self.device)
+        for (_, w, eos), logp in zip(self.lms, self.logp):
+            if eos:
+                out = out + w * logp[:, self.v]
+        return out
+
+    def advance(self, parents: Tensor, tokens: Tensor, emit: Tensor | None = None) -> None:
+        """Reorder the slots (parents (N',) of the old slots), then feed ``tokens`` (N',) to the slots
+        where ``emit`` (N',) (None: all)."""
+        self.n = parents.shape[0]
+        for i, (lm, _, _) in enumerate(self.lms):
+            state, logp = lm.select(self.state[i], parents), self.logp[i][parents]
+            if emit is None:
+                logp, state = lm.step(tokens, state)
+            elif emit.any():
+                new_logp, new_state = lm.step(torch.where(emit, tokens, lm.vocab_size), state)
+                state = lm.where(emit, new_state, state)
+                logp = torch.where(emit[:, None], new_logp, logp)
+            self.state[i], self.logp[i] = state, logp

@@ -97,13 +97,13 @@ class BeamSearch:
     the batch or on how the frames are split into calls.
 
     ``fusion`` adds external-LM, internal-LM (ILME) and length-reward terms to every non-blank
-    emission (blank steps keep the transducer score; the LM state advances only on labels) and
-    the LM's end-of-sentence score in ``nbest(final=True)``; scores are then fused scores.
+    emission (blank steps keep the transducer score; the LMs advance only on labels; ``FusionState``)
+    and the LM's end-of-sentence score in ``nbest(final=True)``; scores are then fused scores.
     """
 
     def __init__(self, model, batch: int, device=None, beam: int = 4, fusion: Fusion | None = None,
                  max_symbols: int = 1):
-        self.model, self.k, self.fusion, self.b, self.max_symbols = model, beam, fusion, batch, max_symbols
+        self.model, self.k, self.b, self.max_symbols = model, beam, batch, max_symbols
         pred, blank = model.predictor, model.blank
         self.pred, self.joiner, self.blank = pred, model.joiner, blank  # looked up once: search is per op
         self.offsets = torch.arange(batch, device=device)[:, None] * beam  # (B, 1) first slot of each row
@@ -112,7 +112,7 @@ class BeamSearch:
         out, self.state = pred.step(torch.full((batch * beam,), blank, dtype=torch.long, device=device),
                                     pred.initial_state(batch * beam, device))
         self.pred_proj = model.joiner.pred_proj(out).view(batch, beam, -1)  # (B, K, J)
-        self.lm = fusion.lm_scorer(batch * beam, device) if fusion is not None else None
+        self.fused = fusion.start(model, batch * beam, device) if fusion is not None else None
         # per utterance and live slot: (tokens, frames, probs)
         self.hyps: list[list[tuple[tuple, tuple, tuple]]] = [[((), (), ())] for _ in range(batch)]
         self.scores = torch.full((batch, beam), -math.inf, device=device)
@@ -121,13 +121,12 @@ class BeamSearch:
 
     def _logp(self, enc_proj_t):
         """(B, J) frame → fused and transducer-only log-probs (B, K, V+1)."""
-        b, k, f, blank = self.b, self.k, self.fusion, self.blank
+        blank = self.blank
         am = self.joiner.joint(enc_proj_t[:, None], self.pred_proj).log_softmax(-1)  # (B, K, V+1)
-        if f is None:
+        if self.fused is None:
             return am, am
-        ilm = self.model.internal_lm_logprobs(self.pred_proj, projected=True) if f.ilm_weight else None
-        lm_logp = self.lm.logp.view(b, k, -1)[..., :blank] if self.lm is not None else None
-        return torch.cat([am[..., :blank] + f.terms(lm_logp, ilm), am[..., blank:]], -1), am
+        terms = self.fused.piece_terms().view(self.b, self.k, -1)  # (B, K, V)
+        return torch.cat([am[..., :blank] + terms, am[..., blank:]], -1), am
 
     @torch.no_grad()
     def advance(self, enc: Encoded) -> None:
@@ -190,8 +189,8 @@ class BeamSearch:
         flat = (parents + self.offsets).flatten()
         self.state, pred_proj = pred.select(self.state, flat), self.pred_proj.flatten(0, 1)[flat]
         emit = toks.flatten() != blank
-        if self.lm is not None:
-            self.lm.advance(flat, toks.flatten(), emit)
+        if self.fused is not None:
+            self.fused.advance(flat, toks.flatten(), emit)
         if emit.any():
             new_out, new_state = pred.step(torch.where(emit, toks.flatten(), blank), self.state)
             self.state = pred.where(emit, new_state, self.state)
@@ -200,11 +199,11 @@ class BeamSearch:
         return toks == blank
 
     def nbest(self, n: int | None = None, final: bool = True) -> list[list[Hypothesis]]:
-        """Per utterance up to ``n`` (default: beam) hypotheses, best first; ``final`` adds the LM's
-        end-of-sentence score (when fusing with ``lm_eos``)."""
+        """Per utterance up to ``n`` (default: beam) hypotheses, best first; ``final`` adds the fusion's
+        end-of-sentence terms (the LM's, when fusing with ``lm_eos``)."""
         scores = self.scores
-        if final and self.lm is not None and self.fusion.lm_eos:
-            scores = scores + self.fusion.lm_weight * self.lm.logp[:, self.lm.lm.eos].view(self.b, self.k)
+        if final and self.fused is not None:
+            scores = scores + self.fused.end_terms().view(self.b, self.k)
         out = []
         for i in range(self.b):
             order = scores[i, : len(self.hyps[i])].argsort(descending=True)[: n or self.k].tolist()

@@ -5,7 +5,8 @@ Only the joiner's last linear layer (``joiner.out``) is trained, on target-domai
     loss = CE(P_ILM, text) + ρ · KL(P_ILM^frozen ‖ P_ILM)
 
 with P_ILM the softmax over the non-blank outputs of the joiner without its encoder term
-(``Transducer.internal_lm_logprobs``) and P_ILM^frozen the same for the unadapted model; the blank
+(``Transducer.internal_lm()``; the loss is ``models.base.ilm_loss``, the one of ILM training too) and
+P_ILM^frozen the same for the unadapted model; the blank
 row of ``joiner.out`` keeps its value. Start from a model trained with ILM training
 (``Transducer(ilm_weight>0)``). The adapted brick decodes without an external LM.
 ``speechkit adapt-ilm BRICK TEXT --out DIR`` runs it (``run_ilma``).
@@ -22,7 +23,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..data.datamodule import SpeechDataModule
+from ..data.datamodule import LMDataModule
+from ..models.base import ilm_loss
 from ..nn.brick import BrickError
 from ..pipelines.bricks import load_brick, save_brick
 from .cli import quiet_lightning
@@ -41,7 +43,7 @@ class ILMATask(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, rho: float = 0.5, lr: float = 1e-3):
         super().__init__()
-        if not hasattr(model, "joiner") or not hasattr(model, "internal_lm_logprobs"):
+        if not hasattr(model, "joiner") or not hasattr(model, "internal_lm"):
             raise BrickError(f"ILMA adapts a transducer's joiner; got a {type(model).__name__}")
         self.model, self.rho, self.lr = model, rho, lr
         self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
@@ -53,16 +55,10 @@ class ILMATask(L.LightningModule):
         self._val: list[torch.Tensor] = []
 
     def losses(self, targets: torch.Tensor, target_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """targets (B, U) → {'ce', 'kl', 'tokens'} summed over the batch's tokens."""
-        m = self.model
-        with torch.no_grad():
-            pred = m.predictor(targets)[:, :-1]  # (B, U, P) contexts before each label
-            ref = self.frozen.internal_lm_logprobs(pred)  # (B, U, V)
-        logp = m.internal_lm_logprobs(pred)
-        valid = torch.arange(targets.shape[1], device=targets.device)[None] < target_lengths[:, None]
-        ce = -logp.gather(-1, targets.clamp(0, m.vocab_size - 1)[..., None])[..., 0]
-        kl = (ref.exp() * (ref - logp)).sum(-1)
-        return {"ce": ce[valid].sum(), "kl": kl[valid].sum(), "tokens": valid.sum()}
+        """targets (B, U) → {'ce', 'kl', 'tokens'} summed over the batch's tokens (the transducer's internal
+        LM has no end of sentence: U_b tokens per sequence)."""
+        out = ilm_loss(self.model.internal_lm(), targets, target_lengths, self.frozen.internal_lm())
+        return {"ce": out["ce"].sum(), "kl": out["kl"].sum(), "tokens": target_lengths.sum()}
 
     def training_step(self, batch, batch_idx):
         out = self.losses(batch["targets"], batch["target_lens"])
@@ -95,8 +91,8 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
     model = b.module
     L.seed_everything(seed, verbose=False)
     task = ILMATask(model, rho, lr)
-    dm = SpeechDataModule(str(text), str(valid or text), str(b.tokenizer.path),
-                          vocab_size=model.vocab_size, text_only=True, max_frames=max_tokens, seed=seed)
+    dm = LMDataModule(str(text), str(valid or text), str(b.tokenizer.path), vocab_size=model.vocab_size,
+                      max_frames=max_tokens, seed=seed)
     quiet_lightning()
     logger = L.pytorch.loggers.CSVLogger(str(Path(out).parent), name=f"{Path(out).name}-ilma")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, enable_checkpointing=False,

@@ -1,7 +1,7 @@
 """MWER fine-tuning of transducers with fusion in the loop (METHODS.md §3, arXiv 2106.02302).
 
-For each utterance an N-best list comes from beam search with the fused score
-(``search.fusion``); the hypotheses are rescored with gradient,
+For each utterance an N-best list comes from beam search with the fused score; the hypotheses are
+rescored with gradient, by the same ``Fusion`` (``search.fusion``: ``Fusion.sequence_score``),
 
     s(Y_i) = log P_E2E(Y_i | X) + λ_LM log P_LM(Y_i) − λ_ILM log P_ILM(Y_i) + β |Y_i|
 
@@ -13,13 +13,15 @@ Decode the result with the same weights (no re-tuning).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
 from ..lego.interface import Encoded
 from ..metrics import word_errors
 from ..nn.brick import BrickError
-from ..pipelines.bricks import load_brick
+from ..pipelines.decode import load_lm
 from ..search.fusion import Fusion
 from ..search.transducer import beam_search
 from .module import SpeechTask
@@ -42,7 +44,9 @@ class MWERTask(SpeechTask):
     """Fine-tunes a ``Transducer`` with MWER (+ ``e2e_weight`` × its usual loss); otherwise ``SpeechTask``.
 
     Args (besides ``SpeechTask``'s; warm-start with ``init_from: {"": BRICK}``):
-        lm: external LM brick directory (None: no LM term; MWER alone or with ILM subtraction).
+        lm: external LM brick directory (None: no LM term; MWER alone or with ILM subtraction). It is
+            loaded in ``setup``, checked (tokenizer fingerprint, as in decoding) to speak the vocabulary
+            of the training data (``datamodule.tokenizer``), which is the model's.
         lm_weight, ilm_weight, length_reward, lm_eos: the fusion used for the N-best and the scores.
         beam, nbest: beam search width and N-best size (4–8).
         e2e_weight: λ of the model's own loss (RNN-T + CTC [+ ILM]) added to the MWER loss.
@@ -54,11 +58,23 @@ class MWERTask(SpeechTask):
         super().__init__(model, **kwargs)
         if not hasattr(model, "joiner"):
             raise BrickError(f"MWER here fine-tunes transducers; got a {type(model).__name__}")
-        self.lm = load_brick(lm).module.requires_grad_(False) if lm else None
-        if self.lm is not None and self.lm.vocab_size != model.vocab_size:
-            raise BrickError(f"LM {lm} has {self.lm.vocab_size} labels, the model {model.vocab_size}")
-        self.fusion = Fusion(self.lm, lm_weight, ilm_weight, length_reward, lm_eos)
+        if lm_weight and lm is None:
+            raise ValueError(f"lm_weight={lm_weight} but no external LM brick (lm) was given")
+        self.lm_brick, self.lm_weight, self.lm = lm, lm_weight, None
+        self.fusion = Fusion(None, 0.0, ilm_weight, length_reward, lm_eos)  # the LM joins in setup
         self.beam, self.nbest, self.e2e_weight = beam, nbest, e2e_weight
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.lm_brick is None or self.lm is not None:
+            return
+        dm = self.trainer.datamodule if self.trainer else None
+        if getattr(dm, "tokenizer", None) is None:
+            raise BrickError(f"MWER's LM {self.lm_brick} is checked against the training data's tokenizer: "
+                             "train with a SpeechDataModule")
+        self.lm = load_lm(self.lm_brick, {"tokenizer": dm.tokenizer.info()},
+                          f"the training data's tokenizer {dm.tokenizer_path}").requires_grad_(False)
+        self.fusion = replace(self.fusion, lm=self.lm, lm_weight=self.lm_weight)
 
     def training_step(self, batch, batch_idx):
         m, f = self.model, self.fusion
@@ -93,15 +109,8 @@ class MWERTask(SpeechTask):
 
     def sequence_scores(self, enc, ys: Tensor, lens: Tensor) -> Tensor:
         """Fused log-scores of hypotheses ys (B·N, U), lengths (B·N,) of an encoded batch of B → (B·N,)."""
-        m, f = self.model, self.fusion
+        m = self.model
         dec = m.decoder_input(enc)
         rep = ys.shape[0] // dec.hidden.shape[0]
         dec = Encoded(dec.hidden.repeat_interleave(rep, 0), dec.lengths.repeat_interleave(rep, 0))
-        score = -m.rnnt_loss(dec, ys, lens) + f.length_reward * lens
-        if f.ilm_weight:
-            score = score - f.ilm_weight * m.internal_lm_score(ys, lens)
-        if self.lm is not None and f.lm_weight:
-            with torch.no_grad():  # the external LM is fixed
-                lm = self.lm.score(ys, lens, eos=f.lm_eos)
-            score = score + f.lm_weight * lm
-        return score
+        return self.fusion.sequence_score(m, -m.rnnt_loss(dec, ys, lens), ys, lens)

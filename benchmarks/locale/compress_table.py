@@ -1,9 +1,11 @@
-"""The compression results table of recipes/locale/RESULTS.md, from what compress.sh wrote.
+"""The compression results table of recipes/locale/RESULTS.md, from what recipes/locale/compress.yaml's
+stages wrote.
 
-    python recipes/locale/compress_table.py [exp/compress]
+    python benchmarks/locale/compress_table.py [exp/compress]
 
-Per run: test WER (ASR) or BLEU (MT, ST) from results.jsonl (the last line per name), the
-weights.safetensors size of its brick, the coverage and SAD recorded in its interface.json.
+Per run: test WER (ASR) or BLEU (MT, ST) from its decode result (``EXP/results/*.jsonl``, or the former
+script's ``EXP/results.jsonl``; the last result per run), the weights.safetensors size of its brick, the
+coverage and SAD recorded in its interface.json.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_table import load_results  # noqa: E402
+
 
 def main(root: str = "exp/compress") -> None:
     x = Path(root)
-    results = {}
-    for line in open(x / "results.jsonl"):
-        r = json.loads(line)
-        results[r["name"].removesuffix(" test")] = r["result"]
+    results = {name.removesuffix("_test"): res for name, res in load_results(x).items()}
     print("| run | WER | BLEU | weights (bytes) | compressed params | SAD flips (sum) | SAD from start |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, res in results.items():

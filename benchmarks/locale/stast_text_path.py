@@ -1,7 +1,7 @@
 """Decode text with the MT path of a STAST brick (``STAST.mt_model()``: the text encoder and the
 decoder it shares with ST) and score it (recipes/locale/RESULTS.md, STAST section).
 
-    python recipes/locale/stast_text_path.py BRICK MT_MANIFEST [BEAM]
+    python benchmarks/locale/stast_text_path.py BRICK MT_MANIFEST [BEAM]
 """
 
 import sys

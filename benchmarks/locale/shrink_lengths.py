@@ -1,7 +1,7 @@
 """How closely STAST's shrink, on an ASR brick's CTC head, tracks the transcript length
 (recipes/locale/RESULTS.md, STAST section).
 
-    python recipes/locale/shrink_lengths.py [BRICK] [MANIFEST]
+    python benchmarks/locale/shrink_lengths.py [BRICK] [MANIFEST]
 
 The transcripts are tokenised with the brick's own tokenizer (its CTC head's vocabulary).
 """

@@ -1,10 +1,12 @@
-"""The streaming results tables of recipes/locale/RESULTS.md, from what stream.sh wrote.
+"""The streaming results tables of recipes/locale/RESULTS.md, from what recipes/locale/stream.yaml's
+stages wrote.
 
-    python recipes/locale/stream_table.py [exp/stream]
+    python benchmarks/locale/stream_table.py [exp/stream]
 
-One row per run in results.jsonl (the last line per name): WER, RTF, chunk and compute latency,
-word-start error, confidence AUC / ECE; then, per model, how often the streamed test hypotheses of
-two chunk sizes are the same text (the search is exact per chunk size; the encoder's context is not).
+One row per run (``EXP/results/*.jsonl``, or the former script's ``EXP/results.jsonl``; the last result
+per run, named by its hypotheses file): WER, RTF, chunk and compute latency, word-start error,
+confidence AUC / ECE; then, per model, how often the streamed test hypotheses of two chunk sizes are
+the same text (the search is exact per chunk size; the encoder's context is not).
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_table import load_results  # noqa: E402
+
 COLUMNS = ("wer", "cer", "rtf", "chunk_ms", "latency_ms_mean", "latency_ms_p95", "start_mae_ms",
            "start_median_ms", "confidence_auc", "confidence_ece", "words")
 
 
 def main(root: str = "exp/stream") -> None:
     x = Path(root)
-    results = {}
-    for line in open(x / "results.jsonl"):
-        r = json.loads(line)
-        results[r["name"]] = r["result"]
+    results = load_results(x)
     print("| run | " + " | ".join(COLUMNS) + " |")
     print("| --- " * (len(COLUMNS) + 1) + "|")
     for name, res in results.items():
