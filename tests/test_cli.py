@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from speechkit.pipelines.bricks import TOKENIZER_FILES
+
 pytestmark = pytest.mark.slow  # end to end (pytest.ini: the slow tier)
 
 HERE = Path(__file__).parent
@@ -42,7 +44,7 @@ def test_fit_then_decode_through_the_cli(tiny_corpus, tmp_path):
     root = tmp_path / "exp"
     _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=12"))
     brick = root / "brick"
-    for name in ("config.yaml", "weights.safetensors", "interface.json", "tokenizer.model"):
+    for name in ("config.yaml", "weights.safetensors", "interface.json", TOKENIZER_FILES["target"]):
         assert (brick / name).is_file(), name
     iface = json.loads((brick / "interface.json").read_text())
     assert iface["global_step"] == 12 and iface["input"]["kind"] == "fbank"
@@ -112,7 +114,7 @@ def test_mt_fit_decode_bleu_and_compose_through_the_cli(tiny_corpus, tmp_path):
     brick = root / "brick"
     iface = json.loads((brick / "interface.json").read_text())
     assert iface["input"]["kind"] == "text" and iface["target_lang"] == "en"
-    assert (brick / "source_tokenizer.model").is_file()
+    assert (brick / TOKENIZER_FILES["source"]).is_file()
     test = mt / "test.jsonl"
     p = _run(_cmd("decode", brick, test, "--json", "--beam", "3", "--out", tmp_path / "mt.jsonl"))
     summary = json.loads(p.stdout.strip().splitlines()[-1])
@@ -158,7 +160,7 @@ def test_stast_fit_decode_and_cascade_through_the_cli(tiny_corpus, tmp_path, mon
         assert term in metrics, term
     brick = root / "brick"
     assert json.loads((brick / "interface.json").read_text())["target_lang"] == "de"
-    assert (brick / "transcript_tokenizer.model").is_file()
+    assert (brick / TOKENIZER_FILES["transcript"]).is_file()
     test, n = st / "test.jsonl", sum(1 for _ in open(st / "test.jsonl"))
     p = _run(_cmd("decode", brick, test, "--json", "--beam", "2", "--out", tmp_path / "st.jsonl"))
     assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == n

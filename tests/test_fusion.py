@@ -10,6 +10,7 @@ from test_lego import V, aed, padded
 from speechkit.lego.transducer import Joiner, LSTMPredictor, StatelessPredictor, TransformerPredictor
 from speechkit.models.lm import LanguageModel
 from speechkit.models.transducer import Transducer
+from speechkit.pipelines.bricks import load_brick
 from speechkit.search.attention import attention_beam_search
 from speechkit.search.fusion import Fusion
 from speechkit.search.transducer import beam_search
@@ -322,11 +323,11 @@ def test_mwer_checks_its_lm_by_tokenizer_fingerprint_like_decode(tmp_path):
     from pathlib import Path
 
     from speechkit.nn.brick import BrickError
-    from speechkit.tokenizer import Tokenizer, train_tokenizer
+    from speechkit.tokenizer import train_tokenizer
     from speechkit.train.mwer import MWERTask
 
     v1 = Path(__file__).parent / "fixtures" / "bricks_v1"
-    same = Tokenizer(v1 / "lm" / "tokenizer.model")  # the LM brick's own: 24 pieces
+    same = load_brick(v1 / "lm").tokenizer  # the LM brick's own: 24 pieces
     other = train_tokenizer(["the cat sat on the mat", "a dog ran in the park", "we see the sea",
                              "hello there my friend", "good morning to you all", "one two three four"] * 3,
                             tmp_path / "other.model", vocab_size=24)  # as many pieces, other ones

@@ -5,7 +5,6 @@ decoder it shares with ST) and score it (recipes/locale/RESULTS.md, STAST sectio
 """
 
 import sys
-from pathlib import Path
 
 import torch
 
@@ -14,16 +13,14 @@ from speechkit.data.manifest import load_manifest
 from speechkit.metrics import score
 from speechkit.pipelines.bricks import load_brick
 from speechkit.pipelines.decode import DecodeOptions, decode_dataset
-from speechkit.tokenizer import Tokenizer
 
 
 def main(brick: str, manifest: str, beam: str = "1") -> None:
     torch.set_num_threads(1)
-    loaded = load_brick(brick)
-    model, iface = loaded.module, loaded.interface
-    ds = TextDataset(load_manifest(manifest), Tokenizer(Path(brick) / "tokenizer.model"),
-                     Tokenizer(Path(brick) / "transcript_tokenizer.model"), iface["target_lang"], manifest)
-    res = decode_dataset(model.mt_model(), ds, DecodeOptions(beam=int(beam)))
+    b = load_brick(brick)
+    ds = TextDataset(load_manifest(manifest), b.tokenizer, b.tokenizer_for("transcript"),
+                     b.interface["target_lang"], manifest)
+    res = decode_dataset(b.module.mt_model(), ds, DecodeOptions(beam=int(beam)))
     print(f"{manifest}: {len(res)} sentences, beam {beam}: "
           f"{score([r['ref'] for r in res], [r['hyp'] for r in res])}")
 

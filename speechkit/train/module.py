@@ -247,7 +247,7 @@ class SpeechTask(L.LightningModule):
 
 
 class LanguageModelTask(SpeechTask):
-    """Trains a ``speechkit.models.lm.LanguageModel`` on text (``SpeechDataModule(text_only=True)``).
+    """Trains a ``speechkit.models.lm.LanguageModel`` on text (``speechkit.data.datamodule.LMDataModule``).
 
     Validation and test report the per-sentence loss and the token perplexity ``{stage}/ppl``
     (end of sentence counted as a token). Same arguments as ``SpeechTask``.
