@@ -1,5 +1,5 @@
 """Tiny copies of the real datasets, in their distributed layouts (file names, folder structure,
-transcript and segment formats as distributed), with espeak-ng speech. Used by tests/test_corpora.py."""
+transcript and segment formats as distributed), with espeak-ng speech. Used by tests/corpora/."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from speechkit.corpora.librispeech import PARTS as LIBRISPEECH_PARTS
 
 FIT = ("--trainer.max_steps=2 --trainer.accelerator=cpu --data.init_args.num_workers=0 --threads=2 "
        "--trainer.enable_progress_bar=false")  # two training steps of a recipe's fit stages
-TINY_MT = FIT + " --config=tests/configs/tiny_mt.yaml"  # …with the MT config at toy sizes
+TINY_MT = FIT + " --config=tests/configs/tiny_iwslt14_transformer.yaml"  # …with the MT config at toy sizes
 
 
 def run_recipe(recipe: str, **sets) -> None:

@@ -113,8 +113,8 @@ def test_covost2_recipe_runs_every_stage(covost, tmp_path):
     (MuST-C's config; two steps each, toy sizes), decodes of STAST and ASR on test, and their scores."""
     run_recipe("covost2", corpus=covost, src="fr", data=tmp_path / "data", exp=tmp_path / "exp", vocab=25,
          src_vocab=30, fit_args=FIT + " --data.init_args.max_frames=4000",
-         asr_args="--config=tests/configs/tiny_transducer.yaml",
-         st_args="--config=tests/configs/tiny_stast.yaml")
+         asr_args="--config=tests/configs/tiny_librispeech_transducer.yaml",
+         st_args="--config=tests/configs/tiny_mustc_stast.yaml")
     exp = tmp_path / "exp"
     for brick in ("asr", "stast"):
         assert (exp / brick / "brick/weights.safetensors").is_file(), brick

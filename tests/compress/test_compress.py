@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
+from builders import aed, middle_encoder, stast, text_encoder
+from builders import batch as stast_batch
 from conftest import tiny_transducer
-from test_lego import aed, middle_encoder, text_encoder
-from test_stast import batch as stast_batch
-from test_stast import stast
 
 from speechkit.compress.apply import (
     CompressConfig,

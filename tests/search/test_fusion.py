@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
+from builders import V, aed, padded
 from conftest import tiny_transducer
-from test_lego import V, aed, padded
 
 from speechkit.lego.transducer import Joiner, LSTMPredictor, StatelessPredictor, TransformerPredictor
 from speechkit.models.lm import LanguageModel
@@ -261,7 +261,7 @@ def test_mwer_scores_carry_gradient_into_the_model_but_not_the_lm():
 
 def _token_lm(kind):
     """A ``TokenLM`` of each kind: external LMs and the internal LMs of every model class."""
-    from test_stast import stast
+    from builders import stast
 
     if kind.startswith("lm-"):
         return lm(30, kind[3:], seed=3)
@@ -326,7 +326,7 @@ def test_mwer_checks_its_lm_by_tokenizer_fingerprint_like_decode(tmp_path):
     from speechkit.tokenizer import train_tokenizer
     from speechkit.train.mwer import MWERTask
 
-    v1 = Path(__file__).parent / "fixtures" / "bricks_v1"
+    v1 = Path(__file__).parents[1] / "fixtures" / "bricks_v1"
     same = load_brick(v1 / "lm").tokenizer  # the LM brick's own: 24 pieces
     other = train_tokenizer(["the cat sat on the mat", "a dog ran in the park", "we see the sea",
                              "hello there my friend", "good morning to you all", "one two three four"] * 3,

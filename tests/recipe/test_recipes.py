@@ -16,7 +16,7 @@ import yaml
 from speechkit.recipe import SPEECHKIT, load_stages
 from speechkit.train.cli import run_lightning
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "locale"
 STAGES_FILES = sorted(RECIPE.glob("*.yaml"))  # stages.yaml, demo.yaml and one per experiment
 VARIANTS = {"stast": [{"lang": "de"}, {"lang": "ro"}]}  # stages files run with other --set values too

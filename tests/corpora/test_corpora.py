@@ -65,8 +65,8 @@ def test_librispeech_recipe_runs_every_stage(librispeech, tmp_path):
     export) through `speechkit run`."""
     run_recipe("librispeech", corpus=librispeech.parent, data=tmp_path / "data", exp=tmp_path / "exp",
                vocab=40, fit_args=FIT + " --data.init_args.max_frames=4000",
-               lm_args="--config=tests/configs/tiny_lm.yaml",
-               asr_args="--config=tests/configs/tiny_transducer.yaml")
+               lm_args="--config=tests/configs/tiny_librispeech_lm.yaml",
+               asr_args="--config=tests/configs/tiny_librispeech_transducer.yaml")
     bricks = ("transducer/brick", "lm/brick", "streaming/brick", "pruned/brick", "transducer_2of4_int8")
     for brick in bricks:
         assert (tmp_path / "exp" / brick / "weights.safetensors").is_file(), brick

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import SRC, TGT, D, batch, stast
 
 from speechkit.lego.decoders import AttentionDecoder
 from speechkit.lego.encoders import SequenceEncoder, SpeechEncoder
@@ -14,7 +15,6 @@ from speechkit.nn.transformer import TokenEmbedding, TransformerStack
 from speechkit.search.dispatch import search
 from speechkit.search.transducer import ctc_greedy
 
-SRC, TGT, D = 12, 16, 32
 BLANK = SRC
 
 
@@ -113,22 +113,6 @@ def test_adaptation_distances():
     assert aligned.sum() < shuffled.sum()
     with pytest.raises(ValueError, match="adapt_distance"):
         adaptation_distance("cosine", text, tl, text, tl)
-
-
-def stast(shrink=True, **kw):
-    torch.manual_seed(0)
-    acoustic = SpeechEncoder(FrameStack(80, D, 2), Conformer(D, 1, 2, 2, 5, 0.0), MarginalHead(D, SRC), 80)
-    text = SequenceEncoder(TokenEmbedding(SRC, D, 0.0), TransformerStack(D, 1, 2, 2, 0.0))
-    dec = AttentionDecoder(TGT, D, 1, 2, 2, 0.0)
-    return STAST(acoustic, text, dec, acoustic_dim=D, shrink=Shrink() if shrink else None, **kw)
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    feats, lens = torch.randn(3, 40, 80, generator=g), torch.tensor([40, 30, 24])
-    tr, tr_lens = torch.randint(0, SRC, (3, 6), generator=g), torch.tensor([6, 4, 5])
-    tgt, tgt_lens = torch.randint(0, TGT, (3, 5), generator=g), torch.tensor([5, 3, 4])
-    return feats, lens, tgt, tgt_lens, {"transcripts": tr, "transcript_lens": tr_lens}
 
 
 @pytest.mark.parametrize("distance", ["mse_mean", "token_mse", "contrastive"])

@@ -184,8 +184,9 @@ def test_recipe_runs_every_stage(europarl, tmp_path):
     (own decoders, composed bricks, cascade) and score, through `speechkit run`."""
     exp = tmp_path / "exp"
     sets = {"corpus": europarl[0], "data": tmp_path / "data", "exp": exp, "vocab": 28, "de_vocab": 24,
-            "beam": 2, "fit_args": FIT, "mt_args": "--config=tests/configs/tiny_mt.yaml",
-            "asr_args": "--config=tests/configs/tiny_lego_asr.yaml --data.init_args.max_frames=4000"}
+            "beam": 2, "fit_args": FIT, "mt_args": "--config=tests/configs/tiny_iwslt14_transformer.yaml",
+            "asr_args": "--config=tests/configs/tiny_europarl_st_lego_asr.yaml "
+                        "--data.init_args.max_frames=4000"}
     sets["langs"] = "en-de,en-fr,de-en"  # en-fr too: the English ASR data is the union over both pairs
     run_recipe("europarl_st", **sets)
     for brick in ("asr/brick", "mt_de_en/brick", "mt_en_de/brick", "st/brick", "compose/asr_enc+mt_dec",

@@ -141,8 +141,9 @@ def test_mustc_recipe_runs_every_stage(mustc, tmp_path):
     each, the recipes' configs at toy sizes), decodes of STAST, the cascade, ASR and MT on tst-COMMON, and
     their scores: En→Fr through `speechkit run` (`--set tgt=fr`)."""
     run_recipe("mustc", corpus=mustc, tgt="fr", data=tmp_path / "data", exp=tmp_path / "exp", vocab=40,
-         src_vocab=40, fit_args=TINY_ST, asr_args="--config=tests/configs/tiny_transducer.yaml",
-         mt_args="--config=tests/configs/tiny_mt.yaml", st_args="--config=tests/configs/tiny_stast.yaml")
+         src_vocab=40, fit_args=TINY_ST, asr_args="--config=tests/configs/tiny_librispeech_transducer.yaml",
+         mt_args="--config=tests/configs/tiny_iwslt14_transformer.yaml",
+         st_args="--config=tests/configs/tiny_mustc_stast.yaml")
     exp = tmp_path / "exp"
     for brick in ("asr", "mt", "stast"):
         assert (exp / brick / "brick/weights.safetensors").is_file(), brick

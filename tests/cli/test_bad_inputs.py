@@ -30,8 +30,10 @@ from speechkit.pipelines.bricks import load_brick, save_brick
 from speechkit.tokenizer import train_tokenizer
 from speechkit.train.module import NonFiniteLoss, SpeechTask
 
-HERE = Path(__file__).parent
-DEMO = HERE.parent / "recipes" / "locale" / "conf" / "demo.yaml"
+TESTS = Path(__file__).parents[1]
+ROOT = TESTS.parent
+CONF = TESTS / "configs"  # the toy configs, named after the recipe config each shrinks
+DEMO = ROOT / "recipes" / "locale" / "conf" / "demo.yaml"
 
 
 def _cli(*args, env=None, timeout=300):
@@ -235,7 +237,7 @@ def test_no_checkpoint_of_non_finite_weights():
 def _fit(corpus: Path, root: Path, *extra, run=_main):
     asr = corpus / "asr"
     d = "--data.init_args."
-    return run("fit", "-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml",
+    return run("fit", "-c", DEMO, "-c", CONF / "tiny_locale_demo.yaml",
                 f"--trainer.default_root_dir={root}", f"{d}train={asr / 'train.jsonl'}",
                 f"{d}valid={asr / 'dev.jsonl'}", f"{d}test={asr / 'test.jsonl'}",
                 f"{d}tokenizer={root.parent / 'tok.model'}", "--trainer.enable_progress_bar=false", *extra)

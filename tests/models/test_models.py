@@ -154,7 +154,7 @@ def test_every_preset_in_the_catalogue_builds():
     from speechkit.lego.interface import Encoded
     from speechkit.nn.brick import build
 
-    presets = sorted((Path(__file__).parent.parent / "modules").rglob("*.yaml"))
+    presets = sorted((Path(__file__).parents[2] / "modules").rglob("*.yaml"))
     assert len(presets) >= 6
     for p in presets:
         brick = build(yaml.safe_load(p.read_text()), where=str(p)).eval()

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_transducer
 
 _spec = importlib.util.spec_from_file_location(
-    "bench_throughput", Path(__file__).parents[1] / "benchmarks" / "training_throughput.py")
+    "bench_throughput", Path(__file__).parents[2] / "benchmarks" / "training_throughput.py")
 throughput = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(throughput)
 

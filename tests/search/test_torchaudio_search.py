@@ -15,7 +15,7 @@ from speechkit.lego.transducer import LSTMPredictor, StatelessPredictor
 from speechkit.nn.conformer import Conformer
 
 _spec = importlib.util.spec_from_file_location(
-    "bench_streaming", Path(__file__).parents[1] / "benchmarks" / "streaming.py")
+    "bench_streaming", Path(__file__).parents[2] / "benchmarks" / "streaming.py")
 streaming = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(streaming)
 

@@ -3,24 +3,21 @@ the recognizer = offline decoding under the same mask, endpointing, word confide
 ``speechkit stream`` through a subprocess (files, stdin PCM, bad, closed and empty stdin, --json), and
 its outputs and calibration kept out of a read-only brick."""
 
-import contextlib
 import json
-import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from builders import read_only, stream_brick, stream_tokenizer, streaming_transducer
 
 from speechkit.audio import read_audio, write_audio
 from speechkit.data.manifest import load_manifest
 from speechkit.features import FbankConfig, fbank
 from speechkit.lego.encoders import SpeechEncoder
 from speechkit.lego.interface import MarginalHead
-from speechkit.lego.transducer import Joiner, LSTMPredictor, StatelessPredictor
-from speechkit.metrics import normalize_text
+from speechkit.lego.transducer import Joiner, StatelessPredictor
 from speechkit.models.transducer import Transducer
 from speechkit.nn.conformer import Conformer, chunk_mask
 from speechkit.nn.subsampling import FrameStack
@@ -29,16 +26,6 @@ from speechkit.pipelines.stream_eval import CALIBRATION, auc, ece, fit_calibrati
 from speechkit.search.fusion import Fusion
 from speechkit.search.stream import MIN_TIMED_AUDIO_S, Recognizer, StreamOptions, Word, timing
 from speechkit.search.transducer import BeamSearch, GreedySearch, beam_search
-from speechkit.tokenizer import train_tokenizer
-
-
-def streaming_transducer(vocab: int = 40, dim: int = 32, left: int | None = 6, predictor: str = "stateless",
-                         seed: int = 0) -> Transducer:
-    torch.manual_seed(seed)
-    body = Conformer(dim, 2, 2, 2, 5, 0.1, causal=True, chunk_sizes=[2, 4], left_context=left)
-    enc = SpeechEncoder(FrameStack(80, dim, 4), body, MarginalHead(dim, vocab), 80)
-    pred = StatelessPredictor(vocab, dim, 2) if predictor == "stateless" else LSTMPredictor(vocab, dim)
-    return Transducer(enc, pred, Joiner(dim, dim, vocab, dim)).eval()
 
 
 @pytest.mark.parametrize("chunk,left,block", [(3, 6, 12), (3, 6, 5), (4, None, 7), (1, 2, 4), (8, 4, 100)])
@@ -104,17 +91,12 @@ def test_stateful_search_in_pieces_equals_one_shot(predictor):
         assert list(a.frames) == sorted(a.frames) and all(0 < p <= 1 for p in a.probs)
 
 
-def _tok(tmp_path, corpus):
-    texts = [normalize_text(u.text) for u in load_manifest(corpus / "asr" / "train.jsonl")]
-    return train_tokenizer(texts, tmp_path / "tok.model", vocab_size=64)
-
-
 @pytest.mark.parametrize("chunk,beam", [(2, 1), (5, 1), (4, 3)])
 def test_recognizer_final_equals_offline_decoding_under_the_same_chunk(tiny_corpus, tmp_path, chunk, beam):
     """Streaming = offline decoding of the same model under the same chunk size (exactly, as text and
     times); different chunk sizes change the encoder's context and so may change the text: that is
     the documented difference (recipes/locale/RESULTS.md "Streaming" measures it)."""
-    tok = _tok(tmp_path, tiny_corpus)
+    tok = stream_tokenizer(tmp_path, tiny_corpus)
     m = streaming_transducer(vocab=tok.vocab_size)
     cfg = FbankConfig()
     for u in load_manifest(tiny_corpus / "asr" / "dev.jsonl")[:3]:
@@ -140,7 +122,7 @@ def test_recognizer_final_equals_offline_decoding_under_the_same_chunk(tiny_corp
 
 
 def test_endpoints_split_long_input_and_drop_silence(tiny_corpus, tmp_path):
-    tok = _tok(tmp_path, tiny_corpus)
+    tok = stream_tokenizer(tmp_path, tiny_corpus)
     m = streaming_transducer(vocab=tok.vocab_size)
     wave = torch.randn(16000 * 3) * 0.1
     with torch.no_grad():
@@ -179,13 +161,6 @@ def test_word_alignment_auc_ece_and_calibration():
 
 # ---- the command line --------------------------------------------------------------------------
 
-def _stream_brick(tmp_path, corpus):
-    tok = _tok(tmp_path, corpus)
-    m = streaming_transducer(vocab=tok.vocab_size)
-    return save_brick(m, tmp_path / "brick", {"kind": "Transducer", "input": FbankConfig().to_dict()},
-                      {"target": tok})
-
-
 def _cmd(*args):
     return [sys.executable, "-m", "speechkit.cli", "stream", *map(str, args)]
 
@@ -195,7 +170,7 @@ def _events(stdout: str) -> list[dict]:
 
 
 def test_stream_cli_file_equals_stdin_pcm_and_json_parses(tiny_corpus, tmp_path):
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     u = load_manifest(tiny_corpus / "asr" / "dev.jsonl")[0]
     args = ("--chunk", 4, "--json", "--endpoint-trailing", 0.4)
     p = subprocess.run(_cmd(brick, u.audio, *args), capture_output=True, text=True, timeout=300)
@@ -215,7 +190,7 @@ def test_stream_cli_file_equals_stdin_pcm_and_json_parses(tiny_corpus, tmp_path)
 
 
 def test_stream_cli_bad_stdin_gives_a_clear_error_and_the_results_so_far(tiny_corpus, tmp_path):
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     u = load_manifest(tiny_corpus / "asr" / "dev.jsonl")[0]
     pcm = (read_audio(u.audio) * 32767).short().numpy().tobytes()
     p = subprocess.run(_cmd(brick, "--chunk", 4, "--json"), input=pcm[:-1], capture_output=True, timeout=300)
@@ -228,7 +203,7 @@ def test_stream_cli_bad_stdin_gives_a_clear_error_and_the_results_so_far(tiny_co
 
 
 def test_stream_cli_refuses_a_non_streaming_brick(tmp_path, tiny_corpus):
-    tok = _tok(tmp_path, tiny_corpus)
+    tok = stream_tokenizer(tmp_path, tiny_corpus)
     torch.manual_seed(0)
     v = tok.vocab_size
     enc = SpeechEncoder(FrameStack(80, 16, 4), Conformer(16, 1, 2, 2, 5), MarginalHead(16, v), 80)
@@ -240,7 +215,7 @@ def test_stream_cli_refuses_a_non_streaming_brick(tmp_path, tiny_corpus):
 
 
 def test_stream_cli_evaluates_a_manifest(tiny_corpus, tmp_path):
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     train = tiny_corpus / "asr" / "train.jsonl"
     p = subprocess.run(_cmd(brick, "--manifest", train, "--max-utts", 3, "--chunk", 4, "--json", "--beam", 2,
                             "--out", tmp_path / "hyps.jsonl"), capture_output=True, text=True, timeout=300)
@@ -258,7 +233,7 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 def test_stream_cli_closed_or_empty_stdin_and_empty_file_are_one_error_line(tiny_corpus, tmp_path):
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     closed = subprocess.run(["bash", "-c", 'exec "$@" <&-', "_", *_cmd(brick, "-", "--json")],
                             capture_output=True, text=True, timeout=300)  # file descriptor 0 closed
     empty = subprocess.run(_cmd(brick, "-", "--json"), input="", capture_output=True, text=True, timeout=300)
@@ -275,7 +250,7 @@ def test_stream_cli_closed_or_empty_stdin_and_empty_file_are_one_error_line(tiny
 
 
 def test_timing_reports_no_rtf_for_almost_no_audio(tiny_corpus, tmp_path):
-    tok = _tok(tmp_path, tiny_corpus)
+    tok = stream_tokenizer(tmp_path, tiny_corpus)
     m = streaming_transducer(vocab=tok.vocab_size)
     rec = Recognizer(m, tok, FbankConfig(), StreamOptions(chunk=4))
     rec.accept(torch.full((2,), 0.01))
@@ -283,27 +258,6 @@ def test_timing_reports_no_rtf_for_almost_no_audio(tiny_corpus, tmp_path):
     assert rec.audio_s < MIN_TIMED_AUDIO_S and rec.compute_s > 0 and timing([rec])["rtf"] is None
     rec.run(torch.randn(16000) * 0.05)
     assert 0 < timing([rec])["rtf"] < 1000
-
-
-def _snapshot(directory: Path) -> dict:
-    """Every path under ``directory`` (itself included) → (size, mtime): what writing would change."""
-    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in [directory, *directory.rglob("*")]}
-
-
-@contextlib.contextmanager
-def read_only(directory: Path):
-    """``chmod -R a-w directory`` for the block (restored after); yields a check that nothing in it changed
-    (which also holds the line where permissions do not: a test run as root)."""
-    modes = {p: p.stat().st_mode for p in [directory, *directory.rglob("*")]}
-    for p in modes:
-        os.chmod(p, modes[p] & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-    before = _snapshot(directory)
-    try:
-        yield lambda: _snapshot(directory) == before
-    finally:
-        for p, mode in modes.items():
-            os.chmod(p, mode)
 
 
 def _main(capsys, *args) -> tuple[str, str]:
@@ -318,7 +272,7 @@ def test_stream_manifest_and_calibration_leave_a_read_only_brick_untouched(tiny_
                                                                            monkeypatch):
     import speechkit.pipelines.stream_eval as se
 
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     entry = {"time_shift": -0.05, "confidence": [2.0, 0.5], "words": 9}
     monkeypatch.setattr(se, "fit_calibration", lambda results: entry)  # an untrained model gets no word right
     train = tiny_corpus / "asr" / "train.jsonl"

@@ -17,7 +17,7 @@ from speechkit.train.cli import run_lightning
 
 pytestmark = pytest.mark.slow  # end to end (pytest.ini: the slow tier)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # every stages file: a recipe's stages.yaml and the experiments' beside it (recipes/locale/lego.yaml, …)
 STAGES_FILES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml")
                       if isinstance(spec := yaml.safe_load(p.read_text()), dict) and "stages" in spec)

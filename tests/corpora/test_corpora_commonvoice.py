@@ -124,7 +124,7 @@ def test_commonvoice_recipe_runs_every_stage(cv, tmp_path):
     exp = tmp_path / "exp"
     sets = {"corpus": cv, "lang": "de", "data": tmp_path / "data", "exp": exp, "vocab": 40,
             "fit_args": FIT + " --data.init_args.max_frames=4000",
-            "asr_args": "--config=tests/configs/tiny_transducer.yaml"}
+            "asr_args": "--config=tests/configs/tiny_librispeech_transducer.yaml"}
     run_recipe("commonvoice", **sets)
     assert (tmp_path / "data/tokenizer/de_unigram40.model").is_file()
     assert (exp / "transducer/brick/weights.safetensors").is_file()

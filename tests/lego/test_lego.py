@@ -4,48 +4,19 @@ import math
 
 import pytest
 import torch
+from builders import D, V, aed, middle_encoder, padded, text_encoder
 
 from speechkit.lego.decoders import AttentionDecoder
-from speechkit.lego.encoders import Chain, SequenceEncoder
-from speechkit.lego.interface import BeamConv, LengthController, MarginalHead, WEmb
+from speechkit.lego.encoders import Chain
+from speechkit.lego.interface import BeamConv, LengthController, WEmb
 from speechkit.lego.transducer import Joiner, StatelessPredictor
-from speechkit.models.aed import AttentionModel
 from speechkit.models.transducer import Transducer
 from speechkit.nn.brick import BrickError
-from speechkit.nn.transformer import TokenEmbedding, TransformerStack
 from speechkit.pipelines.bricks import load_brick, save_brick
 from speechkit.pipelines.compose import compose, save_composed
 from speechkit.search.attention import attention_beam_search
 from speechkit.search.dispatch import search
 from speechkit.tokenizer import train_tokenizer
-
-V, D = 20, 32
-
-
-def text_encoder(src_vocab=30, alpha=2.0, head=True, seed=0):
-    torch.manual_seed(seed)
-    return SequenceEncoder(TokenEmbedding(src_vocab, D), TransformerStack(D, 1, 2, 2),
-                           LengthController(D, alpha, 2), TransformerStack(D, 1, 2, 2),
-                           MarginalHead(D, V) if head else None)
-
-
-def middle_encoder(alpha=0.5):
-    return SequenceEncoder(WEmb(V, D, 1, 2, 2, kernel_size=3), None, LengthController(D, alpha, 2), None,
-                           MarginalHead(D, V))
-
-
-def aed(encoder=None, ingestor="wemb", seed=0):
-    torch.manual_seed(seed)
-    ing = {"wemb": WEmb(V, D, 1, 2, 2), "beamconv": BeamConv(V, D, 3, 1, 2, 2), None: None}[ingestor]
-    return AttentionModel(encoder or text_encoder(seed=seed), AttentionDecoder(V, D, 2, 2, 2, ingestor=ing))
-
-
-def padded(lengths, vocab=30, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(1, vocab, (len(lengths), max(lengths)), generator=g)
-    for i, n in enumerate(lengths):
-        x[i, n:] = torch.randint(1, vocab, (max(lengths) - n,), generator=g)  # garbage, not zeros
-    return x, torch.tensor(lengths)
 
 
 @pytest.mark.parametrize("ingestor", [WEmb(V, D, 1, 2, 2, kernel_size=3), BeamConv(V, D, 3, 1, 2, 2)])

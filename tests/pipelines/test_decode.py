@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_stream import _stream_brick, read_only
+from builders import read_only, stream_brick
 
 from speechkit.data.manifest import load_manifest
 from speechkit.pipelines.decode import default_output
@@ -37,7 +37,7 @@ def _errors(stderr: str) -> list[str]:
 
 
 def test_decode_stops_at_an_unreadable_utterance_naming_it(tiny_corpus, tmp_path):
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     manifest, _, bad = _manifest_with_bad_audio(tiny_corpus, tmp_path)
     out = tmp_path / "hyps.jsonl"
     p = subprocess.run(_cmd("decode", brick, manifest, "--out", out), capture_output=True, text=True,
@@ -50,7 +50,7 @@ def test_decode_stops_at_an_unreadable_utterance_naming_it(tiny_corpus, tmp_path
 
 
 def test_decode_skip_bad_decodes_the_rest_and_lists_the_bad(tiny_corpus, tmp_path):
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     manifest, ids, bad = _manifest_with_bad_audio(tiny_corpus, tmp_path)
     out = tmp_path / "hyps.jsonl"
     p = subprocess.run(_cmd("decode", brick, manifest, "--out", out, "--skip-bad", "--json"),
@@ -69,7 +69,7 @@ def test_decode_skip_bad_decodes_the_rest_and_lists_the_bad(tiny_corpus, tmp_pat
 
 
 def test_decode_on_a_read_only_brick_writes_beside_it(tiny_corpus, tmp_path):
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     test = tiny_corpus / "asr" / "test.jsonl"
     with read_only(brick) as unchanged:
         p = subprocess.run(_cmd("decode", brick, test, "--json"), capture_output=True, text=True, timeout=300)
@@ -90,7 +90,7 @@ def test_default_outputs_go_beside_the_brick(tmp_path, monkeypatch):
 def test_adapt_ilm_refuses_to_write_into_its_input_brick(tiny_corpus, tmp_path):
     from speechkit.cli import main
 
-    brick = _stream_brick(tmp_path, tiny_corpus)
+    brick = stream_brick(tmp_path, tiny_corpus)
     text = tiny_corpus / "asr" / "train.jsonl"
     for out in (brick, brick / "adapted", tmp_path / "." / "brick"):
         with pytest.raises(SystemExit, match="read-only"):

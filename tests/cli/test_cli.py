@@ -15,9 +15,11 @@ from speechkit.pipelines.bricks import TOKENIZER_FILES
 
 pytestmark = pytest.mark.slow  # end to end (pytest.ini: the slow tier)
 
-HERE = Path(__file__).parent
-DEMO = HERE.parent / "recipes" / "locale" / "conf" / "demo.yaml"
-CONFS = ("-c", DEMO, "-c", HERE / "fixtures" / "tiny.yaml")  # the demo recipe, shrunk
+TESTS = Path(__file__).parents[1]
+ROOT = TESTS.parent
+CONF = TESTS / "configs"  # the toy configs, named after the recipe config each shrinks
+DEMO = ROOT / "recipes" / "locale" / "conf" / "demo.yaml"
+CONFS = ("-c", DEMO, "-c", CONF / "tiny_locale_demo.yaml")  # the demo recipe, shrunk
 
 
 def _cmd(*args):
@@ -101,12 +103,13 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_corpus, tmp_path):
     assert a == b
 
 
-MT = HERE.parent / "recipes" / "locale" / "conf" / "lego" / "mt_de_en.yaml"
+MT = ROOT / "recipes" / "locale" / "conf" / "lego" / "mt_de_en.yaml"
 
 
 def test_mt_fit_decode_bleu_and_compose_through_the_cli(tiny_corpus, tmp_path):
     mt, root, data = tiny_corpus / "mt" / "de-en", tmp_path / "mt", "--data.init_args."
-    _run(_cmd("fit", "-c", MT, "-c", HERE / "fixtures" / "tiny_mt.yaml", f"--trainer.default_root_dir={root}",
+    _run(_cmd("fit", "-c", MT, "-c", CONF / "tiny_locale_lego_mt_de_en.yaml",
+              f"--trainer.default_root_dir={root}",
               f"{data}train={mt / 'train.jsonl'}", f"{data}valid={mt / 'dev.jsonl'}",
               f"{data}test={mt / 'test.jsonl'}",
               f"{data}tokenizer={tmp_path / 'en.model'}", f"{data}source_tokenizer={tmp_path / 'de.model'}",
@@ -143,7 +146,7 @@ def test_mt_fit_decode_bleu_and_compose_through_the_cli(tiny_corpus, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-STAST_CONF = HERE.parent / "recipes" / "locale" / "conf" / "stast"
+STAST_CONF = ROOT / "recipes" / "locale" / "conf" / "stast"
 
 
 def test_stast_fit_decode_and_cascade_through_the_cli(tiny_corpus, tmp_path, monkeypatch):
@@ -152,7 +155,7 @@ def test_stast_fit_decode_and_cascade_through_the_cli(tiny_corpus, tmp_path, mon
     split = lambda d: [f"{data}{s}={d / f'{n}.jsonl'}" for s, n in  # noqa: E731
                        (("train", "train"), ("valid", "dev"), ("test", "test"))]
     root = tmp_path / "stast"
-    p = _run(_cmd("fit", "-c", STAST_CONF / "stast_en_de.yaml", "-c", HERE / "fixtures" / "tiny_stast.yaml",
+    p = _run(_cmd("fit", "-c", STAST_CONF / "stast_en_de.yaml", "-c", CONF / "tiny_locale_stast_en_de.yaml",
                   f"--trainer.default_root_dir={root}", *split(st), de, f"{data}transcript_tokenizer={en}",
                   "--trainer.enable_progress_bar=false"))
     metrics = (next(root.glob("lightning_logs/version_*/metrics.csv"))).read_text().splitlines()[0]
@@ -169,7 +172,7 @@ def test_stast_fit_decode_and_cascade_through_the_cli(tiny_corpus, tmp_path, mon
     assert row["ref"].split()[0] in german[row["id"]].lower()
 
     # the cascade: an ASR brick's transcripts translated by an MT brick
-    _run(_cmd("fit", "-c", STAST_CONF / "mt_en_de.yaml", "-c", HERE / "fixtures" / "tiny_mt_en_de.yaml",
+    _run(_cmd("fit", "-c", STAST_CONF / "mt_en_de.yaml", "-c", CONF / "tiny_locale_stast_mt_en_de.yaml",
               f"--trainer.default_root_dir={tmp_path / 'mt'}", *split(mt), de, f"{data}source_tokenizer={en}",
               "--trainer.enable_progress_bar=false"))
     _run(_fit_args(tiny_corpus, tmp_path / "asr", "--trainer.max_steps=12"))
@@ -212,8 +215,9 @@ def test_lm_fusion_ilma_and_mwer_through_the_cli(tiny_corpus, tmp_path):
     brick, tok = root / "brick", root / "tok.model"
     data = "--data.init_args."
     lm_root = tmp_path / "lm"
-    conf = HERE.parent / "recipes" / "locale" / "conf" / "fusion"
-    _run(_cmd("fit", "-c", conf / "lm_transformer.yaml", "-c", HERE / "fixtures" / "tiny_lm.yaml",
+    conf = ROOT / "recipes" / "locale" / "conf" / "fusion"
+    _run(_cmd("fit", "-c", conf / "lm_transformer.yaml", "-c",
+              CONF / "tiny_locale_fusion_lm_transformer.yaml",
               f"--trainer.default_root_dir={lm_root}", f"{data}train={asr / 'train.jsonl'}",
               f"{data}valid={asr / 'dev.jsonl'}", f"{data}tokenizer={tok}",
               "--trainer.enable_progress_bar=false"))
@@ -270,7 +274,7 @@ def test_compressed_fit_export_decode_and_bench_through_the_cli(tiny_corpus, tmp
 
     root = tmp_path / "sparse"
     p = _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=16",
-                       confs=("-c", HERE / "fixtures" / "tiny_compress.yaml")))
+                       confs=("-c", CONF / "tiny_locale_demo_compress.yaml")))
     assert "compression coverage:" in p.stdout and "not divisible by M=4" in p.stdout  # depthwise conv
     iface = json.loads((root / "brick" / "interface.json").read_text())
     comp = iface["compression"]
@@ -283,7 +287,7 @@ def test_compressed_fit_export_decode_and_bench_through_the_cli(tiny_corpus, tmp
     p = _run(_cmd("decode", root / "brick", test, "--json", "--out", tmp_path / "h.jsonl"))
     assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == sum(1 for _ in open(test))
     test_cmd = _fit_args(tiny_corpus, root, f"--ckpt_path={root / 'checkpoints' / 'last.ckpt'}",
-                         confs=("-c", HERE / "fixtures" / "tiny_compress.yaml"))
+                         confs=("-c", CONF / "tiny_locale_demo_compress.yaml"))
     test_cmd[test_cmd.index("fit")] = "test"
     assert "test/wer" in _run(test_cmd).stdout  # a compressed checkpoint reloads
     # one-shot export of a dense brick; a compressed one is refused by name

@@ -152,8 +152,9 @@ def test_tedlium3_recipe_runs_every_stage(tedlium, tmp_path):
     exp = tmp_path / "exp"
     sets = {"corpus": tedlium.parent, "data": tmp_path / "data", "exp": exp, "vocab": 40, "source_vocab": 40,
             "fit_args": FIT + " --data.init_args.max_frames=4000",
-            "asr_args": "--config=tests/configs/tiny_transducer.yaml",
-            "lm_args": "--config=tests/configs/tiny_lm.yaml", "source_brick": exp / "transducer/brick",
+            "asr_args": "--config=tests/configs/tiny_librispeech_transducer.yaml",
+            "lm_args": "--config=tests/configs/tiny_librispeech_lm.yaml",
+            "source_brick": exp / "transducer/brick",
             "tune_lm_weights": "0.2", "tune_ilm_weights": "0.1", "tune_length_rewards": "0", "tune_utts": "2"}
     run_recipe("tedlium3", **sets)
     for brick in ("transducer", "lm", "lm_shift"):

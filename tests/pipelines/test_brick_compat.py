@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from speechkit.pipelines.bricks import load_brick
 from speechkit.pipelines.decode import DecodeOptions, decode_manifest, make_fusion
 
-V1 = Path(__file__).parent / "fixtures" / "bricks_v1"
+V1 = Path(__file__).parents[1] / "fixtures" / "bricks_v1"
 EXPECTED = load_file(str(V1 / "expected.safetensors"))
 HYPS = json.loads((V1 / "expected.json").read_text())
 
