@@ -11,6 +11,25 @@ from speechkit.nn.subsampling import Conv2dSubsampling, FrameStack
 
 torch.set_num_threads(2)
 
+# Device-dependent tests take the ``device`` fixture: they run on the CPU in every tier, and on CUDA
+# (marked ``gpu``, compared there with the CPU result) where a GPU exists: `pytest -m gpu`.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """The device a test runs its model on: cpu, and cuda (marked gpu, skipped without CUDA)."""
+    return torch.device(request.param)
+
 
 def tiny_transducer(vocab: int = 40, dim: int = 32, frontend: str = "stack", predictor: str = "stateless",
                     seed: int = 0) -> Transducer:
