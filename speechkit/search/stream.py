@@ -109,8 +109,9 @@ class Recognizer:
         if opts.timestamps not in ("transducer", "ctc"):
             raise ValueError(f"timestamps must be 'transducer' or 'ctc', got {opts.timestamps!r}")
         self.model, self.tok, self.cfg, self.opts = model, tokenizer, fbank_cfg, opts
+        self.device = next(model.parameters()).device  # features go there; events come back to the host
         set_chunk(model, opts.chunk)
-        self.enc_state = model.encoder.stream_state(1)
+        self.enc_state = model.encoder.stream_state(1, self.device)
         self.win = int(fbank_cfg.sample_rate * fbank_cfg.frame_length_ms / 1000)
         self.hop = int(fbank_cfg.sample_rate * fbank_cfg.frame_shift_ms / 1000)
         self.frame_s = fbank_cfg.frame_shift_ms / 1000 * model.encoder.frontend.stack  # s per encoder frame
@@ -123,9 +124,9 @@ class Recognizer:
 
     def _new_search(self):
         if self.opts.beam > 1 or self.opts.fusion is not None:
-            return BeamSearch(self.model, 1, beam=max(self.opts.beam, 1), fusion=self.opts.fusion,
-                              max_symbols=self.opts.max_symbols)
-        return GreedySearch(self.model, 1, max_symbols=self.opts.max_symbols)
+            return BeamSearch(self.model, 1, self.device, max(self.opts.beam, 1), self.opts.fusion,
+                              self.opts.max_symbols)
+        return GreedySearch(self.model, 1, self.device, max_symbols=self.opts.max_symbols)
 
     @property
     def audio_s(self) -> float:
@@ -142,7 +143,8 @@ class Recognizer:
             self.samples, self.consumed = self.samples[n * self.hop:], self.consumed + n * self.hop
         else:
             feats = torch.zeros(0, self.cfg.num_mel_bins)
-        enc, self.enc_state = self.model.encoder.forward_chunk(feats[None], self.enc_state, final)
+        feats = feats[None].to(self.device)  # (1, n, F)
+        enc, self.enc_state = self.model.encoder.forward_chunk(feats, self.enc_state, final)
         events = []
         for i in range(0, enc.hidden.shape[1], self.opts.chunk):  # chunk by chunk, for the endpoint rules
             h = enc.hidden[:, i: i + self.opts.chunk]  # (1, ≤C, D)
@@ -151,7 +153,7 @@ class Recognizer:
             self.search.advance(part)
             self.frames += part.hidden.shape[1]
             if part.logits is not None:
-                self.seg_logits.append(part.logits[0])
+                self.seg_logits.append(part.logits[0].cpu())
             events += self._check()
         if final:
             events += self._final()

@@ -301,3 +301,20 @@ def test_stream_manifest_and_calibration_leave_a_read_only_brick_untouched(tiny_
     assert "no calibration" not in err
     with pytest.raises(SystemExit, match="calibration table not found"):
         _main(capsys, "stream", brick, audio, "--calibration", tmp_path / "nothing.json", *common)
+
+
+@pytest.mark.parametrize("beam,timestamps", [(1, "transducer"), (3, "ctc")])
+def test_recognizer_on_the_device_gives_the_cpu_events(device, tiny_corpus, tmp_path, beam, timestamps):
+    tok = stream_tokenizer(tmp_path, tiny_corpus)
+    m = streaming_transducer(vocab=tok.vocab_size)
+    with torch.no_grad():
+        m.joiner.out.bias[-1] -= 2.0  # a random model that emits
+    wave = read_audio(load_manifest(tiny_corpus / "asr" / "dev.jsonl")[0].audio)
+    opts = StreamOptions(chunk=4, beam=beam, max_symbols=2, timestamps=timestamps, endpoint_trailing=0.5)
+    want = Recognizer(m, tok, FbankConfig(), opts).run(wave)
+    got = Recognizer(m.to(device), tok, FbankConfig(), opts).run(wave)
+    assert [e.text for e in want if e.kind == "final"]
+    assert [(e.kind, e.text, [(w.word, w.start, w.end) for w in e.words]) for e in got] == \
+        [(e.kind, e.text, [(w.word, w.start, w.end) for w in e.words]) for e in want]
+    for a, b in zip(got, want):
+        assert [w.confidence for w in a.words] == pytest.approx([w.confidence for w in b.words], abs=1e-3)
