@@ -1,0 +1,5 @@
+"""``python -m speechkit`` = the ``speechkit`` command (where no console script is installed)."""
+
+from .cli import main
+
+main()
