@@ -204,15 +204,13 @@ class BeamSearch:
         if done is not None:  # finished with this frame: one candidate, themselves, score unchanged
             logp = torch.where(done[..., None], self.stay, logp)
         cand = self.scores[..., None] + logp  # (B, K, V+1)
-        if self.cpu:  # the common frame, checked where checking is free: no label reaches the K best
-            leave, live = cand[..., blank], self.scores > -math.inf  # (B, K)
-            worst = torch.where(live, leave, math.inf).amin(1)  # (B,) the worst slot leaving by blank
-            if bool((past | live.all(1) & (cand[..., :blank].amax((1, 2)) < worst)).all()):
-                self.scores = torch.where(past[:, None], self.scores, leave)  # every slot leaves by blank
-                return torch.ones_like(live)
         width = logp.shape[-1]
         top_s, top_i = cand.flatten(1).topk(k, dim=1)  # (B, K) each, best first
         parent, tok = top_i // width, top_i % width
+        if self.cpu and bool(((tok == blank).all(1) | past).all()):  # (a check free on the CPU only)
+            # the common frame: the K best are blanks, so every slot leaves by its blank, in place
+            self.scores = torch.where(past[:, None], self.scores, cand[..., blank])
+            return torch.ones_like(tok, dtype=torch.bool)
         emit = tok != blank
         h = self.hash.gather(1, parent)
         h = torch.where(emit, h * _HASH + tok + 1, h)
