@@ -114,6 +114,8 @@ def encoders(device, repeats: int) -> list[dict]:
                     m = encoder(d, layers, device)
                     state, info = one_shot(m, cfg)
                     fresh = load_folded(encoder(d, layers, device), state, info)
+                    if device.type == "cuda":  # fp16 like the dense row (and its input)
+                        fresh.half()
                     plan = deploy(fresh, run, tolerance=0.05, repeats=5)
                     out = run(fresh).hidden.float()
                     row[name] = {"ms": round(_time(run, fresh, repeats) / 1e3, 2),

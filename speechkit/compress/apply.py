@@ -177,14 +177,17 @@ def compress_model(model: nn.Module, cfg: CompressConfig) -> Coverage:
 def _attach(module: nn.Module, pname: str, shape: tuple[int, ...], cfg: CompressConfig) -> tuple[str, str]:
     applied, reason = [], []
     sp, q = cfg.sparsity, cfg.quant
+    device = getattr(module, pname).device  # the parametrizations' masks and steps live beside the weight
     if sp is not None:
         if shape[1] % sp.m:
             reason.append(f"dense: dim 1 = {shape[1]} not divisible by M={sp.m}")
         else:
-            parametrize.register_parametrization(module, pname, NMSparse(shape, sp.n, sp.m, sp.srste_lambda))
+            parametrize.register_parametrization(module, pname,
+                                                 NMSparse(shape, sp.n, sp.m, sp.srste_lambda).to(device))
             applied.append(f"{sp.n}:{sp.m}")
     if q is not None:
-        parametrize.register_parametrization(module, pname, WeightLSQ(shape, q.weight_bits, q.per_channel))
+        parametrize.register_parametrization(module, pname,
+                                             WeightLSQ(shape, q.weight_bits, q.per_channel).to(device))
         applied.append(f"int{q.weight_bits}")
     return "+".join(applied), "; ".join(reason)
 
@@ -208,7 +211,8 @@ def add_input_quantizer(module: nn.Module, bits: int) -> None:
 
     Turns off PyTorch's fused Transformer fast path, which reads weights directly and skips hooks.
     """
-    module.input_quant = ActLSQ(bits)
+    weight = next(module.parameters(), None)
+    module.input_quant = ActLSQ(bits).to(weight.device if weight is not None else "cpu")
     module.register_forward_pre_hook(functools.partial(_quantize_first, _input_count(module)))
     torch.backends.mha.set_fastpath_enabled(False)
 

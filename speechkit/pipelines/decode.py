@@ -39,6 +39,7 @@ class DecodeOptions:
     fusion: Fusion | None = None  # external LM / ILME / length reward (search.fusion)
     max_symbols: int = 1  # transducer beam search: labels per frame (1 = modified beam search; greedy: 3)
     skip_bad: bool = False  # leave out utterances whose audio cannot be read (else: stop, naming the first)
+    device: torch.device | None = None  # where bricks load (None: the CPU; nn.device.resolve_device)
 
 
 def default_output(brick: str | Path, name: str) -> Path:
@@ -94,9 +95,10 @@ def encode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions,
     with ``opts.skip_bad``, is left out and recorded in ``skipped`` (dataset index → reason).
     """
     model.eval()
+    device = next(model.parameters()).device  # batches go where the model is (pinned, copied ahead)
     sampler = BucketBatchSampler(ds.lengths(), opts.max_frames, shuffle=False)
     loader = DataLoader(_Readable(ds), batch_sampler=sampler, collate_fn=_collate_readable,
-                        num_workers=opts.num_workers)
+                        num_workers=opts.num_workers, pin_memory=device.type == "cuda")
     with torch.no_grad():
         for batch, bad in loader:
             for i, reason in bad:
@@ -106,7 +108,8 @@ def encode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions,
                 if skipped is not None:
                     skipped[i] = reason
             if batch is not None:
-                yield batch["index"].tolist(), model(batch["inputs"], batch["input_lens"])
+                x, n = (batch[k].to(device, non_blocking=True) for k in ("inputs", "input_lens"))
+                yield batch["index"].tolist(), model(x, n)
 
 
 @torch.no_grad()
@@ -153,9 +156,9 @@ def score_results(results: list[dict], source: str | Path = "manifest") -> Score
     return score([r["ref"] for r in done], [r["hyp"] for r in done])
 
 
-def loaded(brick: str | Path | LoadedBrick) -> LoadedBrick:
-    """``brick`` itself when already loaded, else ``load_brick(brick)``."""
-    return brick if isinstance(brick, LoadedBrick) else load_brick(brick)
+def loaded(brick: str | Path | LoadedBrick, device: torch.device | None = None) -> LoadedBrick:
+    """``brick`` itself when already loaded, else ``load_brick(brick, device)``."""
+    return brick if isinstance(brick, LoadedBrick) else load_brick(brick, device)
 
 
 def brick_dataset(brick: LoadedBrick, utts: list[Utterance], target_lang: str | None,
@@ -184,7 +187,7 @@ def decode_manifest(brick: str | Path | LoadedBrick, manifest: str | Path,
     ``target_lang``: the reference is the transcript (None) or the translation into that
     language; "brick" (default) uses the ``target_lang`` recorded in the brick's interface.json.
     """
-    b = loaded(brick)
+    b = loaded(brick, opts.device)
     res = decode_dataset(b.module, brick_manifest(b, manifest, max_utts, target_lang), opts)
     return res, score_results(res, manifest)
 
@@ -198,7 +201,7 @@ def cascade_manifest(asr_brick: str | Path | LoadedBrick, mt_brick: str | Path |
     An utterance whose transcript is empty gets an empty translation (scored as such); one whose audio
     ``opts.skip_bad`` left out keeps its {id, audio, error} row.
     """
-    mt = loaded(mt_brick)
+    mt = loaded(mt_brick, opts.device)
     if not mt.text_input:
         raise BrickError(f"{mt.path} reads {mt.interface['input'].get('kind')!r} inputs; the second stage of "
                          "a cascade must read text (an MT brick)")
@@ -259,19 +262,22 @@ class HypothesesError(SpeechkitError, ValueError):
 
 
 def make_fusion(brick: str | Path | LoadedBrick, lm_brick: str | Path | None, lm_weight: float = 0.0,
-                ilm_weight: float = 0.0, length_reward: float = 0.0, lm_eos: bool = True) -> Fusion | None:
-    """The ``Fusion`` for decoding ``brick`` (None when every weight is 0 and there is no LM)."""
+                ilm_weight: float = 0.0, length_reward: float = 0.0, lm_eos: bool = True,
+                device: torch.device | None = None) -> Fusion | None:
+    """The ``Fusion`` for decoding ``brick`` on ``device`` (None: every weight 0 and no LM)."""
     if lm_brick is None and not (lm_weight or ilm_weight or length_reward):
         return None
-    lm = load_lm(lm_brick, brick) if lm_brick else None
+    lm = load_lm(lm_brick, brick, device=device) if lm_brick else None
     return Fusion(lm, lm_weight, ilm_weight, length_reward, lm_eos)
 
 
-def load_lm(lm_brick: str | Path, model: str | Path | LoadedBrick | dict, where: str | Path | None = None):
-    """Load an external LM brick → its module (a ``TokenLM``), checked (``LoadedBrick.check_speaks``: the
-    tokenizer fingerprint) to speak the interface vocabulary of ``model``: a brick, its directory, or an
-    interface (interface.json's content, at least ``{"tokenizer": Tokenizer.info()}``) named by ``where``."""
-    lm = load_brick(lm_brick)
+def load_lm(lm_brick: str | Path, model: str | Path | LoadedBrick | dict, where: str | Path | None = None,
+            device: torch.device | None = None):
+    """Load an external LM brick (onto ``device``) → its module (a ``TokenLM``), checked
+    (``LoadedBrick.check_speaks``: the tokenizer fingerprint) to speak the interface vocabulary of ``model``:
+    a brick, its directory, or an interface (interface.json's content, at least
+    ``{"tokenizer": Tokenizer.info()}``) named by ``where``."""
+    lm = load_brick(lm_brick, device)
     if not isinstance(lm.module, TokenLM):
         raise BrickError(f"{lm_brick} is a {lm.interface.get('kind')}, not a language model brick")
     if isinstance(model, LoadedBrick):
@@ -290,9 +296,9 @@ def tune_fusion(brick: str | Path | LoadedBrick, manifest: str | Path, lm_brick:
     """Grid search of the fusion weights on a dev manifest → one row per (λ_LM, λ_ILM, β), in grid
     order, each {'lm_weight', 'ilm_weight', 'length_reward', 'wer', 'cer', …}. The manifest is
     encoded once; ``report`` gets each row as it is done."""
-    b = loaded(brick)
+    b = loaded(brick, opts.device)
     model = b.module
-    lm = load_lm(lm_brick, b) if lm_brick else None
+    lm = load_lm(lm_brick, b, device=opts.device) if lm_brick else None
     if lm is None and any(lm_weights):
         raise BrickError("LM weights other than 0 need an external LM (--lm)")
     ds = brick_manifest(b, manifest, max_utts)

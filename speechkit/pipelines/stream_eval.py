@@ -194,16 +194,19 @@ def save_calibration(brick: str | Path, opts: StreamOptions, entry: dict,
 
 def streaming_brick(brick: str | Path, opts: StreamOptions, lm: str | Path | None = None,
                     lm_weight: float = 0.0, ilm_weight: float = 0.0, length_reward: float = 0.0,
-                    lm_eos: bool = True, int8: bool = False) -> tuple[LoadedBrick, StreamOptions, object]:
-    """Load ``brick`` to stream with ``opts`` → (the brick with its encoder chunk set, ``opts`` with the
-    fusion of the LM arguments, the int8 deployment plan or None). ``CannotStream`` names a brick that
-    cannot stream."""
-    b = load_brick(brick)
+                    lm_eos: bool = True, int8: bool = False,
+                    device: torch.device | None = None) -> tuple[LoadedBrick, StreamOptions, object]:
+    """Load ``brick`` onto ``device`` to stream with ``opts`` → (the brick with its encoder chunk set,
+    ``opts`` with the fusion of the LM arguments, the int8 deployment plan or None). ``CannotStream`` names
+    a brick that cannot stream; int8 (fbgemm) deployment is for the CPU."""
+    if int8 and device is not None and torch.device(device).type != "cpu":
+        raise ValueError(f"--int8 deploys fbgemm CPU kernels; it does not apply to --device {device}")
+    b = load_brick(brick, device)
     try:
         set_chunk(b.module, opts.chunk)
     except CannotStream as e:
         raise CannotStream(f"{brick} cannot stream: {e}") from None
-    opts = replace(opts, fusion=make_fusion(b, lm, lm_weight, ilm_weight, length_reward, lm_eos))
+    opts = replace(opts, fusion=make_fusion(b, lm, lm_weight, ilm_weight, length_reward, lm_eos, device))
     plan = deploy_int8(b.module, b.tokenizer, b.fbank(), opts) if int8 else None  # fbgemm where faster
     return b, opts, plan
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..nn.device import may_any
+
 
 @dataclass(frozen=True)
 class Fusion:
@@ -99,7 +101,7 @@ class FusionState:
             state, logp = lm.select(self.state[i], parents), self.logp[i][parents]
             if emit is None:
                 logp, state = lm.step(tokens, state)
-            elif emit.any():
+            elif may_any(emit):
                 new_logp, new_state = lm.step(torch.where(emit, tokens, lm.vocab_size), state)
                 state = lm.where(emit, new_state, state)
                 logp = torch.where(emit[:, None], new_logp, logp)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..lego.interface import Encoded
+from ..nn.device import may_any
 from .fusion import Fusion
 
 
@@ -24,13 +25,6 @@ class Hypothesis:
     score: float | None  # total log-probability of the alignment-marginalised hypothesis (None: greedy)
     frames: tuple[int, ...] = ()  # per token, the encoder frame it was emitted at (from the stream start)
     probs: tuple[float, ...] = ()  # per token, its posterior P(token | frame, context) from the transducer
-
-
-def may_any(mask: Tensor) -> bool:
-    """Whether any of ``mask`` is set, as far as the host knows without waiting: the exact answer on the
-    CPU (where asking costs nothing), True on an accelerator (asking would stall the host until the device
-    catches up, so the work it would have skipped runs masked instead)."""
-    return mask.device.type != "cpu" or bool(mask.any())
 
 
 class GreedySearch:

@@ -84,9 +84,10 @@ class ILMATask(L.LightningModule):
 
 def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | Path | None = None,
              rho: float = 0.5, steps: int = 500, lr: float = 1e-3, max_tokens: int = 2000,
-             seed: int = 0) -> dict:
-    """Adapt ``brick`` to the sentences of ``text`` (JSONL manifest or plain text, one per line) and
-    write the adapted brick to ``out`` → a summary (internal-LM perplexities before and after)."""
+             seed: int = 0, device: torch.device | None = None) -> dict:
+    """Adapt ``brick`` to the sentences of ``text`` (JSONL manifest or plain text, one per line) on
+    ``device`` (None: the CPU) and write the adapted brick to ``out`` → a summary (internal-LM perplexities
+    before and after)."""
     b = load_brick(brick)
     model = b.module
     L.seed_everything(seed, verbose=False)
@@ -95,7 +96,10 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
                       max_frames=max_tokens, seed=seed)
     quiet_lightning()
     logger = L.pytorch.loggers.CSVLogger(str(Path(out).parent), name=f"{Path(out).name}-ilma")
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, enable_checkpointing=False,
+    device = torch.device(device or "cpu")
+    gpu = device.type == "cuda"
+    trainer = L.Trainer(accelerator="gpu" if gpu else "cpu", devices=[device.index or 0] if gpu else 1,
+                        max_steps=steps, enable_checkpointing=False,
                         logger=logger, num_sanity_val_steps=0,
                         val_check_interval=min(100, steps), check_val_every_n_epoch=None,
                         log_every_n_steps=10, enable_model_summary=False)
