@@ -37,14 +37,21 @@ def _prepare(a) -> None:
               f"{out}/prepare.json):\n{listing(bad)}", file=sys.stderr)
 
 
+def _device(a):
+    from .nn.device import resolve_device
+
+    return resolve_device(a.device)
+
+
 def _decode(a) -> None:
     from .pipelines.decode import DecodeOptions, decode_to_file, make_fusion
 
     _threads(a.threads)
+    device = _device(a)
     target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
-    fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward, not a.no_lm_eos)
+    fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward, not a.no_lm_eos, device)
     opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion, max_symbols=a.max_symbols,
-                         skip_bad=a.skip_bad)
+                         skip_bad=a.skip_bad, device=device, num_workers=a.workers)
     summary, sc = decode_to_file(a.brick, a.manifest, opts, a.out, a.then, a.max_utts, target)
     skipped = summary["skipped"] if a.skip_bad else summary.pop("skipped")
     if skipped:
@@ -67,7 +74,8 @@ def _tune_fusion(a) -> None:
     def report(row):
         print(json.dumps(row) if a.json else "".join(f"{row[k]:>14}" for k in keys), flush=True)
 
-    rows = tune_fusion(a.brick, a.manifest, a.lm, *grid, DecodeOptions(beam=a.beam, progress=False),
+    opts = DecodeOptions(beam=a.beam, progress=False, device=_device(a), num_workers=a.workers)
+    rows = tune_fusion(a.brick, a.manifest, a.lm, *grid, opts,
                        a.max_utts, lm_eos=not a.no_lm_eos, report=report)
     best = min(rows, key=lambda r: (r["wer"], r["cer"]))
     print(json.dumps({"best": best}) if a.json else
@@ -81,7 +89,8 @@ def _adapt_ilm(a) -> None:
 
     check_new_brick(a.out, a.brick)
     _threads(a.threads)
-    summary = run_ilma(a.brick, a.text, a.out, a.valid, a.rho, a.steps, a.lr, a.max_tokens, a.seed)
+    summary = run_ilma(a.brick, a.text, a.out, a.valid, a.rho, a.steps, a.lr, a.max_tokens, a.seed,
+                       _device(a))
     print(json.dumps(summary) if a.json else
           f"internal-LM perplexity on {summary['valid']}: {summary['ilm_ppl_before']} → "
           f"{summary['ilm_ppl_after']}\nadapted brick written to {a.out}")
@@ -112,7 +121,7 @@ def _bench(a) -> None:
 
     _threads(a.threads)
     s = bench(a.brick, a.manifest, a.against, a.max_utts, a.beam, a.tolerance, a.ptq, not a.no_deploy,
-              progress=not a.json)
+              progress=not a.json, device=_device(a))
     if a.json:
         print(json.dumps({k: v for k, v in s.items() if k != "plan"}))
         return
@@ -120,7 +129,7 @@ def _bench(a) -> None:
         print(s["plan"])
     for k, r in s["results"].items():
         print(f"{k}: " + "  ".join(f"{f}={v}" for f, v in r.items()))
-    print(f"speed-up {s['speedup']}× (encoder {s['encoder_speedup']}×) on {s['threads']} thread(s)")
+    print(f"speed-up {s['speedup']}× (encoder {s['encoder_speedup']}×) on {s['device']}")
 
 
 def _score(a) -> None:
@@ -196,8 +205,15 @@ def _add_fusion_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
 
 
 def _options(*names: str, threads: int | None = None, max_utts: int | None = None) -> argparse.ArgumentParser:
-    """A parent parser with the options several verbs share: --threads, --max-utts, --json."""
+    """A parent parser with the options several verbs share: --threads, --device, --max-utts, --json,
+    --workers."""
     p = argparse.ArgumentParser(add_help=False)
+    if "device" in names:
+        p.add_argument("--device", default="auto", help="where the model runs: auto (the first GPU if "
+                       "there is one, else the CPU), cpu, cuda or cuda:N")
+    if "workers" in names:
+        p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes reading audio "
+                       "and computing features (0: in this process)")
     if "threads" in names:
         p.add_argument("--threads", type=int, default=threads, help="torch threads (default: torch's)")
     if "max_utts" in names:
@@ -230,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=None)
 
     de = add("decode", "decode a manifest with a brick; print WER/CER and BLEU/chrF",
-             "threads", "max_utts", "json")
+             "threads", "device", "workers", "max_utts", "json")
     de.add_argument("brick")
     de.add_argument("manifest")
     de.add_argument("--out", default=None, help="hypotheses JSONL, one line per decoded utterance (default: "
@@ -251,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fusion_options(de)
 
     st = add("stream", "streaming recognition of audio files or raw 16-kHz s16le PCM on stdin (partials, "
-             "finals, word times and confidence)", "threads", "max_utts", "json", threads=1)
+             "finals, word times and confidence)", "threads", "device", "max_utts", "json", threads=1)
     st.add_argument("brick", help="a streaming transducer brick (causal Conformer, FrameStack front end)")
     st.add_argument("inputs", nargs="*", help="audio files (any format soundfile reads, any rate), or - for "
                     "raw 16-kHz s16le mono PCM on stdin (default when no input is given)")
@@ -283,14 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "they are faster and within tolerance (compress.deploy)")
 
     tf = add("tune-fusion", "grid-search LM / ILM weights and length reward on a dev manifest",
-             "threads", "max_utts", "json")
+             "threads", "device", "workers", "max_utts", "json")
     tf.add_argument("brick")
     tf.add_argument("manifest")
     _add_fusion_options(tf, grid=True)
     tf.add_argument("--beam", type=int, default=4)
 
     ad = add("adapt-ilm", "ILMA: adapt a transducer's internal LM to target-domain text (trains the joiner's "
-             "last layer only)", "threads", "json")
+             "last layer only)", "threads", "device", "json")
     ad.add_argument("brick", help="transducer brick (ideally trained with ilm_weight > 0)")
     ad.add_argument("text", help="target-domain text: a JSONL manifest or a plain text file, "
                     "one sentence per line")
@@ -314,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one weight step per tensor (default: per channel)")
 
     be = add("bench", "deploy a brick (per-layer fastest correct kernel) and time its decode against the "
-             "fp32 brick, side by side", "threads", "max_utts", "json", threads=1, max_utts=100)
+             "fp32 brick, side by side", "threads", "device", "max_utts", "json", threads=1, max_utts=100)
     be.add_argument("brick", help="the (compressed) brick to deploy")
     be.add_argument("manifest")
     be.add_argument("--against", default=None, help="reference brick (default: BRICK itself, not deployed)")

@@ -20,8 +20,10 @@ def run(a) -> None:
     opts = StreamOptions(chunk=a.chunk, beam=a.beam, max_symbols=a.max_symbols,
                          endpoint_trailing=a.endpoint_trailing, endpoint_silence=a.endpoint_silence,
                          max_segment=a.max_segment, timestamps=a.timestamps)
+    from .nn.device import resolve_device
+
     brick, opts, plan = streaming_brick(a.brick, opts, a.lm, a.lm_weight, a.ilm_weight, a.length_reward,
-                                        not a.no_lm_eos, a.int8)
+                                        not a.no_lm_eos, a.int8, resolve_device(a.device))
     if plan is not None and not a.json:
         print(plan.to_text(), file=sys.stderr)
     if a.manifest:

@@ -2,7 +2,8 @@
 
 Each utterance is decoded alone (batch 1, as a recognizer serves one stream), by every model in
 turn, so machine load affects them alike. Features are computed once, outside the timing; the
-encoder forward and the search are timed separately. RTF = (encoder + search) / audio seconds.
+encoder forward and the search are timed separately (on a GPU each timing ends with a device
+synchronisation). RTF = (encoder + search) / audio seconds.
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1,
         audio += ds.utts[i].duration or batch["input_lens"].item() * 0.01
         for name, model in models.items():
             model.eval()
+            device = next(model.parameters()).device
+            x, n = batch["inputs"].to(device), batch["input_lens"].to(device)
+            sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+            sync()
             t0 = time.perf_counter()
-            enc = model(batch["inputs"], batch["input_lens"])
+            enc = model(x, n)
+            sync()
             t1 = time.perf_counter()
             nb = search(model, enc, beam)
+            sync()
             t2 = time.perf_counter()
             times[name][0] += t1 - t0
             times[name][1] += t2 - t1
@@ -58,25 +65,28 @@ def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1,
 
 def bench(brick: str | Path, manifest: str | Path, against: str | Path | None = None, max_utts: int = 100,
           beam: int = 1, tolerance: float = 0.03, ptq: bool = False, deploy_kernels: bool = True,
-          progress: bool = True) -> dict:
+          progress: bool = True, device: torch.device | None = None) -> dict:
     """``speechkit bench``: deploy ``brick`` (per layer the fastest kernel within ``tolerance``,
     ``compress.deploy``; ``ptq``: int8 also where the weights were not trained for it) and time its decode
     against the fp32 brick ``against`` (default: ``brick`` as loaded), side by side on the first ``max_utts``
-    utterances → {threads, beam, results: {name: bench_decode row}, speedup, encoder_speedup, choices,
-    plan (the deployment table as text, or None)}."""
-    b = load_brick(brick)
+    utterances, both on ``device`` (None: the CPU) → {threads, device, beam, results: {name: bench_decode
+    row}, speedup, encoder_speedup, choices, plan (the deployment table as text, or None)}."""
+    device = torch.device(device or "cpu")
+    b = load_brick(brick, device)
     ds = brick_dataset(b, load_manifest(manifest)[:max_utts], None, str(manifest))
     against = against or brick
-    models = {f"fp32 {against}": load_brick(against).module}
+    models = {f"fp32 {against}": load_brick(against, device).module}
     plan = None
     if deploy_kernels:
         sample = collate([ds[0]])  # batch 1, encoder and search: the shapes bench_decode uses
-        plan = deploy(b.module, lambda m: search(m, m(sample["inputs"], sample["input_lens"]), beam),
-                      tolerance, ptq=ptq)
+        x, n = sample["inputs"].to(device), sample["input_lens"].to(device)
+        plan = deploy(b.module, lambda m: search(m, m(x, n), beam), tolerance, ptq=ptq)
     models[f"{'deployed' if plan else 'as loaded'} {brick}"] = b.module
     res = bench_decode(models, ds, beam, progress=progress)
     (_, r0), (_, r1) = res.items()
-    return {"threads": torch.get_num_threads(), "beam": beam, "results": res,
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} thread(s)")
+    return {"threads": torch.get_num_threads(), "device": where, "beam": beam, "results": res,
             "speedup": round((r0["encoder_s"] + r0["search_s"]) / (r1["encoder_s"] + r1["search_s"]), 3),
             "encoder_speedup": round(r0["encoder_s"] / r1["encoder_s"], 3),
             "choices": {r["layer"]: r["choice"] for r in plan.rows} if plan else {},

@@ -2,6 +2,7 @@
 with today's code and give the same numbers and the same hypotheses."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,12 +46,12 @@ def test_old_lm_brick_scores_the_same(device):
 
 
 @pytest.mark.parametrize("key", sorted(HYPS))
-def test_old_brick_decodes_the_same(key):
+def test_old_brick_decodes_the_same(key, device):
     name, run = key.split("/")
+    fusion = make_fusion(V1 / name, V1 / "lm", 0.3, 0.1, 0.5, device=device) if run == "fused" else None
     opts = {"greedy": DecodeOptions(progress=False), "beam3": DecodeOptions(beam=3, nbest=2, progress=False),
-            "fused": DecodeOptions(beam=3, progress=False,
-                                   fusion=make_fusion(V1 / name, V1 / "lm", 0.3, 0.1, 0.5))}[run]
-    res, _ = decode_manifest(V1 / name, V1 / "manifest.jsonl", opts, target_lang=None)
+            "fused": DecodeOptions(beam=3, progress=False, fusion=fusion)}[run]
+    res, _ = decode_manifest(V1 / name, V1 / "manifest.jsonl", replace(opts, device=device), target_lang=None)
     want = HYPS[key]
     assert [r["hyp"] for r in res] == [r["hyp"] for r in want]
     for got, exp in zip(res, want):

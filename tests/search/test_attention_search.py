@@ -14,7 +14,8 @@ from speechkit.search.fusion import Fusion
 
 def models():
     torch.manual_seed(7)
-    return {"aed": aed(seed=3).eval(), "mt": aed(text_encoder(head=False, seed=4), ingestor=None, seed=4).eval()}
+    return {"aed": aed(seed=3).eval(),
+            "mt": aed(text_encoder(head=False, seed=4), ingestor=None, seed=4).eval()}
 
 
 def moved(enc, device):
