@@ -40,6 +40,8 @@ class ManifestDataModule(L.LightningDataModule):
         max_frames: budget per training batch in padded input frames (speech) or input tokens (text).
         max_valid_utts: validate on the first N utterances only (None: all).
         num_workers: DataLoader (and feature cache) workers; seed: of the shuffled batch order.
+        pin_memory: collate into page-locked memory, so batches go to a GPU while it computes (None: when
+            the trainer runs on a GPU); prefetch_factor: batches each worker prepares ahead.
         train_tokenizers: a missing tokenizer file (this one or a mode's) is trained in ``prepare_data``
             on the training manifest (``dataset.manifest_tokenizer``: the normalised targets, resp.
             transcripts). False (the default): a missing file raises ``TokenizerNotFoundError`` naming
@@ -52,13 +54,15 @@ class ManifestDataModule(L.LightningDataModule):
 
     def __init__(self, train: str, valid: str, tokenizer: str, vocab_size: int = 256, test: str | None = None,
                  target_lang: str | None = None, max_frames: int = 20000, max_valid_utts: int | None = None,
-                 num_workers: int = 0, seed: int = 0, train_tokenizers: bool = False):
+                 num_workers: int = 0, seed: int = 0, train_tokenizers: bool = False,
+                 pin_memory: bool | None = None, prefetch_factor: int | None = None):
         super().__init__()
         self.paths = {"train": train, "valid": valid, "test": test}
         self.tokenizer_path, self.vocab_size = Path(tokenizer), vocab_size
         self.target_lang, self.train_tokenizers = target_lang, train_tokenizers
         self.max_frames, self.max_valid_utts = max_frames, max_valid_utts
         self.num_workers, self.seed = num_workers, seed
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.tokenizer: Tokenizer | None = None
         self.sets: dict[str, Dataset] = {}
 
@@ -125,8 +129,13 @@ class ManifestDataModule(L.LightningDataModule):
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer and shuffle else (1, 0)
         sampler = BucketBatchSampler(ds.lengths(), self.max_frames, shuffle=shuffle, seed=self.seed,
                                      num_replicas=replicas, rank=rank)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        pin = self.pin_memory
+        if pin is None:
+            pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        workers = self.num_workers
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=pin,
+                          prefetch_factor=self.prefetch_factor if workers else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

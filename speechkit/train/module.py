@@ -60,7 +60,11 @@ class SpeechTask(L.LightningModule):
         nonfinite_skips: how many batches in a row with a non-finite (NaN/inf) training loss are skipped
             (no update) before the run stops with ``NonFiniteLoss`` naming the step and the loss term:
             the run then exits non-zero, exports no brick, and the last good checkpoint stays (a
-            checkpoint of non-finite weights is never written).
+            checkpoint of non-finite weights is never written). Skipping needs the loss on the host
+            every step; on a GPU with ``nonfinite_skips: 0`` (the default) the loss is watched on the
+            device instead and read every ``trainer.log_every_n_steps`` steps (and before validation
+            and checkpoints), so the host never waits for the device in between: the error then names
+            the first non-finite step, found up to that many steps later.
         time_schedule: read the schedule's step numbers (``warmup_steps``, ``total_steps``,
             ``loss_start_steps``, ``loss_ramp_steps``) as shares of the run: step s comes at s/total_steps
             of ``trainer.max_time`` or at step s, whichever is first. So a run under a time budget on a
@@ -95,6 +99,7 @@ class SpeechTask(L.LightningModule):
         self.warmup_steps, self.total_steps, self.final_lr_ratio = warmup_steps, total_steps, final_lr_ratio
         self._val = ([], [], [])
         self.nonfinite_skips, self._nonfinite_run = nonfinite_skips, 0
+        self._watch: dict[str, torch.Tensor] = {}  # per loss term, on the device: first non-finite step or -1
         if time_schedule and not total_steps:
             raise ValueError("time_schedule needs total_steps (the step count the schedule is written in)")
         self.time_schedule, self._schedule_step = time_schedule, 0
@@ -160,12 +165,50 @@ class SpeechTask(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
                               scales=self.loss_scales(self._schedule_step), **_extras(batch))
-        if not self._finite(out):
+        if self.device.type != "cpu" and not self.nonfinite_skips:
+            self._watch_finite(out)
+        elif not self._finite(out):
             return None  # Lightning skips the backward pass and the update
         b = batch["inputs"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=True, batch_size=b)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # a float becomes a device tensor:
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=b)  # a host wait
         return out["loss"]
+
+    def _watch_finite(self, out: dict) -> None:
+        """Record on the device, per loss term, the first step it was not finite (no host wait)."""
+        for k, v in out.items():
+            if torch.is_tensor(v) and v.numel() == 1:
+                first = self._watch.get(k, torch.full((), -1, dtype=torch.long, device=self.device))
+                self._watch[k] = torch.where((first < 0) & ~torch.isfinite(v.detach()).reshape(()),
+                                             self.global_step, first)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._watch and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.check_watch()
+
+    def check_watch(self) -> None:
+        """Raise ``NonFiniteLoss`` if the device saw a non-finite loss term since the start (one host
+        wait for all the terms)."""
+        if not self._watch:
+            return
+        firsts = torch.stack(list(self._watch.values()))
+        if self._trainer is not None and self.trainer.world_size > 1:  # the earliest any rank saw (-1: none)
+            firsts = -self.trainer.strategy.reduce((-firsts.float()).where(firsts >= 0, -math.inf),
+                                                   reduce_op="max")
+            firsts = firsts.nan_to_num(-1, posinf=-1).long()
+        seen = {k: s for k, s in zip(self._watch, firsts.tolist()) if s >= 0}
+        if not seen:
+            return
+        step = min(seen.values())
+        term = min(seen, key=lambda k: (seen[k], k == "loss"))  # the term that broke, not the total
+        raise NonFiniteLoss(f"step {step}: training loss term {term!r} is not finite (seen on the device, "
+                            f"checked at step {self.global_step}); the run stopped and exported no brick; "
+                            "the last good checkpoint stays. Lower the learning rate (model.init_args.lr) or "
+                            "allow skips (model.init_args.nonfinite_skips: checked every step)")
+
+    def on_validation_start(self) -> None:
+        self.check_watch()
 
     def _finite(self, out: dict) -> bool:
         """Whether the loss terms are finite on every rank; after ``nonfinite_skips`` non-finite batches in
@@ -191,6 +234,7 @@ class SpeechTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Refuse to write a checkpoint of non-finite weights: the last good one stays."""
+        self.check_watch()
         bad = [k for k, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
         if bad:
             raise NonFiniteLoss(f"step {self.global_step}: {len(bad)} parameter(s) are NaN or infinite "

@@ -225,6 +225,20 @@ def test_non_finite_loss_is_skipped_then_stops_the_run_naming_step_and_term(caps
         task._finite({"loss": nan, "rnnt": torch.tensor(float("inf"))})
 
 
+def test_on_a_gpu_a_non_finite_loss_is_watched_on_the_device_and_named_when_checked():
+    """The GPU path (``_watch_finite``: no host wait per step), run here on CPU tensors."""
+    task = _task()
+    nan, inf, ok = torch.tensor(float("nan")), torch.tensor(float("inf")), torch.tensor(1.0)
+    task._watch_finite({"loss": ok, "ctc": ok})
+    task.check_watch()  # all finite so far
+    task._watch_finite({"loss": nan, "ctc": ok, "rnnt": inf})  # the step and the term that broke ...
+    task._watch_finite({"loss": nan, "ctc": ok, "rnnt": nan})  # ... stay what is named
+    with pytest.raises(NonFiniteLoss, match=r"step 0: training loss term 'rnnt' is not finite"):
+        task.check_watch()
+    with pytest.raises(NonFiniteLoss, match="is not finite"):  # and no checkpoint is written after it
+        task.on_save_checkpoint({})
+
+
 def test_no_checkpoint_of_non_finite_weights():
     task = _task()
     task.on_save_checkpoint({})
