@@ -24,9 +24,11 @@ recorded as such and the next one runs):
    seconds / seconds) model-only (features ready on the device; encoder + search) and end to end
    (``decode_dataset``: audio, features, encoder, search, text), WER; then the first ``--cpu-utts``
    utterances on the CPU: WER and how many hypotheses are identical to the device's.
-4. ``tests``: ``pytest -m gpu`` (the CUDA halves of the device-parametrised tests).
-5. ``loss``: ``benchmarks/transducer_loss.py --device DEVICE --json``.
-6. ``compression``: ``benchmarks/compression.py --device DEVICE --json``.
+4. ``throughput``: ``benchmarks/training_throughput.py`` on the same configs for ``--throughput-steps``
+   steps: speechkit's Lightning loop vs a plain torch loop of the same model and batches (ratio).
+5. ``tests``: ``pytest -m gpu`` (the CUDA halves of the device-parametrised tests).
+6. ``loss``: ``benchmarks/transducer_loss.py --device DEVICE --json``.
+7. ``compression``: ``benchmarks/compression.py --device DEVICE --json``.
 
 Writes ``OUT/gpu_check.json`` after every stage (a killed run keeps what it had), ``OUT/train.log``
 and ``OUT/tests.log`` (their output), and prints one table at the end. Without CUDA it runs on the CPU
@@ -49,8 +51,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [f"recipes/locale/conf/{c}.yaml" for c in ("demo", "full", "gpu")]
-STAGES = ("corpus", "train", "decode", "tests", "loss", "compression")
-SHARE = {"corpus": 0.16, "train": 0.40, "decode": 0.14, "tests": 0.16, "loss": 0.07, "compression": 0.07}
+STAGES = ("corpus", "train", "decode", "throughput", "tests", "loss", "compression")
+SHARE = {"corpus": 0.13, "train": 0.36, "decode": 0.10, "throughput": 0.17, "tests": 0.12, "loss": 0.06,
+         "compression": 0.06}
 CLOCK_ENV = "SPEECHKIT_STEP_CLOCK"  # where StepClock writes its record
 
 
@@ -148,6 +151,7 @@ def stage_train(a, budget: float) -> dict:
     if rc != 0 or not clock.exists():
         raise RuntimeError(f"speechkit fit exited with {rc}: {tail(out)}")
     r = json.loads(clock.read_text())
+    a.brick = str(exp / "brick")  # the decode stage's
     t, utts = r["times"], r["utts"]
     train_s = t[-1] - t[0]
     busy = r["busy"]
@@ -182,12 +186,12 @@ def model_time(model, ds, beam: int, device: torch.device, max_frames: int = 600
     return time.perf_counter() - t0, [ds.tok.decode(list(hyps[i])) for i in range(len(ds))]
 
 
-def stage_decode(a, budget: float, brick: str | None) -> dict:
+def stage_decode(a, budget: float) -> dict:
     from speechkit.metrics import score
     from speechkit.pipelines.bricks import load_brick
     from speechkit.pipelines.decode import DecodeOptions, brick_manifest, decode_dataset
 
-    brick = brick or a.brick
+    brick = a.brick
     if not brick:
         raise ValueError("no brick: the train stage did not run (give --brick)")
     manifest = Path(a.data) / "asr" / "test.jsonl"
@@ -226,15 +230,36 @@ def stage_tests(a, budget: float) -> dict:
     return {"rc": rc, "summary": tail(out, 1)}
 
 
-def stage_script(script: str, a, budget: float) -> dict:
-    rc, out = run([sys.executable, f"benchmarks/{script}", "--device", a.device, "--json"], budget)
+def stage_throughput(a, budget: float) -> dict:
+    cmd = [sys.executable, "benchmarks/training_throughput.py", "-c", *a.configs, "--steps",
+           str(a.throughput_steps), "--minutes", str(round(budget / 2 / 60, 2)), "--threads", "4",
+           "--test-utts", "200", "--out", str(Path(a.out) / "throughput"), "--json"]
+    if a.device == "cpu":
+        cpu = Path(a.out) / "cpu.yaml"
+        cpu.write_text("trainer:\n  accelerator: cpu\n")
+        cmd[3 + len(a.configs):3 + len(a.configs)] = [str(cpu)]
+    rc, out = run(cmd, budget)
     if rc != 0:
+        raise RuntimeError(f"training_throughput.py exited with {rc}: {tail(out)}")
+    r = json.loads([line for line in out.splitlines() if line.startswith('{"configs"')][-1])
+    loops = r["loops"]
+    return {"loops": loops, "equal_work": r["equal_work"], "same_initial_weights": r["same_initial_weights"],
+            "speechkit_over_plain": round(loops["plain"]["utt_per_s_training"]
+                                          / loops["speechkit"]["utt_per_s_training"], 3)}
+
+
+def stage_script(script: str, a, budget: float) -> dict:
+    """A benchmark script with ``--device DEVICE --json`` → its JSON lines ({"rows": [...]} for several)."""
+    rc, out = run([sys.executable, f"benchmarks/{script}", "--device", a.device, "--json"], budget)
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if rc != 0 and not rows:
         raise RuntimeError(f"{script} exited with {rc}: {tail(out)}")
-    start = out.find("{") if out.lstrip().startswith("{") else out.rfind("\n{") + 1
-    try:
-        return json.loads(out[start:])
-    except json.JSONDecodeError:
-        return {"output": tail(out, 30)}
+    return {**(rows[0] if len(rows) == 1 else {"rows": rows}), **({"rc": rc} if rc else {})}
+
+
+RUN = {"corpus": stage_corpus, "train": stage_train, "decode": stage_decode, "throughput": stage_throughput,
+       "tests": stage_tests, "loss": lambda a, budget: stage_script("transducer_loss.py", a, budget),
+       "compression": lambda a, budget: stage_script("compression.py", a, budget)}
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -262,6 +287,10 @@ def table(results: dict) -> str:
                              f"{r['audio_s']} s audio)"))
         elif name == "tests":
             rows.append((name, f"rc {r['rc']}: {r['summary']}"))
+        elif name == "throughput":
+            s, p = r["loops"]["speechkit"], r["loops"]["plain"]
+            rows.append((name, f"speechkit {s['utt_per_s_training']} utt/s vs plain torch "
+                               f"{p['utt_per_s_training']} utt/s: time ratio {r['speechkit_over_plain']}"))
         else:
             rows.append((name, f"done ({r['seconds']} s; in the JSON)"))
     width = max(len(a) for a, _ in rows)
@@ -278,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", nargs="+", default=CONFIGS, help="the fit's config layers")
     ap.add_argument("--train-steps", type=int, help="default: the configs' max_steps")
     ap.add_argument("--brick", help="decode this brick when the train stage is skipped")
+    ap.add_argument("--throughput-steps", type=int, default=120, help="steps of each loop (throughput)")
     ap.add_argument("--cpu-utts", type=int, default=200, help="test utterances decoded on the CPU too")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                     help="DataLoader workers of the end-to-end decode")
@@ -288,7 +318,6 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {"machine": {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                                  "cpus": os.cpu_count(), "python": platform.python_version(),
                                  "torch": torch.__version__, "device": a.device}}
-    brick = None
     for name in STAGES:
         if name in a.skip:
             continue
@@ -297,16 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         print(f"[{time.perf_counter() - start:6.1f} s] {name} (up to {budget:.0f} s)", flush=True)
         try:
-            if name == "train":
-                r = stage_train(a, budget)
-                brick = r["brick"]
-            elif name == "decode":
-                r = stage_decode(a, budget, brick)
-            elif name in ("loss", "compression"):
-                script = {"loss": "transducer_loss.py", "compression": "compression.py"}[name]
-                r = stage_script(script, a, budget)
-            else:
-                r = {"corpus": stage_corpus, "tests": stage_tests}[name](a, budget)
+            r = RUN[name](a, budget)
         except Exception as e:  # recorded; the next stage runs
             r = {"error": f"{type(e).__name__}: {e}"}
         r["seconds"] = round(time.perf_counter() - t0, 1)

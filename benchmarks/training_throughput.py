@@ -3,7 +3,11 @@ torch + torchaudio loop training the same model on the same batches: utterances 
 the difference goes, and the test WER each reaches in the same wall time.
 
     python benchmarks/training_throughput.py [-c recipes/locale/conf/demo.yaml ...] [--minutes 10]
-        [--threads 1] [--test-utts 0] [--out exp/throughput] [--plain-first] [--json]
+        [--steps N] [--threads 1] [--test-utts 0] [--out exp/throughput] [--plain-first] [--json]
+
+On a GPU (a config with ``trainer.accelerator: gpu``, e.g. ``-c …/demo.yaml …/full.yaml …/gpu.yaml``) the
+plain loop runs on the same device, batches copied from pinned memory, under bf16 autocast when the
+config's precision is bf16-mixed; each loop's last step waits for the device before its time is read.
 
 Both loops are built from the same config by the same ``LightningCLI`` parser (same seed, so the
 same initial weights — checked and reported — and the same ``BucketBatchSampler`` batches in the
@@ -56,6 +60,8 @@ class StepTimer(L.Callback):
         self.aside.append(self.validation + self.checkpoint)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step >= trainer.max_steps and module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)  # the last step: wait for the device's queue
         self.last_end = (time.perf_counter(), self.validation, self.checkpoint)  # before its checkpoint
 
     def on_validation_start(self, trainer, module):
@@ -78,13 +84,14 @@ class TimedCheckpointIO(L.pytorch.plugins.TorchCheckpointIO):
         self.timer.checkpoint += time.perf_counter() - t0
 
 
-def build(configs: list[str], root: str, minutes: float, threads: int) -> SpeechkitCLI:
+def build(configs: list[str], root: str, minutes: float, threads: int,
+          steps: int | None = None) -> SpeechkitCLI:
     """The task, model and data of ``configs`` as ``speechkit fit`` builds them, not run."""
     sec = round(60 * minutes)
     limit = f"00:{sec // 3600:02d}:{sec % 3600 // 60:02d}:{sec % 60:02d}"
     args = [a for c in configs for a in ("-c", c)] + [
         f"--trainer.default_root_dir={root}", f"--trainer.max_time={limit}", f"--threads={threads}",
-        "--trainer.enable_progress_bar=false"]
+        "--trainer.enable_progress_bar=false"] + ([f"--trainer.max_steps={steps}"] if steps else [])
     return SpeechkitCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
                         subclass_mode_data=True, save_config_kwargs={"overwrite": True}, args=args, run=False,
                         trainer_defaults={"use_distributed_sampler": False})
@@ -106,13 +113,16 @@ def plain_loss(model, batch: dict, rnnt: bool) -> torch.Tensor:
     return loss
 
 
-def plain_loop(task, dm, seconds: float, max_steps: int, clip: float) -> dict:
-    """Train ``task.model`` (a Transducer) with plain torch + torchaudio for ``seconds``."""
+def plain_loop(task, dm, seconds: float, max_steps: int, clip: float, device: torch.device,
+               bf16: bool = False) -> dict:
+    """Train ``task.model`` (a Transducer) with plain torch + torchaudio for ``seconds`` on ``device``
+    (``bf16``: under bf16 autocast, as Lightning's bf16-mixed precision runs it)."""
     model = task.model.train()
     dm.setup("fit")
     cmvn = model.encoder.cmvn
     if cmvn is not None and not bool(cmvn.initialized):
         cmvn.set_stats(*dm.cmvn_stats())
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": task.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -126,7 +136,9 @@ def plain_loop(task, dm, seconds: float, max_steps: int, clip: float) -> dict:
         loader.batch_sampler.set_epoch(epoch)
         for batch in loader:
             starts.append(time.perf_counter())
-            loss = plain_loss(model, batch, rnnt=step >= rnnt_start)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = plain_loss(model, batch, rnnt=step >= rnnt_start)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -137,6 +149,8 @@ def plain_loop(task, dm, seconds: float, max_steps: int, clip: float) -> dict:
             if step >= max_steps or time.perf_counter() - t0 >= seconds:
                 break
         epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     starts.append(time.perf_counter())
     return {"starts": starts, "utts": utts, "aside": [0.0] * len(starts), "setup": 0.0, "validation": 0.0,
             "checkpoint": 0.0}
@@ -159,8 +173,9 @@ def test_wer(model, dm, max_utts: int) -> tuple[float, int]:
     model.eval()
     dm.setup("test")
     refs, hyps, tok = [], [], dm.tokenizer
+    device = next(model.parameters()).device
     for batch in dm.test_dataloader():
-        enc = model(batch["inputs"], batch["input_lens"])
+        enc = model(batch["inputs"].to(device), batch["input_lens"].to(device))
         refs.extend(tok.decode(t[:n].tolist()) for t, n in zip(batch["targets"], batch["target_lens"]))
         hyps.extend(tok.decode(list(nb[0].tokens)) for nb in search(model, enc))
         if max_utts and len(refs) >= max_utts:
@@ -186,6 +201,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-c", "--config", nargs="+", default=["recipes/locale/conf/demo.yaml"])
     ap.add_argument("--minutes", type=float, default=10.0, help="wall time of each loop")
+    ap.add_argument("--steps", type=int, default=None, help="at most this many steps per loop (default: "
+                    "the config's max_steps)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--test-utts", type=int, default=0, help="test utterances to score (0: all)")
     ap.add_argument("--out", default="exp/throughput", help="the speechkit loop's default_root_dir")
@@ -194,15 +211,17 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     seconds = 60 * a.minutes
-    ours, ref = (build(a.config, a.out + tag, a.minutes, a.threads) for tag in ("", "_plain"))
+    ours, ref = (build(a.config, a.out + tag, a.minutes, a.threads, a.steps) for tag in ("", "_plain"))
     same = all(torch.equal(p, q) for p, q in zip(ours.model.model.state_dict().values(),
                                                   ref.model.model.state_dict().values()))
     task = ref.model
     rnnt_start = task.loss_start_steps.get("rnnt", 0)
     clip = ref.trainer.gradient_clip_val or float("inf")
     rows, durs, nets = {}, {}, {}
+    device, bf16 = ref.trainer.strategy.root_device, "bf16" in str(ref.trainer.precision)
     loops = {"speechkit": lambda: lightning_loop(ours),
-             "plain": lambda: plain_loop(task, ref.datamodule, seconds, ref.trainer.max_steps, clip)}
+             "plain": lambda: plain_loop(task, ref.datamodule, seconds, ref.trainer.max_steps, clip, device,
+                                         bf16)}
     for name in sorted(loops, reverse=not a.plain_first):  # speechkit first unless --plain-first
         run = loops[name]
         print(f"training: {name} loop, {a.minutes:g} min ...", flush=True)
@@ -219,7 +238,8 @@ def main() -> None:
         eq[phase] = {"steps": len(nets["plain"][sl]), **{f"{n}_s": round(v, 1) for n, v in tot.items()},
                      "ratio": round(tot["speechkit"] / max(tot["plain"], 1e-9), 3),
                      "ratio_all": round(tot["speechkit_all"] / max(tot["plain"], 1e-9), 3)}
-    report = {"configs": a.config, "minutes": a.minutes, "threads": a.threads, "same_initial_weights": same,
+    report = {"configs": a.config, "minutes": a.minutes, "threads": a.threads, "device": str(device),
+              "precision": str(ref.trainer.precision), "same_initial_weights": same,
               "first": "plain" if a.plain_first else "speechkit",
               "loops": rows, "equal_work": eq}
     if a.json:
