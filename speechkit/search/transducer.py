@@ -43,6 +43,7 @@ class GreedySearch:
     others (batched = one by one), and feeding the frames in pieces = feeding them at once.
     """
 
+    @torch.inference_mode()
     def __init__(self, model, batch: int, device=None, max_symbols: int = 3, window: int | None = None):
         self.model, self.max_symbols, self.b = model, max_symbols, batch
         pred, blank = model.predictor, model.blank
@@ -57,7 +58,7 @@ class GreedySearch:
         self.probs: list[list[float]] = [[] for _ in range(batch)]
         self.frame = 0  # frames consumed so far
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def advance(self, enc: Encoded) -> None:
         pred, join, blank, b = self.model.predictor, self.model.joiner, self.model.blank, self.b
         enc = self.model.decoder_input(enc)
@@ -140,6 +141,7 @@ class BeamSearch:
     and the LM's end-of-sentence score in ``nbest(final=True)``; scores are then fused scores.
     """
 
+    @torch.inference_mode()  # (search state is never differentiated; inference mode saves time per op)
     def __init__(self, model, batch: int, device=None, beam: int = 4, fusion: Fusion | None = None,
                  max_symbols: int = 1):
         self.model, self.k, self.b, self.max_symbols = model, beam, batch, max_symbols
@@ -156,9 +158,9 @@ class BeamSearch:
         self.scores = torch.full((batch, beam), -math.inf, device=device)
         self.scores[:, 0] = 0.0  # one live hypothesis, the empty one, per utterance
         self.hash = torch.zeros(batch, beam, dtype=torch.long, device=device)  # (B, K) of the labels
-        self.length = torch.zeros(batch, beam, dtype=torch.long, device=device)  # (B, K) labels per slot
         # (B, K, L, 3) per slot and label: the label, its frame, its posterior, as of ``traced`` (B, K)
-        # labels; the expansions since then wait in ``steps`` (parent slots, emitted?, label, frame, prob)
+        # labels; the expansions since then wait in ``steps`` (parent slots, emitted?, label, frame,
+        # log-posterior)
         self.trace = torch.zeros(batch, beam, 0, 3, dtype=torch.float64, device=device)
         self.traced = torch.zeros(batch, beam, dtype=torch.long, device=device)
         self.steps: list[tuple[Tensor, Tensor, Tensor, int, Tensor]] = []
@@ -175,13 +177,14 @@ class BeamSearch:
         terms = self.fused.piece_terms().view(self.b, self.k, -1)  # (B, K, V)
         return torch.cat([am[..., :blank] + terms, am[..., blank:]], -1), am
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def advance(self, enc: Encoded) -> None:
         enc = self.model.decoder_input(enc)
         enc_proj = self.model.joiner.enc_proj(enc.hidden)  # (B, T, J)
         lengths = enc.lengths.to(enc_proj.device)
+        ends = int(lengths.min()) if self.cpu else 0  # on the CPU: no row ends before this frame
         for t in range(enc_proj.shape[1]):
-            done, past = None, lengths <= t  # (B,) rows past their last frame
+            done, past = None, lengths <= t if t >= ends else None  # (B,) rows past their last frame
             for _ in range(self.max_symbols):  # a hypothesis leaves the frame with its blank
                 done = self._expand(enc_proj[:, t], t, done, past)
                 if self.cpu and bool(done.all()):  # (on a device the remaining expansions run masked)
@@ -201,9 +204,11 @@ class BeamSearch:
         width = logp.shape[-1]
         top_s, top_i = cand.flatten(1).topk(k, dim=1)  # (B, K) each, best first
         parent, tok = top_i // width, top_i % width
-        if self.cpu and bool(((tok == blank).all(1) | past).all()):  # (a check free on the CPU only)
-            # the common frame: the K best are blanks, so every slot leaves by its blank, in place
-            self.scores = torch.where(past[:, None], self.scores, cand[..., blank])
+        if self.cpu and bool((tok == blank).all() if past is None else ((tok == blank).all(1) | past).all()):
+            # the common frame: the K best are blanks, so every slot leaves by its blank, in place (a check
+            # free on the CPU only)
+            self.scores = cand[..., blank] if past is None else torch.where(past[:, None], self.scores,
+                                                                            cand[..., blank])
             return torch.ones_like(tok, dtype=torch.bool)
         emit = tok != blank
         h = self.hash.gather(1, parent)
@@ -218,15 +223,14 @@ class BeamSearch:
             merged = torch.where(same, top_s[:, None], -math.inf).logsumexp(-1)
             score, order = torch.where(first, merged, -math.inf).sort(dim=1, descending=True, stable=True)
             parent, tok, emit, h, top_i = (x.gather(1, order) for x in (parent, tok, emit, h, top_i))
-        prob = am.flatten(1).gather(1, top_i).exp()  # (B, K) transducer posteriors
-        if may_any(past):  # rows past their last frame keep everything
+        logprob = am.flatten(1).gather(1, top_i)  # (B, K) transducer log-posteriors
+        if past is not None and may_any(past):  # rows past their last frame keep everything
             stay = past[:, None]
             parent, tok = torch.where(stay, self.identity, parent), torch.where(stay, blank, tok)
             emit = emit & ~stay
             score, h = torch.where(stay, self.scores, score), torch.where(stay, self.hash, h)
         self.scores, self.hash = score, h
-        self.length = self.length.gather(1, parent) + emit
-        self.steps.append((parent, emit, tok, self.frame + t, prob))
+        self.steps.append((parent, emit, tok, self.frame + t, logprob))
         flat = (parent + self.offsets).flatten()
         self.state, pred_proj = pred.select(self.state, flat), self.pred_proj.flatten(0, 1)[flat]
         emit = emit.flatten()
@@ -253,16 +257,19 @@ class BeamSearch:
             slot = p.gather(1, slot)
         anc = torch.stack(anc[::-1])  # (S, B, K); ``slot``: the ancestors in the trace
         emit, tok, prob = (torch.stack(x).gather(2, anc) for x in (emit, tok, prob))  # (S, B, K)
-        cap = int(self.length.max()) + 1  # every label, and the spare column
+        base = self.traced.gather(1, slot)  # (B, K) labels traced before
+        length = base + emit.sum(0)  # (B, K) labels per slot
+        cap = int(length.max()) + 1  # every label, and the spare column
         trace = self.trace.gather(1, slot[..., None, None].expand(-1, -1, *self.trace.shape[2:]))
         self.trace = torch.cat([trace, trace.new_zeros(self.b, self.k, max(cap - trace.shape[2], 0), 3)], 2)
-        pos = self.traced.gather(1, slot) + emit.cumsum(0) - 1  # (S, B, K)
+        pos = base + emit.cumsum(0) - 1  # (S, B, K)
         pos = torch.where(emit, pos, self.trace.shape[2] - 1).permute(1, 2, 0)  # (B, K, S)
         frames = torch.tensor(frame, dtype=torch.float64, device=pos.device)[:, None, None].expand_as(prob)
-        new = torch.stack([tok.double(), frames, prob.double()], -1).permute(1, 2, 0, 3)  # (B, K, S, 3)
+        new = torch.stack([tok.double(), frames, prob.double().exp()], -1).permute(1, 2, 0, 3)  # (B, K, S, 3)
         self.trace.scatter_(2, pos[..., None].expand(-1, -1, -1, 3), new)
-        self.traced, self.steps = self.length.clone(), []
+        self.traced, self.steps = length, []
 
+    @torch.inference_mode()
     def nbest(self, n: int | None = None, final: bool = True) -> list[list[Hypothesis]]:
         """Per utterance up to ``n`` (default: beam) hypotheses, best first; ``final`` adds the fusion's
         end-of-sentence terms (the LM's, when fusing with ``lm_eos``)."""
@@ -273,7 +280,7 @@ class BeamSearch:
         order = order[:, : n or self.k]
         self._trace()
         trace = self.trace.gather(1, order[..., None, None].expand(-1, -1, *self.trace.shape[2:])).cpu()
-        lengths, scores = self.length.gather(1, order).cpu().tolist(), scores.cpu().tolist()
+        lengths, scores = self.traced.gather(1, order).cpu().tolist(), scores.cpu().tolist()
         out = []
         for i in range(self.b):
             out.append([Hypothesis(tuple(trace[i, j, :m, 0].long().tolist()), scores[i][j],
