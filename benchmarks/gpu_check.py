@@ -80,6 +80,8 @@ class StepClock(L.Callback):
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # (under DDP the ranks step together: rank 0's clock is the run's)
+            return
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         self.times.append(time.perf_counter())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 LIGHTNING_VERBS = ("fit", "validate", "test")
@@ -168,7 +169,7 @@ def _tokenizer(a) -> None:
 def _run_recipe(a) -> None:
     from .recipe import in_process, load_stages, parse_sets, run_command, run_stages, select
 
-    stages = select(load_stages(a.recipe, parse_sets(a.set)), a.stage, a.stop_stage)
+    stages = select(load_stages(a.recipe, parse_sets(a.set), shlex.split(a.fit_args)), a.stage, a.stop_stage)
     if a.list:
         for s in stages:
             print(f"{s.number:2d} {s.name:12s} {'done' if s.done() else 'todo'}  {s.command}")
@@ -369,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--stop-stage", default=None, help="last stage (number or name; default: the last)")
     rn.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a variable of stages.yaml (repeatable), e.g. --set corpus=/data/LS")
+    rn.add_argument("--fit-args", default="", metavar='"ARGS"',
+                    help='arguments added to every fit stage (write --fit-args="…"), e.g. '
+                    '--fit-args="--trainer.devices=8 --trainer.strategy=ddp"; a stage counts as done by its '
+                    'brick whatever they are')
     rn.add_argument("--force", action="store_true", help="rerun the selected stages even when done")
     rn.add_argument("--list", action="store_true", help="list the stages, their commands and whether done")
     rn.add_argument("--dry-run", action="store_true", help="print what would run")

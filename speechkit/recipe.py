@@ -121,9 +121,11 @@ def stages_file(recipe: str | Path) -> tuple[Path, Path]:
                       "stages .yaml file in one)")
 
 
-def load_stages(recipe: str | Path, overrides: dict[str, str] | None = None) -> list[Stage]:
+def load_stages(recipe: str | Path, overrides: dict[str, str] | None = None,
+                fit_args: list[str] | tuple[str, ...] = ()) -> list[Stage]:
     """The stages of a recipe folder's ``stages.yaml``, or of a stages file in a recipe folder, with
-    variables filled in (``overrides`` win)."""
+    variables filled in (``overrides`` win); ``fit_args`` go at the end of every fit stage's command (e.g.
+    ``--trainer.devices=8 --trainer.num_nodes=2 --trainer.strategy=ddp``: where a run trains, not what)."""
     folder, path = stages_file(recipe)
     spec = yaml.safe_load(path.read_text()) or {}
     if not isinstance(spec, dict) or "stages" not in spec:
@@ -161,7 +163,7 @@ def load_stages(recipe: str | Path, overrides: dict[str, str] | None = None) -> 
         if raw["name"] in names:
             raise RecipeError(f"{where}: the stage name {raw['name']!r} is used twice")
         names.add(raw["name"])
-        stages.append(_stage(i, raw, folder, _Vars(values, f"{where} ({raw['name']})")))
+        stages.append(_stage(i, raw, folder, _Vars(values, f"{where} ({raw['name']})"), tuple(fit_args)))
     if not stages:
         raise RecipeError(f"{path}: no stages")
     return stages
@@ -196,7 +198,7 @@ def _loops(raw, v: _Vars) -> list[dict[str, str]]:
     return [dict(combo) for combo in itertools.product(*lists)]
 
 
-def _stage(number: int, raw: dict, folder: Path, v: _Vars) -> Stage:
+def _stage(number: int, raw: dict, folder: Path, v: _Vars, fit_args: tuple[str, ...] = ()) -> Stage:
     fill = lambda s, w=v: str(s).format_map(w)  # noqa: E731
     extra = shlex.split(fill(raw.get("args", "")))
     marker = Path(fill("{exp}")) / "stages" / f"{number:02d}-{raw['name']}.done"
@@ -205,7 +207,7 @@ def _stage(number: int, raw: dict, folder: Path, v: _Vars) -> Stage:
             raise RecipeError(f"{v.where}: a fit stage needs root (its default_root_dir)")
         root = Path(fill(raw["root"]))
         argv = [*SPEECHKIT, "fit", *(f"--config={c}" for c in _configs(raw["fit"], folder, fill)),
-                f"--trainer.default_root_dir={root}", *extra]
+                f"--trainer.default_root_dir={root}", *extra, *fit_args]
         return Stage(number, raw["name"], (tuple(argv),), root / "brick" / "weights.safetensors", None,
                      root / "checkpoints" / "last.ckpt")
     commands = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 
@@ -115,6 +116,48 @@ class SpeechTask(L.LightningModule):
         cmvn = getattr(getattr(self.model, "encoder", None), "cmvn", None)
         if stage == "fit" and cmvn is not None and not bool(cmvn.initialized):
             cmvn.set_stats(*dm.cmvn_stats())
+        if stage == "fit":
+            self._ddp_unused_parameters()
+
+    def left_out(self, batch: dict, step: int = 0) -> list[str]:
+        """The trainable parameters of ``model`` that the training loss at schedule ``step`` leaves out on
+        ``batch`` (e.g. the predictor and joiner before ``loss_start_steps: {rnnt: …}``, or the parts of a
+        term of weight 0). Found by a forward and backward pass on a copy of the model, so the model, its
+        buffers (BatchNorm statistics, quantizer scales) and the random state stay as they were."""
+        model = copy.deepcopy(self.model).train()
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            out = model.loss(batch["inputs"], batch["input_lens"], batch["targets"], batch["target_lens"],
+                             scales=self.loss_scales(step), **_extras(batch))
+            out["loss"].backward()
+        return [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+    def _ddp_unused_parameters(self) -> None:
+        """Under plain DDP, switch on its unused-parameter search when the first steps leave parameters out
+        of the loss (``left_out`` at step 0 on the first two training utterances; loss terms only ever
+        start, so no later step leaves out more), before Lightning wraps the model: so every recipe trains
+        with ``--trainer.strategy ddp`` as it is. The search walks the autograd graph every step (~5% of a
+        CPU step, benchmarks/RESULTS.md "DDP"), so it stays off otherwise; a strategy that sets
+        ``find_unused_parameters`` itself is left as it is."""
+        from lightning.pytorch.strategies import DDPStrategy
+
+        from ..data.dataset import collate
+
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        kwargs = getattr(strategy, "_ddp_kwargs", None)  # DDPStrategy(**kwargs) → DistributedDataParallel
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if (not isinstance(strategy, DDPStrategy) or kwargs is None or "find_unused_parameters" in kwargs
+                or dm is None or "train" not in getattr(dm, "sets", {})):
+            return
+        ds = dm.sets["train"]
+        left = self.left_out(collate([ds[i] for i in range(min(2, len(ds)))]))
+        if left:
+            kwargs["find_unused_parameters"] = True
+            if self.trainer.is_global_zero:
+                print(f"note: DDP searches for unused parameters: the first steps leave {len(left)} "
+                      f"parameter(s) out of the loss (e.g. {', '.join(left[:2])}; loss_start_steps "
+                      f"{self.loss_start_steps})", file=sys.stderr)
 
     def configure_callbacks(self):
         from .callbacks import CompressionSchedule
@@ -255,12 +298,15 @@ class SpeechTask(L.LightningModule):
 
     def _eval_end(self, stage: str) -> None:
         refs, hyps, ctc_hyps = self._val
+        # every rank evaluates the whole split (``ManifestDataModule`` shards training batches only), so
+        # these are equal on all ranks and their mean (sync_dist) is each rank's value
         if refs:
             sc = score(refs, hyps)
-            self.log_dict({f"{stage}/wer": sc.wer * 100, f"{stage}/cer": sc.cer * 100}, prog_bar=True)
-            self.log_dict({f"{stage}/bleu": sc.bleu, f"{stage}/chrf": sc.chrf})
+            self.log_dict({f"{stage}/wer": sc.wer * 100, f"{stage}/cer": sc.cer * 100}, prog_bar=True,
+                          sync_dist=True)
+            self.log_dict({f"{stage}/bleu": sc.bleu, f"{stage}/chrf": sc.chrf}, sync_dist=True)
         if ctc_hyps:
-            self.log(f"{stage}/ctc_wer", error_rates(refs, ctc_hyps).wer * 100)
+            self.log(f"{stage}/ctc_wer", error_rates(refs, ctc_hyps).wer * 100, sync_dist=True)
         self._val = ([], [], [])
 
     def validation_step(self, batch, batch_idx):
