@@ -68,6 +68,19 @@ def test_fit_stage_resumes_from_its_last_checkpoint_and_is_done_with_a_brick(rec
     assert train.done()
 
 
+def test_fit_args_go_to_every_fit_stage_only_and_do_not_undo_it(recipe, tmp_path, capsys):
+    ddp = "--trainer.devices=2 --trainer.strategy=ddp"
+    stages = load_stages(recipe, {"corpus": "x"}, ddp.split())
+    plain = load_stages(recipe, {"corpus": "x"})
+    for s, p in zip(stages, plain):
+        assert s.commands == ((*p.commands[0], *ddp.split()),) if s.name == "train" else s.commands == p.commands
+    (tmp_path / "exp/model/brick").mkdir(parents=True)
+    (tmp_path / "exp/model/brick/weights.safetensors").write_text("")
+    assert stages[2].done()  # a fit stage is done by its brick, wherever it was trained
+    main(["run", str(recipe), "--set", "corpus=x", "--list", f"--fit-args={ddp}"])
+    assert f"--trainer.max_steps=2 {ddp}" in capsys.readouterr().out
+
+
 def test_errors_name_the_variable_key_stage_or_file(recipe, tmp_path):
     with pytest.raises(RecipeError, match=r"stage 1 \(prepare\) needs \{corpus\}: set it with --set corpus="):
         load_stages(recipe)
