@@ -151,6 +151,15 @@ def _compose(a) -> None:
           f"composed {' → '.join(a.encoders)} → decoder of {a.decoder}\nbrick written to {out}")
 
 
+def _shard(a) -> None:
+    from .data.shards import write_shards
+    from .features import FbankConfig
+
+    spec = write_shards(a.manifest, a.out, FbankConfig(num_mel_bins=a.num_mel_bins), a.shard_mb, a.workers)
+    print(f"{spec['utts']} utterances, {spec['frames']} frames in {len(spec['shards'])} shards → {a.out} "
+          f"(train with data.init_args.train={a.out})")
+
+
 def _tokenizer(a) -> None:
     from .data.dataset import manifest_tokenizer
     from .tokenizer import Tokenizer
@@ -362,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--target-lang", default=None, help="train on this translation instead of the transcript")
     tk.add_argument("--force", action="store_true", help="overwrite an existing model")
 
+    sh = add("shard", "write a manifest's fbank features as shards that training reads with memory that does "
+             "not grow with the corpus (any split of a speech data module may name the folder)")
+    sh.add_argument("manifest")
+    sh.add_argument("--out", required=True,
+                    help="the shard folder (a rerun keeps the shards already written)")
+    sh.add_argument("--shard-mb", type=float, default=128, help="features per shard, in MB")
+    sh.add_argument("--num-mel-bins", type=int, default=80, help="fbank channels (the data module's)")
+    sh.add_argument("--workers", type=int, default=2, help="processes computing features")
+
     rn = add("run", "run a recipe's numbered, resumable stages (RECIPE/stages.yaml, or a stages file of an "
              "experiment)")
     rn.add_argument("recipe", help="a recipe folder (its stages.yaml), e.g. recipes/locale, or a stages file "
@@ -389,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 VERBS = {"prepare": _prepare, "decode": _decode, "stream": _stream, "tune-fusion": _tune_fusion,
          "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench, "score": _score, "compose": _compose,
-         "tokenizer": _tokenizer, "run": _run_recipe, "demo": _demo}
+         "tokenizer": _tokenizer, "shard": _shard, "run": _run_recipe, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> None:

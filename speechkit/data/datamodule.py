@@ -21,7 +21,8 @@ from ..features import FbankConfig
 from ..tokenizer import Tokenizer, TokenizerNotFoundError
 from .dataset import FeatureCache, SpeechDataset, TextDataset, collate, manifest_tokenizer
 from .manifest import Utterance, load_manifest, load_texts
-from .sampler import BucketBatchSampler
+from .sampler import BucketBatchSampler, ShardBatchSampler
+from .shards import ShardedSpeechDataset, is_shards, read_spec
 
 SPLITS = ("train", "valid", "test")
 
@@ -42,6 +43,7 @@ class ManifestDataModule(L.LightningDataModule):
         num_workers: DataLoader (and feature cache) workers; seed: of the shuffled batch order.
         pin_memory: collate into page-locked memory, so batches go to a GPU while it computes (None: when
             the trainer runs on a GPU); prefetch_factor: batches each worker prepares ahead.
+        shuffle_buffer: items per shuffling buffer when a split is a shard folder (``ShardBatchSampler``).
         train_tokenizers: a missing tokenizer file (this one or a mode's) is trained in ``prepare_data``
             on the training manifest (``dataset.manifest_tokenizer``: the normalised targets, resp.
             transcripts). False (the default): a missing file raises ``TokenizerNotFoundError`` naming
@@ -55,7 +57,8 @@ class ManifestDataModule(L.LightningDataModule):
     def __init__(self, train: str, valid: str, tokenizer: str, vocab_size: int = 256, test: str | None = None,
                  target_lang: str | None = None, max_frames: int = 20000, max_valid_utts: int | None = None,
                  num_workers: int = 0, seed: int = 0, train_tokenizers: bool = False,
-                 pin_memory: bool | None = None, prefetch_factor: int | None = None):
+                 pin_memory: bool | None = None, prefetch_factor: int | None = None,
+                 shuffle_buffer: int = 2000):
         super().__init__()
         self.paths = {"train": train, "valid": valid, "test": test}
         self.tokenizer_path, self.vocab_size = Path(tokenizer), vocab_size
@@ -63,6 +66,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.max_frames, self.max_valid_utts = max_frames, max_valid_utts
         self.num_workers, self.seed = num_workers, seed
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.shuffle_buffer = shuffle_buffer
         self.tokenizer: Tokenizer | None = None
         self.sets: dict[str, Dataset] = {}
 
@@ -113,7 +117,9 @@ class ManifestDataModule(L.LightningDataModule):
         for key, path, size, lang in self._tokenizer_specs():
             if not path.is_file():
                 print(f"training {key} ({size} pieces) → {path}", file=sys.stderr)
-                manifest_tokenizer(self.paths["train"], path, size, lang)
+                train = self.paths["train"]  # a shard folder: the manifest it was written from
+                train = read_spec(train)["source"] if is_shards(train) else train
+                manifest_tokenizer(train, path, size, lang)
 
     def setup(self, stage: str | None = None) -> None:
         self.check_tokenizers()  # also where prepare_data did not run (other nodes, direct use)
@@ -127,12 +133,16 @@ class ManifestDataModule(L.LightningDataModule):
         ds = self.sets[split]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer and shuffle else (1, 0)
-        sampler = BucketBatchSampler(ds.lengths(), self.max_frames, shuffle=shuffle, seed=self.seed,
-                                     num_replicas=replicas, rank=rank)
+        workers = self.num_workers
+        if isinstance(ds, ShardedSpeechDataset):  # each worker reads its own shards in order
+            sampler = ShardBatchSampler(ds.lengths(), ds.shards(), self.max_frames, self.shuffle_buffer,
+                                        shuffle, self.seed, replicas, rank, workers)
+        else:
+            sampler = BucketBatchSampler(ds.lengths(), self.max_frames, shuffle=shuffle, seed=self.seed,
+                                         num_replicas=replicas, rank=rank)
         pin = self.pin_memory
         if pin is None:
             pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        workers = self.num_workers
         return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=pin,
                           prefetch_factor=self.prefetch_factor if workers else None)
@@ -161,6 +171,10 @@ def _sized_tokenizer(path: Path, key: str, size: int) -> Tokenizer:
 class SpeechDataModule(ManifestDataModule):
     """Speech → text (ASR; ST with ``target_lang``; STAST with ``transcript_tokenizer``): the inputs are
     fbank features of the audio (B, T, F), computed on the fly or read from a feature cache.
+
+    Any split may be a shard folder (``speechkit shard MANIFEST --out DIR``: features written in shards,
+    read by byte range with memory that does not grow with the corpus, ``data.shards``) instead of a
+    manifest; its features are not cached again.
 
     Args:
         train, valid, tokenizer, **common: ``ManifestDataModule``'s arguments.
@@ -199,6 +213,8 @@ class SpeechDataModule(ManifestDataModule):
 
     def _read(self, split: str) -> list[Utterance]:
         path = self.paths[split]
+        if is_shards(path):  # the dataset reads its own index
+            return []
         utts = load_manifest(path, require_audio=True)
         if split == "train":
             keep = [u for u in utts if (u.duration or 0) <= self.max_duration]
@@ -209,7 +225,7 @@ class SpeechDataModule(ManifestDataModule):
         return utts
 
     def _cache_path(self, split: str) -> Path | None:
-        if self.cache_dir is None:
+        if self.cache_dir is None or is_shards(self.paths[split]):
             return None
         path = Path(self.paths[split])
         root = path.parent / "fbank" if self.cache_dir == "auto" else Path(self.cache_dir)
@@ -227,7 +243,12 @@ class SpeechDataModule(ManifestDataModule):
             if not FeatureCache.matches(utts, self.fbank, path):  # setup() loads it
                 FeatureCache.build(utts, self.fbank, path, workers=max(self.num_workers, 1))
 
-    def _dataset(self, split: str, utts: list[Utterance]) -> SpeechDataset:
+    def _dataset(self, split: str, utts: list[Utterance]) -> SpeechDataset | ShardedSpeechDataset:
+        if is_shards(self.paths[split]):
+            longest = int(self.max_duration * 1000 / self.fbank.frame_shift_ms) if split == "train" else None
+            first = self.max_valid_utts if split == "valid" else None
+            return ShardedSpeechDataset(self.paths[split], self.tokenizer, self.fbank, self.target_lang,
+                                        self.transcript_tokenizer, longest, first)
         cache_path = self._cache_path(split)
         cache = None if cache_path is None else FeatureCache.load_or_build(
             utts, self.fbank, cache_path, workers=max(self.num_workers, 1))

@@ -204,6 +204,9 @@ class SpeechDataset(Dataset):
         shift = self.cfg.frame_shift_ms / 1000
         return [int((u.duration or 10.0) / shift) for u in self.utts]
 
+    def target_lengths(self) -> list[int]:
+        return [len(t) for t in self.targets]
+
     def __getitem__(self, i: int):
         x = self.cache[i] if self.cache is not None else utterance_features(self.utts[i], self.cfg)
         if self.transcripts is not None:
@@ -233,6 +236,9 @@ class TextDataset(Dataset):
 
     def lengths(self) -> list[int]:
         return [len(s) for s in self.sources]
+
+    def target_lengths(self) -> list[int]:
+        return [len(t) for t in self.targets]
 
     def __getitem__(self, i: int):
         return self.sources[i], self.targets[i], i

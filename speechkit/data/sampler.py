@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from torch.utils.data import Sampler
+
+
+def bucket(items: Iterable[int], lengths: Sequence[int], max_frames: int, rng: random.Random | None,
+           jitter: float = 0.1) -> list[list[int]]:
+    """Cut ``items`` into batches of similar length whose padded size ``len(batch) * longest`` stays within
+    ``max_frames`` (a longer single item forms its own batch): sorted by length (jittered by ``rng``'s
+    draws, up to ±``jitter``), cut greedily, and with ``rng`` the batch order shuffled."""
+    items = list(items)
+    key = {i: lengths[i] * (1 + rng.uniform(-jitter, jitter)) for i in items} if rng else \
+        {i: lengths[i] for i in items}
+    batches, cur, longest = [], [], 0
+    for i in sorted(items, key=key.__getitem__):
+        longest_if = max(longest, lengths[i])
+        if cur and longest_if * (len(cur) + 1) > max_frames:
+            batches.append(cur)
+            cur, longest_if = [], lengths[i]
+        cur.append(i)
+        longest = longest_if
+    if cur:
+        batches.append(cur)
+    if rng:
+        rng.shuffle(batches)
+    return batches
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -40,24 +63,8 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def _all_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
-        if self.shuffle:
-            key = [n * (1 + rng.uniform(-self.jitter, self.jitter)) for n in self.lengths]
-        else:
-            key = self.lengths
-        order = sorted(range(len(self.lengths)), key=key.__getitem__)
-        batches, cur, longest = [], [], 0
-        for i in order:
-            longest_if = max(longest, self.lengths[i])
-            if cur and longest_if * (len(cur) + 1) > self.max_frames:
-                batches.append(cur)
-                cur, longest_if = [], self.lengths[i]
-            cur.append(i)
-            longest = longest_if
-        if cur:
-            batches.append(cur)
-        if self.shuffle:
-            rng.shuffle(batches)
-        return batches
+        return bucket(range(len(self.lengths)), self.lengths, self.max_frames, rng if self.shuffle else None,
+                      self.jitter)
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._all_batches()
@@ -66,3 +73,84 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.num_replicas
+
+
+class ShardBatchSampler(BucketBatchSampler):
+    """``BucketBatchSampler``'s batches for sharded data (``shards.ShardedSpeechDataset``): every DataLoader
+    worker of every rank reads its own shards, one after another, and shuffling and bucketing happen inside a
+    bounded buffer, so what is read and held at a time does not grow with the corpus.
+
+    Every epoch (seeded by ``seed + epoch``, the same on all ranks), the shards are shuffled and dealt to the
+    ``num_replicas × max(num_workers, 1)`` streams, each to the stream with the fewest frames so far (so the
+    streams come out within about one shard of each other; with fewer than two shards per stream, equal
+    runs of each shard are dealt instead); each stream reads its shards' items in order
+    into a buffer of ``buffer`` items, which is cut into batches (``bucket``: jittered length sort, the
+    frames budget, shuffled) each time it fills. Every stream is cut to the shortest stream's batch count
+    (the few batches past it are dropped for this epoch: different ones each epoch), and a rank's batches
+    interleave its workers' streams, batch ``i`` from stream ``i mod W``: the order in which a DataLoader
+    hands batches to its W workers, so each worker reads only its own shards. Ranks get the same number of
+    batches (no rank waits at an epoch end).
+
+    Args:
+        lengths: per item its frames; shards: per item its shard; max_frames, shuffle, seed, num_replicas,
+            rank, jitter: as ``BucketBatchSampler``'s.
+        buffer: items per shuffling buffer (e.g. two shards' worth).
+        num_workers: the DataLoader's workers (0: the main process reads).
+    """
+
+    def __init__(self, lengths: Sequence[int], shards: Sequence[int], max_frames: int, buffer: int = 2000,
+                 shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 num_workers: int = 0, jitter: float = 0.1):
+        super().__init__(lengths, max_frames, shuffle, seed, num_replicas, rank, jitter)
+        if buffer <= 0:
+            raise ValueError(f"buffer must be positive, got {buffer}")
+        self.buffer, self.workers = buffer, max(num_workers, 1)
+        self._made: tuple[int | None, list] = (None, [])  # (epoch, its streams)
+        members: dict[int, list[int]] = {}
+        for i, k in enumerate(shards):
+            members.setdefault(k, []).append(i)
+        # what is dealt: the shards, or with fewer than two per stream, equal runs of each (read in order too)
+        parts = -(-2 * num_replicas * self.workers // max(len(members), 1))
+        self.members = [m[j * len(m) // parts:(j + 1) * len(m) // parts] for m in members.values()
+                        for j in range(parts)]
+
+    def streams(self) -> list[list[list[int]]]:
+        """Per stream (rank r's worker w is stream ``r · W + w``) its batches this epoch, cut to equal
+        counts."""
+        if self._made[0] == self.epoch:
+            return self._made[1]
+        rng = random.Random(self.seed + self.epoch)
+        cut = lambda items: bucket(items, self.lengths, self.max_frames, rng if self.shuffle else None,  # noqa: E731
+                                   self.jitter)
+        order = list(range(len(self.members)))
+        if self.shuffle:
+            rng.shuffle(order)
+        n = self.num_replicas * self.workers
+        load, dealt = [0] * n, [[] for _ in range(n)]
+        for k in order:
+            s = min(range(n), key=load.__getitem__)
+            dealt[s].append(k)
+            load[s] += sum(self.lengths[i] for i in self.members[k])
+        out = []
+        for shards in dealt:
+            batches, buf = [], []
+            for k in shards:
+                for i in self.members[k]:
+                    buf.append(i)
+                    if len(buf) >= self.buffer:
+                        batches += cut(buf)
+                        buf = []
+            out.append(batches + (cut(buf) if buf else []))
+        count = min(len(b) for b in out)
+        self._made = (self.epoch, [b[:count] for b in out])
+        return self._made[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        streams = self.streams()
+        mine = streams[self.rank * self.workers:(self.rank + 1) * self.workers]
+        for j in range(len(mine[0])):
+            for stream in mine:
+                yield stream[j]
+
+    def __len__(self) -> int:
+        return len(self.streams()[0]) * self.workers

@@ -57,7 +57,7 @@ def length_ratio(encoder, dataset) -> dict[str, float]:
     a length controller can adjust) the ratio it was trained with.
     """
     frames = encoder.output_lengths(torch.tensor(dataset.lengths())).float()
-    tokens = torch.tensor([len(t) for t in dataset.targets]).float()
+    tokens = torch.tensor(dataset.target_lengths()).float()
     r = frames / tokens
     q = torch.quantile(r, torch.tensor([0.05, 0.5, 0.95]))
     return {"p5": round(float(q[0]), 3), "median": round(float(q[1]), 3), "p95": round(float(q[2]), 3),
