@@ -1,5 +1,6 @@
 """`speechkit fit` with two processes (plain DDP, gloo on the CPU): the README's command on the demo recipe,
-whose loss schedule (CTC alone first) leaves the predictor and joiner out of the first steps."""
+whose loss schedule (CTC alone first) leaves the predictor and joiner out of the first steps, training from
+shards of unequal sizes read by two loader workers per rank."""
 
 import json
 import os
@@ -12,19 +13,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from speechkit.data.shards import write_shards
+
 TESTS = Path(__file__).parents[1]
 ROOT = TESTS.parent
 DEMO = ROOT / "recipes" / "locale" / "conf" / "demo.yaml"
 TINY = TESTS / "configs" / "tiny_locale_demo.yaml"
 
 
-def _fit(corpus: Path, root: Path, *extra) -> list[str]:
+def _fit(corpus: Path, root: Path, *extra, train: Path | None = None) -> list[str]:
     asr, data = corpus / "asr", "--data.init_args."
     probe = root.parent / "probe.yaml"  # the tiny config's callbacks and a record of each rank
     probe.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         *yaml.safe_load(TINY.read_text())["trainer"]["callbacks"], {"class_path": "ddp_probe.RankRecord"}]}}))
     return [sys.executable, "-m", "speechkit", "fit", "-c", str(DEMO), "-c", str(TINY), "-c", str(probe),
-            f"--trainer.default_root_dir={root}", f"{data}train={asr / 'train.jsonl'}",
+            f"--trainer.default_root_dir={root}", f"{data}train={train or asr / 'train.jsonl'}",
             f"{data}valid={asr / 'dev.jsonl'}", f"{data}tokenizer={root.parent / 'tok.model'}",
             "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.devices=2",
             "--trainer.strategy=ddp", "--model.init_args.total_steps=12", *extra]
@@ -34,11 +37,15 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)])}
 
 
-def test_two_process_ddp_fit_is_killed_and_resumes(tiny_corpus, tmp_path):
-    root = tmp_path / "exp"
+def test_two_process_ddp_fit_from_shards_is_killed_and_resumes(tiny_corpus, tmp_path):
+    root, shards = tmp_path / "exp", tmp_path / "shards"
+    spec = write_shards(tiny_corpus / "asr" / "train.jsonl", shards, shard_mb=0.3, workers=1, progress=False)
+    assert len({s["utts"] for s in spec["shards"]}) > 1  # unequal shards
+    opts = ("--data.init_args.num_workers=2", "--data.init_args.max_frames=1500")
     # 1. a run killed after its first checkpoints, like a node failure
-    proc = subprocess.Popen(_fit(tiny_corpus, root, "--trainer.max_steps=100000"), env=_env(), text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(_fit(tiny_corpus, root, "--trainer.max_steps=100000", *opts, train=shards),
+                            env=_env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if any(root.glob("checkpoints/*step=5*.ckpt")) and (root / "checkpoints" / "last.ckpt").is_file():
@@ -49,8 +56,8 @@ def test_two_process_ddp_fit_is_killed_and_resumes(tiny_corpus, tmp_path):
     proc.wait()
     assert not (root / "brick").exists()
     # 2. resumed from last.ckpt with the same two processes, to the end
-    p = subprocess.run(_fit(tiny_corpus, root, "--trainer.max_steps=12", "--ckpt_path=last"), env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    resume = _fit(tiny_corpus, root, "--trainer.max_steps=12", "--ckpt_path=last", *opts, train=shards)
+    p = subprocess.run(resume, env=_env(), capture_output=True, text=True, timeout=300)
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-4000:]
     assert "Restored all states from the checkpoint" in log
