@@ -10,10 +10,10 @@ A shard folder (``speechkit shard MANIFEST --out DIR``) holds
 - ``shards.json``: the format, the fbank settings, the shards (file, utterances, frames), the source.
 
 ``ShardedSpeechDataset`` reads one utterance's features by byte range from its shard (``os.pread``: the
-page cache holds them, not the process), and its record and target only when asked for. So a rank and its
-loader workers hold the index (a few bytes per utterance plus its record's text) and the batches in
-flight, whatever the corpus size. ``sampler.ShardBatchSampler`` gives each (rank, worker) its own shards to
-read in order, with bucketing and shuffling inside a bounded buffer.
+page cache holds them, not the process), and its record (from the index file) and target only when asked
+for. So a rank and its loader workers hold 24 bytes per utterance (frames, shard, row, record offset) and
+the batches in flight, whatever the corpus size. ``sampler.ShardBatchSampler`` gives each (rank, worker)
+its own shards to read in order, with bucketing and shuffling inside a bounded buffer.
 
 Why safetensors shards read by byte range, and not tar shards (WebDataset, Lhotse Shar): a tar shard
 must be read from its start and decoded whole, so shuffling needs a buffer of decoded utterances in
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -141,15 +141,22 @@ def read_spec(path: str | Path) -> dict:
     return spec
 
 
-def _feats_base(path: Path, width: int) -> int:
-    """Byte offset of a shard's ``feats`` data (safetensors: 8-byte header size, JSON header, data)."""
+def _data_start(path: Path, name: str, dtype: str, shape: list[int]) -> int:
+    """Byte offset of tensor ``name``'s data in a safetensors file (8-byte header size, JSON header, data),
+    checked to be ``dtype`` with trailing ``shape``."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    info = header["feats"]
-    if info["dtype"] != "F16" or info["shape"][1:] != [width]:
-        raise ShardError(f"{path}: feats are {info['dtype']} {info['shape']}, expected F16 (T, {width})")
+        info = json.loads(f.read(n))[name]
+    if info["dtype"] != dtype or info["shape"][1:] != shape:
+        raise ShardError(f"{path}: {name} is {info['dtype']} {info['shape']}, expected {dtype} (…, {shape})")
     return 8 + n + info["data_offsets"][0]
+
+
+def _pread(fd: int, n: int, at: int, path: Path, what: str) -> bytes:
+    data = os.pread(fd, n, at)
+    if len(data) != n:
+        raise ShardError(f"{path}: cut short ({what}); rewrite it with `speechkit shard`")
+    return data
 
 
 class ShardedSpeechDataset(Dataset):
@@ -171,8 +178,9 @@ class ShardedSpeechDataset(Dataset):
         if self.spec["fbank"] != cfg.to_dict():
             raise ShardError(f"{self.path}: written with fbank {self.spec['fbank']}, but the data module "
                              f"reads {cfg.to_dict()}; rewrite it with `speechkit shard` (--num-mel-bins)")
-        t = load_file(str(self.path / INDEX))
-        frames = t["frames"].numpy()
+        with safe_open(str(self.path / INDEX), "np") as f:  # the records stay in the file (``record``)
+            frames, shard, row, self.bounds = (f.get_tensor(k) for k in ("frames", "shard", "row",
+                                                                           "record_bounds"))
         keep = np.arange(len(frames)) if max_frames_per_utt is None else \
             np.flatnonzero(frames <= max_frames_per_utt)
         if len(keep) < len(frames):
@@ -180,10 +188,10 @@ class ShardedSpeechDataset(Dataset):
                   f"{max_frames_per_utt} frames", file=sys.stderr)
         self.keep = keep[:first]  # dataset index → index row
         keep = self.keep
-        self.frames, self.shard, self.row = frames[keep], t["shard"].numpy()[keep], t["row"].numpy()[keep]
-        self.bounds, self.records = t["record_bounds"].numpy(), t["records"].numpy()
+        self.frames, self.shard, self.row = frames[keep], shard[keep], row[keep]
+        self._records = _data_start(self.path / INDEX, "records", "U8", [])
         self.target_lang, self.transcript_tok = target_lang, transcript_tokenizer
-        self.files = [self.path / s["file"] for s in self.spec["shards"]]
+        self.files = [self.path / s["file"] for s in self.spec["shards"]] + [self.path / INDEX]
         self.width = cfg.num_mel_bins
         self._base: dict[int, int] = {}
         self._fds: dict[int, int] = {}
@@ -214,27 +222,30 @@ class ShardedSpeechDataset(Dataset):
         """The shard of each item (``ShardBatchSampler``)."""
         return self.shard.tolist()
 
-    def record(self, i: int) -> Utterance:
-        """Item ``i``'s manifest record."""
-        j = self.keep[i]
-        rec = json.loads(self.records[self.bounds[j]:self.bounds[j + 1]].tobytes())
-        return Utterance(**rec)
-
-    def features(self, i: int) -> Tensor:
-        """Item ``i``'s features (T, F), float32, read from its shard."""
-        k = int(self.shard[i])
+    def _fd(self, k: int) -> int:
+        """An open descriptor of file ``k`` (a shard, or the index last); a few stay open per process."""
         fd = self._fds.get(k)
         if fd is None:
             if len(self._fds) >= 16:  # a worker reads a few shards at a time: close the oldest
                 os.close(self._fds.pop(next(iter(self._fds))))
             fd = self._fds[k] = os.open(self.files[k], os.O_RDONLY)
-            if k not in self._base:
-                self._base[k] = _feats_base(self.files[k], self.width)
+        return fd
+
+    def record(self, i: int) -> Utterance:
+        """Item ``i``'s manifest record (read from the index file)."""
+        j, k = int(self.keep[i]), len(self.files) - 1
+        a, b = int(self.bounds[j]), int(self.bounds[j + 1])
+        data = _pread(self._fd(k), b - a, self._records + a, self.files[k], f"record {j}")
+        return Utterance(**json.loads(data))
+
+    def features(self, i: int) -> Tensor:
+        """Item ``i``'s features (T, F), float32, read from its shard."""
+        k = int(self.shard[i])
+        if k not in self._base:
+            self._base[k] = _data_start(self.files[k], "feats", "F16", [self.width])
         n, row_bytes = int(self.frames[i]), self.width * 2
-        data = os.pread(fd, n * row_bytes, self._base[k] + int(self.row[i]) * row_bytes)
-        if len(data) != n * row_bytes:
-            raise ShardError(f"{self.files[k]}: cut short (utterance {self.record(i).id!r}); rewrite it with "
-                             "`speechkit shard`")
+        data = _pread(self._fd(k), n * row_bytes, self._base[k] + int(self.row[i]) * row_bytes, self.files[k],
+                      f"utterance {self.record(i).id!r}")
         return torch.from_numpy(np.frombuffer(data, np.float16).reshape(n, self.width).astype(np.float32))
 
     def __getitem__(self, i: int):
