@@ -97,8 +97,14 @@ class FeatureCache:
             feats.append(x)
             if progress and (i + 1) % 2000 == 0:
                 print(f"  features {i + 1}/{len(utts)} ({time.time() - t0:.0f}s)", file=sys.stderr)
+        return cls.write(utts, cfg, feats, path)
+
+    @classmethod
+    def write(cls, utts: list[Utterance], cfg: FbankConfig, feats: list[Tensor],
+              path: str | Path) -> FeatureCache:
+        """The cache of ``utts`` from their features (T, F) each, written to ``path`` (atomically)."""
         offsets = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)
-        cache = cls(torch.cat(feats), offsets)
+        cache = cls(torch.cat(feats).half(), offsets)
         with atomic_path(path) as tmp:
             save_file({"feats": cache.feats, "offsets": cache.offsets}, str(tmp),
                       metadata=cls._meta(utts, cfg))

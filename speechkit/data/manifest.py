@@ -19,11 +19,14 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpeechkitError
 from ..files import atomic_write
+from .lhotse_io import lhotse_kind
+from .lhotse_io import records as lhotse_records
 
 KIND = "utterance"
 VERSION = 1
@@ -116,32 +119,48 @@ def _check(rec: dict, where: str, require_audio: bool) -> Utterance:
     return Utterance(**rec)
 
 
-def load_manifest(path: str | Path, require_audio: bool = False) -> list[Utterance]:
-    """Read and validate a JSONL manifest; audio paths become absolute.
-
-    Raises ``ManifestError`` naming ``path:line`` for bad JSON, unknown or missing keys,
-    empty transcripts, bad durations and duplicate ids; ``FileNotFoundError`` if absent.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
-    utts, seen = [], {}
+def _lines(path: Path) -> Iterator[tuple[str, str, dict]]:
+    """A JSONL manifest → (where: "FILE:LINE", the line number, record) per non-blank line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                rec = json.loads(line)
+                yield where, f"line {lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise ManifestError(f"{where}: invalid JSON ({e.msg})") from None
-            u = _check(rec, where, require_audio)
-            if u.id in seen:
-                raise ManifestError(f"{where}: duplicate id {u.id!r} (first on line {seen[u.id]})")
-            seen[u.id] = lineno
-            if u.audio and not Path(u.audio).is_absolute():
-                u.audio = str((path.parent / u.audio).resolve())
-            utts.append(u)
+
+
+def _lhotse(path: Path) -> Iterator[tuple[str, str, dict]]:
+    """A Lhotse manifest (``lhotse_io``) → (where: "FILE cut N (ID)", "cut N", record) per supervision."""
+    try:
+        yield from lhotse_records(path)
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+
+
+def load_manifest(path: str | Path, require_audio: bool = False) -> list[Utterance]:
+    """Read and validate a JSONL manifest, or a Lhotse cuts / supervisions manifest (``lhotse_io``: read
+    through lhotse); audio paths become absolute (a speechkit manifest's relative to its folder, a Lhotse
+    one's relative to the working directory, as Lhotse has them).
+
+    Raises ``ManifestError`` naming ``path:line`` (Lhotse: ``path cut N (ID)``) for bad JSON, unknown or
+    missing keys, empty transcripts, bad durations and duplicate ids; ``FileNotFoundError`` if absent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    lhotse = lhotse_kind(path) is not None
+    utts, seen = [], {}
+    for where, place, rec in _lhotse(path) if lhotse else _lines(path):
+        u = _check(rec, where, require_audio)
+        if u.id in seen:
+            raise ManifestError(f"{where}: duplicate id {u.id!r} (first on {seen[u.id]})")
+        seen[u.id] = place
+        if u.audio and not Path(u.audio).is_absolute():
+            u.audio = str(Path(u.audio).resolve() if lhotse else (path.parent / u.audio).resolve())
+        utts.append(u)
     if not utts:
         raise ManifestError(f"{path}: manifest is empty")
     return utts
@@ -149,10 +168,11 @@ def load_manifest(path: str | Path, require_audio: bool = False) -> list[Utteran
 
 def load_texts(path: str | Path) -> list[Utterance]:
     """Text-only records for language models and text adaptation: a JSONL manifest (``*.jsonl``,
-    its ``text`` fields) or a plain text file, one sentence per line (blank lines skipped).
+    its ``text`` fields; or a Lhotse manifest) or a plain text file, one sentence per line (blank lines
+    skipped).
     Ids of plain-text lines are ``<file stem>-<line number>``."""
     path = Path(path)
-    if path.suffix == ".jsonl":
+    if path.suffix == ".jsonl" or lhotse_kind(path) is not None:
         return load_manifest(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")

@@ -38,11 +38,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..audio import resample
 from ..errors import SpeechkitError
-from ..features import FbankConfig
+from ..features import FbankConfig, fbank
 from ..files import atomic_path, write_text
 from ..tokenizer import Tokenizer
 from .dataset import FeatureCache, target_texts, tokenize
+from .lhotse_io import lhotse_kind, shar_records, shar_waves
 from .manifest import Utterance, load_manifest
 
 KIND, VERSION = "speechkit-shards", 1
@@ -75,14 +77,17 @@ def plan_shards(utts: list[Utterance], cfg: FbankConfig, shard_mb: float) -> lis
 
 def write_shards(manifest: str | Path, out: str | Path, cfg: FbankConfig | None = None, shard_mb: float = 128,
                  workers: int = 2, progress: bool = True) -> dict:
-    """Featurise a manifest into a shard folder ``out`` → its ``shards.json`` content.
+    """Featurise a manifest (speechkit or Lhotse; or a Lhotse Shar folder, its audio read from its tars
+    through lhotse) into a shard folder ``out`` → its ``shards.json`` content.
 
     Every shard is written atomically, and a shard already there with the same utterances and settings is
     kept: a killed run continues where it stopped. The index and ``shards.json`` come last, so a folder
     without ``shards.json`` is never read as complete.
     """
     out, cfg = Path(out), cfg or FbankConfig()
-    utts = load_manifest(manifest, require_audio=True)
+    shar = lhotse_kind(manifest) == "shar"  # a Lhotse Shar folder: audio read from its tars by lhotse
+    utts = [Utterance(**r) for r in shar_records(manifest)] if shar else load_manifest(manifest, True)
+    waves = shar_waves(manifest) if shar else None
     if not utts:
         raise ShardError(f"{manifest}: no utterances to shard")
     out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +100,11 @@ def write_shards(manifest: str | Path, out: str | Path, cfg: FbankConfig | None 
         if FeatureCache.matches(part, cfg, out / name):  # done before a kill: its offsets are read
             with safe_open(str(out / name), "pt") as f:
                 n = f.get_tensor("offsets")
+            for _ in part if waves is not None else ():
+                next(waves)
+        elif waves is not None:
+            feats = [_shar_features(u, next(waves), cfg) for u in part]
+            n = FeatureCache.write(part, cfg, feats, out / name).offsets
         else:
             n = FeatureCache.build(part, cfg, out / name, workers, progress=False).offsets
         sizes = (n[1:] - n[:-1]).tolist()
@@ -119,6 +129,17 @@ def write_shards(manifest: str | Path, out: str | Path, cfg: FbankConfig | None 
             "frames": int(sum(lengths)), "shards": shards, "source": str(manifest)}
     write_text(out / SPEC, json.dumps(spec, indent=1) + "\n")
     return spec
+
+
+def _shar_features(u: Utterance, item: tuple[str, np.ndarray, int], cfg: FbankConfig) -> Tensor:
+    sid, wave, rate = item
+    if sid != u.id:
+        raise ShardError(f"Lhotse Shar: supervision {sid!r} came where {u.id!r} was listed (the cut "
+                         "manifests and the audio tars disagree)")
+    try:
+        return fbank(resample(torch.from_numpy(wave).float(), rate, cfg.sample_rate), cfg)
+    except ValueError as e:
+        raise ShardError(f"Lhotse Shar: supervision {u.id!r}: {e}") from None
 
 
 def read_spec(path: str | Path) -> dict:
