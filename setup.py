@@ -20,6 +20,8 @@ setup(
         "jiwer",
         "soundfile",
         "safetensors",
+        "lhotse",  # Lhotse manifests and Shar in and out (speechkit/data/lhotse_io.py)
+        "urllib3",  # lhotse imports it without declaring it
         "espeakng-loader",
         "pyyaml",
         "numpy",

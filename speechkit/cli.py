@@ -160,6 +160,18 @@ def _shard(a) -> None:
           f"(train with data.init_args.train={a.out})")
 
 
+def _lhotse(a) -> None:
+    from .data.lhotse_io import lhotse_kind, write_cuts
+    from .data.manifest import load_manifest, save_manifest
+
+    utts = load_manifest(a.input)
+    if lhotse_kind(a.input):
+        save_manifest(utts, a.out)
+        print(f"{len(utts)} utterances → {a.out} (speechkit manifest)")
+    else:
+        print(f"{write_cuts([vars(u) for u in utts], a.out)} cuts → {a.out} (Lhotse CutSet)")
+
+
 def _tokenizer(a) -> None:
     from .data.dataset import manifest_tokenizer
     from .tokenizer import Tokenizer
@@ -380,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--num-mel-bins", type=int, default=80, help="fbank channels (the data module's)")
     sh.add_argument("--workers", type=int, default=2, help="processes computing features")
 
+    lh = add("lhotse", "convert between a speechkit manifest and a Lhotse CutSet (either way; any verb also "
+             "reads Lhotse cuts or supervisions files where it reads a manifest)")
+    lh.add_argument("input", help="a speechkit manifest (→ CutSet) or a Lhotse cuts / supervisions file "
+                    "(→ speechkit manifest)")
+    lh.add_argument("--out", required=True, help="cuts.jsonl.gz, or manifest.jsonl")
+
     rn = add("run", "run a recipe's numbered, resumable stages (RECIPE/stages.yaml, or a stages file of an "
              "experiment)")
     rn.add_argument("recipe", help="a recipe folder (its stages.yaml), e.g. recipes/locale, or a stages file "
@@ -407,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 VERBS = {"prepare": _prepare, "decode": _decode, "stream": _stream, "tune-fusion": _tune_fusion,
          "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench, "score": _score, "compose": _compose,
-         "tokenizer": _tokenizer, "shard": _shard, "run": _run_recipe, "demo": _demo}
+         "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> None:

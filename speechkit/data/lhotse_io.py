@@ -90,11 +90,11 @@ def records(path: str | Path) -> Iterator[tuple[str, str, dict]]:
             raise ValueError(f"{where}: audio is {what!r}, not a file; write speechkit shards from it "
                              "with `speechkit shard` (it reads the audio through lhotse)")
         for sup in cut.supervisions:
-            start = cut.start + max(sup.start, 0.0)
-            end = min(cut.start + sup.start + sup.duration, cut.start + cut.duration)
+            inside = max(sup.start, 0.0)  # (a supervision may stick out of its cut: clipped to it)
+            duration = min(sup.duration + min(sup.start, 0.0), cut.duration - inside)
             custom = sup.custom or {}
             rec = {"kind": "utterance", "version": 1, "id": sup.id, "text": sup.text,
-                   "audio": sources[0].source, "offset": round(start, 6), "duration": round(end - start, 6),
+                   "audio": sources[0].source, "offset": cut.start + inside, "duration": duration,
                    **{k: custom[k] for k in CUSTOM if custom.get(k) is not None}}
             for key, value in (("lang", sup.language), ("speaker", sup.speaker)):
                 if value:
@@ -117,7 +117,7 @@ def shar_records(path: str | Path) -> list[dict]:
     for cut in _shar(Path(path), audio=False):
         for sup in cut.supervisions:
             custom = sup.custom or {}
-            rec = {"id": sup.id, "text": sup.text, "duration": round(sup.duration, 6),
+            rec = {"id": sup.id, "text": sup.text, "duration": sup.duration,
                    **{k: custom[k] for k in CUSTOM if custom.get(k) is not None}}
             for key, value in (("lang", sup.language), ("speaker", sup.speaker)):
                 if value:
@@ -162,3 +162,17 @@ def cutset(utts: list[dict]):
         cuts.append(MonoCut(id=u["id"], start=offset, duration=duration, channel=0, recording=rec,
                             supervisions=[sup]))
     return CutSet.from_cuts(cuts)
+
+
+def write_cuts(utts: list[dict], out: str | Path) -> int:
+    """``cutset(utts)`` written to ``out`` (``.jsonl.gz`` or ``.jsonl``; atomically) → the cut count."""
+    from ..files import atomic_path
+
+    if not str(out).endswith((".jsonl", ".jsonl.gz")):
+        raise ValueError(f"{out}: a Lhotse CutSet file ends in .jsonl.gz or .jsonl")
+    cuts = cutset(utts)
+    with atomic_path(out) as tmp:
+        final = tmp.with_name(tmp.name + (".jsonl.gz" if str(out).endswith(".gz") else ".jsonl"))
+        cuts.to_file(final)  # (lhotse picks the format by the suffixes)
+        final.replace(tmp)
+    return len(cuts)
