@@ -143,9 +143,14 @@ class ManifestDataModule(L.LightningDataModule):
         pin = self.pin_memory
         if pin is None:
             pin = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=pin,
-                          prefetch_factor=self.prefetch_factor if workers else None)
+        kwargs = dict(batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=pin,
+                      prefetch_factor=self.prefetch_factor if workers else None)
+        if shuffle and trainer is not None:  # training: Lightning checkpoints where the epoch is
+            loop = trainer.fit_loop.epoch_loop  # (read at each checkpoint)
+            return ResumableLoader(ds, progress=lambda: (trainer.current_epoch,
+                                                         loop.batch_progress.current.processed), **kwargs)
+        return DataLoader(ds, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -157,6 +162,24 @@ class ManifestDataModule(L.LightningDataModule):
         if "test" not in self.sets:
             raise ValueError("no test manifest was given (data.test)")
         return self._loader("test", shuffle=False)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that Lightning checkpoints (``state_dict``): the epoch and how many of its
+    batches were trained (``progress()`` → (epoch, batches)). A run resumed from a checkpoint taken
+    mid-epoch hands them to its batch sampler (``resume``), whose order is a function of seed and epoch,
+    so the epoch continues after the batches already trained instead of starting over."""
+
+    def __init__(self, dataset, progress, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict:
+        epoch, batches = self._progress()
+        return {"epoch": int(epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.resume(state["epoch"], state["batches"])
 
 
 def _sized_tokenizer(path: Path, key: str, size: int) -> Tokenizer:

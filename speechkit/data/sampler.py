@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -56,10 +57,21 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.lengths, self.max_frames = list(lengths), max_frames
         self.shuffle, self.seed, self.jitter = shuffle, seed, jitter
         self.num_replicas, self.rank = num_replicas, rank
-        self.epoch = 0
+        self.epoch, self._skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Continue epoch ``epoch`` after its first ``batches`` batches (a run resumed mid-epoch: the batch
+        order is the same function of seed and epoch, so the next iteration starts where it stopped; at
+        the epoch's end, the next epoch starts)."""
+        self.epoch, self._skip = (epoch + 1, 0) if batches >= len(self) else (epoch, batches)
+
+    def _start(self) -> int:
+        """The batches of this iteration to leave out (``resume``; once)."""
+        start, self._skip = self._skip, 0
+        return start
 
     def _all_batches(self) -> list[list[int]]:
         rng = random.Random(self.seed + self.epoch)
@@ -69,7 +81,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._all_batches()
         usable = len(batches) - len(batches) % self.num_replicas
-        yield from batches[self.rank:usable:self.num_replicas]
+        yield from batches[self.rank:usable:self.num_replicas][self._start():]
 
     def __len__(self) -> int:
         return len(self._all_batches()) // self.num_replicas
@@ -148,9 +160,8 @@ class ShardBatchSampler(BucketBatchSampler):
     def __iter__(self) -> Iterator[list[int]]:
         streams = self.streams()
         mine = streams[self.rank * self.workers:(self.rank + 1) * self.workers]
-        for j in range(len(mine[0])):
-            for stream in mine:
-                yield stream[j]
+        order = (stream[j] for j in range(len(mine[0])) for stream in mine)
+        yield from itertools.islice(order, self._start(), None)
 
     def __len__(self) -> int:
         return len(self.streams()[0]) * self.workers

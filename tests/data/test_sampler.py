@@ -63,3 +63,23 @@ def test_ddp_two_ranks_disjoint_and_equal_length(tmp_path):
         assert len0 == n_all // 2
         assert len(u0 | u1) >= len(LENGTHS) - max(len(b) for b in b0 + b1)  # at most one batch dropped
     assert result[0][0][1] != result[1][0][1]  # new epoch, new batches
+
+
+def test_a_resumed_epoch_continues_after_the_batches_already_trained():
+    from speechkit.data.sampler import ShardBatchSampler
+
+    shards = [i // 40 for i in range(len(LENGTHS))]
+    for make in (lambda: BucketBatchSampler(LENGTHS, 3000, seed=1, num_replicas=2, rank=1),
+                 lambda: ShardBatchSampler(LENGTHS, shards, 3000, buffer=60, seed=1, num_replicas=2, rank=1,
+                                           num_workers=2)):
+        s = make()
+        s.set_epoch(3)
+        full = list(s)
+        resumed = make()
+        resumed.resume(3, 5)  # a checkpoint after 5 batches of epoch 3
+        assert resumed.epoch == 3 and list(resumed) == full[5:]
+        assert list(resumed) == full  # once: the next iteration is the whole epoch again
+        at_end = make()
+        at_end.resume(3, len(full))  # a checkpoint at the end of epoch 3: epoch 4 comes next
+        s.set_epoch(4)
+        assert at_end.epoch == 4 and list(at_end) == list(s)

@@ -61,6 +61,7 @@ def test_two_process_ddp_fit_from_shards_is_killed_and_resumes(tiny_corpus, tmp_
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-4000:]
     assert "Restored all states from the checkpoint" in log
+    assert "not resumable" not in log  # the loader's place in the epoch was checkpointed (ResumableLoader)
     assert "DDP searches for unused parameters: the first steps leave" in log  # the CTC-only warm-up
     ranks = [json.loads((root / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
