@@ -167,6 +167,7 @@ def test_a_lhotse_prepared_corpus_trains_and_decodes_through_the_cli(tiny_corpus
         f"--trainer.default_root_dir={root}",
         f"{d}train={parts['train']}",
         f"{d}valid={parts['dev']}",
+        f"{d}test={parts['test']}",
         f"{d}tokenizer={tmp_path / 'tok.model'}",
         "--trainer.max_steps=6",
         "--trainer.enable_progress_bar=false",

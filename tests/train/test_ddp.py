@@ -28,7 +28,8 @@ def _fit(corpus: Path, root: Path, *extra, train: Path | None = None) -> list[st
         *yaml.safe_load(TINY.read_text())["trainer"]["callbacks"], {"class_path": "ddp_probe.RankRecord"}]}}))
     return [sys.executable, "-m", "speechkit", "fit", "-c", str(DEMO), "-c", str(TINY), "-c", str(probe),
             f"--trainer.default_root_dir={root}", f"{data}train={train or asr / 'train.jsonl'}",
-            f"{data}valid={asr / 'dev.jsonl'}", f"{data}tokenizer={root.parent / 'tok.model'}",
+            f"{data}valid={asr / 'dev.jsonl'}", f"{data}test={asr / 'test.jsonl'}",
+            f"{data}tokenizer={root.parent / 'tok.model'}",
             "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.devices=2",
             "--trainer.strategy=ddp", "--model.init_args.total_steps=12", *extra]
 
@@ -82,7 +83,8 @@ def test_two_process_ddp_fit_of_a_model_that_uses_every_parameter(tiny_corpus, t
     tiny = TESTS / "configs" / "tiny_locale_lego_mt_de_en.yaml"
     p = subprocess.run([sys.executable, "-m", "speechkit", "fit", "-c", str(MT), "-c", str(tiny),
                         f"--trainer.default_root_dir={root}", f"{data}train={mt / 'train.jsonl'}",
-                        f"{data}valid={mt / 'dev.jsonl'}", f"{data}tokenizer={tmp_path / 'en.model'}",
+                        f"{data}valid={mt / 'dev.jsonl'}", f"{data}test={mt / 'test.jsonl'}",
+                        f"{data}tokenizer={tmp_path / 'en.model'}",
                         f"{data}source_tokenizer={tmp_path / 'de.model'}", "--trainer.max_steps=4",
                         "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
                         "--trainer.devices=2", "--trainer.strategy=ddp"],
