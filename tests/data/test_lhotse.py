@@ -46,6 +46,13 @@ def lhotse_manifests(utts, out: Path, part: str) -> tuple[Path, Path, Path]:
     return paths
 
 
+def convert(src: Path, out: Path) -> None:
+    """``speechkit lhotse SRC --out OUT`` in a subprocess."""
+    cmd = [sys.executable, "-m", "speechkit", "lhotse", str(src), "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+
+
 def test_lhotse_recipes_manifests_read_as_speechkit_manifests(tiny_corpus, tmp_path):
     utts = load_manifest(tiny_corpus / "asr" / "dev.jsonl") + load_manifest(
         tiny_corpus / "asr" / "test.jsonl"
@@ -77,21 +84,7 @@ def test_speechkit_lhotse_speechkit_round_trip_keeps_ids_texts_offsets_durations
         replace(utts[0], id="inner-b", offset=0.5, duration=0.25, text="second part", translation={}),
     ]
     save_manifest(utts, tmp_path / "m.jsonl")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "speechkit",
-            "lhotse",
-            str(tmp_path / "m.jsonl"),
-            "--out",
-            str(tmp_path / "cuts.jsonl.gz"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert p.returncode == 0, p.stderr
+    convert(tmp_path / "m.jsonl", tmp_path / "cuts.jsonl.gz")
     cuts = CutSet.from_file(tmp_path / "cuts.jsonl.gz").to_eager()  # a CutSet lhotse reads
     assert [c.id for c in cuts] == [u.id for u in utts] and cuts["inner-a"].start == 0.125
     assert cuts["inner-b"].recording.id == cuts[utts[0].id].recording.id  # one recording per file
@@ -108,21 +101,7 @@ def test_speechkit_lhotse_speechkit_round_trip_keeps_ids_texts_offsets_durations
     assert torch.equal(
         utterance_features(back[-1], FbankConfig()), utterance_features(utts[-1], FbankConfig())
     )
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "speechkit",
-            "lhotse",
-            str(tmp_path / "cuts.jsonl.gz"),
-            "--out",
-            str(tmp_path / "back.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert p.returncode == 0, p.stderr
+    convert(tmp_path / "cuts.jsonl.gz", tmp_path / "back.jsonl")
     assert [json.loads(line)["id"] for line in open(tmp_path / "back.jsonl")] == [u.id for u in utts]
 
 
