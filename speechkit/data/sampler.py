@@ -125,6 +125,7 @@ class ShardBatchSampler(BucketBatchSampler):
         parts = -(-2 * num_replicas * self.workers // max(len(members), 1))
         self.members = [m[j * len(m) // parts:(j + 1) * len(m) // parts] for m in members.values()
                         for j in range(parts)]
+        self.frames = [sum(self.lengths[i] for i in m) for m in self.members]  # per dealt unit
 
     def streams(self) -> list[list[list[int]]]:
         """Per stream (rank r's worker w is stream ``r · W + w``) its batches this epoch, cut to equal
@@ -142,7 +143,7 @@ class ShardBatchSampler(BucketBatchSampler):
         for k in order:
             s = min(range(n), key=load.__getitem__)
             dealt[s].append(k)
-            load[s] += sum(self.lengths[i] for i in self.members[k])
+            load[s] += self.frames[k]
         out = []
         for shards in dealt:
             batches, buf = [], []

@@ -173,10 +173,11 @@ def _data_start(path: Path, name: str, dtype: str, shape: list[int]) -> int:
     return 8 + n + info["data_offsets"][0]
 
 
-def _pread(fd: int, n: int, at: int, path: Path, what: str) -> bytes:
+def _pread(fd: int, n: int, at: int, path: Path, what) -> bytes:
+    """``n`` bytes of ``path`` at ``at``; a ``ShardError`` naming the file and ``what()`` if cut short."""
     data = os.pread(fd, n, at)
     if len(data) != n:
-        raise ShardError(f"{path}: cut short ({what}); rewrite it with `speechkit shard`")
+        raise ShardError(f"{path}: cut short ({what()}); rewrite it with `speechkit shard`")
     return data
 
 
@@ -234,9 +235,9 @@ class ShardedSpeechDataset(Dataset):
         """Tokens per target (every record read and tokenised: a pass over the index, no features)."""
         return [len(self.target(i)) for i in range(len(self))]
 
-    def target(self, i: int) -> Tensor:
-        """Item ``i``'s target token ids (U,)."""
-        (text,) = target_texts([self.record(i)], self.target_lang, self.source)
+    def target(self, i: int, u: Utterance | None = None) -> Tensor:
+        """Item ``i``'s target token ids (U,) (``u``: its record, when already read)."""
+        (text,) = target_texts([u or self.record(i)], self.target_lang, self.source)
         return torch.tensor(self.tok.encode(text), dtype=torch.long)
 
     def shards(self) -> list[int]:
@@ -256,7 +257,7 @@ class ShardedSpeechDataset(Dataset):
         """Item ``i``'s manifest record (read from the index file)."""
         j, k = int(self.keep[i]), len(self.files) - 1
         a, b = int(self.bounds[j]), int(self.bounds[j + 1])
-        data = _pread(self._fd(k), b - a, self._records + a, self.files[k], f"record {j}")
+        data = _pread(self._fd(k), b - a, self._records + a, self.files[k], lambda: f"record {j}")
         return Utterance(**json.loads(data))
 
     def features(self, i: int) -> Tensor:
@@ -266,14 +267,15 @@ class ShardedSpeechDataset(Dataset):
             self._base[k] = _data_start(self.files[k], "feats", "F16", [self.width])
         n, row_bytes = int(self.frames[i]), self.width * 2
         data = _pread(self._fd(k), n * row_bytes, self._base[k] + int(self.row[i]) * row_bytes, self.files[k],
-                      f"utterance {self.record(i).id!r}")
+                      lambda: f"utterance {self.record(i).id!r}")
         return torch.from_numpy(np.frombuffer(data, np.float16).reshape(n, self.width).astype(np.float32))
 
     def __getitem__(self, i: int):
+        u = self.record(i)  # read once: the target and the transcript come from it
         if self.transcript_tok is not None:
-            (tr,) = target_texts([self.record(i)], None, self.source)
-            return self.features(i), self.target(i), i, torch.tensor(self.transcript_tok.encode(tr))
-        return self.features(i), self.target(i), i
+            (tr,) = target_texts([u], None, self.source)
+            return self.features(i), self.target(i, u), i, torch.tensor(self.transcript_tok.encode(tr))
+        return self.features(i), self.target(i, u), i
 
     def __del__(self):
         for fd in getattr(self, "_fds", {}).values():
