@@ -92,14 +92,20 @@ def records(path: str | Path) -> Iterator[tuple[str, str, dict]]:
         for sup in cut.supervisions:
             inside = max(sup.start, 0.0)  # (a supervision may stick out of its cut: clipped to it)
             duration = min(sup.duration + min(sup.start, 0.0), cut.duration - inside)
-            custom = sup.custom or {}
-            rec = {"kind": "utterance", "version": 1, "id": sup.id, "text": sup.text,
-                   "audio": sources[0].source, "offset": cut.start + inside, "duration": duration,
-                   **{k: custom[k] for k in CUSTOM if custom.get(k) is not None}}
-            for key, value in (("lang", sup.language), ("speaker", sup.speaker)):
-                if value:
-                    rec[key] = value
-            yield where, f"cut {n}", rec
+            yield where, f"cut {n}", _record(sup, kind="utterance", version=1, audio=sources[0].source,
+                                             offset=cut.start + inside, duration=duration)
+
+
+def _record(sup, **fields) -> dict:
+    """A supervision → a speechkit manifest record: its id and text, ``fields``, its language and speaker
+    (when set), and the speechkit fields kept in its custom dict."""
+    custom = sup.custom or {}
+    rec = {"id": sup.id, "text": sup.text, **fields,
+           **{k: custom[k] for k in CUSTOM if custom.get(k) is not None}}
+    for key, value in (("lang", sup.language), ("speaker", sup.speaker)):
+        if value:
+            rec[key] = value
+    return rec
 
 
 def _shar(path: Path, audio: bool):
@@ -116,13 +122,7 @@ def shar_records(path: str | Path) -> list[dict]:
     out = []
     for cut in _shar(Path(path), audio=False):
         for sup in cut.supervisions:
-            custom = sup.custom or {}
-            rec = {"id": sup.id, "text": sup.text, "duration": sup.duration,
-                   **{k: custom[k] for k in CUSTOM if custom.get(k) is not None}}
-            for key, value in (("lang", sup.language), ("speaker", sup.speaker)):
-                if value:
-                    rec[key] = value
-            out.append(rec)
+            out.append(_record(sup, duration=sup.duration))
     return out
 
 
