@@ -12,9 +12,11 @@ torchaudio's ``rnnt_loss`` needs the joiner on the whole (B, T, U+1, V+1) lattic
 3. **pruned loss**: the real joiner only inside the windows (B, T, s, V+1), and the same
    forward algorithm on the lattice with every node outside the windows removed.
 
-``lattice_logprob`` is the forward algorithm, one ``logcumsumexp`` per frame (the label steps
-inside a frame form a linear recursion in log space), in float64. With ``s ≥ U+1`` the pruned loss
-is exactly the full RNN-T loss (tested against torchaudio, values and gradients).
+``lattice_logprob`` is the forward algorithm: on CUDA the Triton kernels of ``rnnt_triton`` (one
+program per utterance, a log-semiring scan per frame, β for the backward pass), elsewhere PyTorch, one
+``logcumsumexp`` per frame (the label steps inside a frame form a linear recursion in log space), in
+float64. With ``s ≥ U+1`` the pruned loss is exactly the full RNN-T loss (tested against torchaudio,
+values and gradients).
 """
 
 from __future__ import annotations
@@ -25,12 +27,28 @@ from torch import Tensor
 NEG = -1.0e4  # log-probability of a removed arc: finite, so cumulative sums stay exact in float64
 
 
-def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
+BACKENDS = ("auto", "triton", "torch")
+
+
+def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, backend: str = "auto") -> Tensor:
     """log P(y | x) summed over all alignments of the RNN-T lattice.
 
     px: (B, T, U+1) log-prob of emitting label y_{u+1} at node (t, u) (ignored at u ≥ U_b);
     py: (B, T, U+1) log-prob of blank at node (t, u); frames (B,) = T_b; labels (B,) = U_b → (B,).
+    ``backend``: "triton" (``rnnt_triton``; on a CPU only under ``TRITON_INTERPRET=1``), "torch", or
+    "auto" (Triton for CUDA tensors, PyTorch otherwise).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"lattice backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton" or (backend == "auto" and px.is_cuda):
+        from .rnnt_triton import triton_lattice_logprob
+
+        return triton_lattice_logprob(px, py, frames, labels)
+    return _torch_lattice_logprob(px, py, frames, labels)
+
+
+def _torch_lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
+    """``lattice_logprob`` in PyTorch, a ``logcumsumexp`` per frame in float64."""
     b, t_max, u1 = px.shape
     px, py = px.double(), py.double()
     u_idx = torch.arange(u1, device=px.device)
@@ -110,22 +128,23 @@ def prune_ranges(px_grad: Tensor, py_grad: Tensor, frames: Tensor, labels: Tenso
 
 def pruned_rnnt_loss(joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, targets: Tensor,
                      frames: Tensor, labels: Tensor, blank: int, s: int = 5, lm_only_scale: float = 0.0,
-                     am_only_scale: float = 0.0) -> tuple[Tensor, Tensor]:
+                     am_only_scale: float = 0.0, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(simple loss, pruned loss), each −log P(y|x) per utterance (B,).
 
     joiner: ``(enc (B, T, S, E), pred (B, T, S, P)) → logits (…, V+1)``; enc (B, T, E), pred
     (B, U+1, P) its inputs; am (B, T, V+1), lm (B, U+1, V+1) the simple projections; targets (B, U);
     frames, labels (B,) the lengths; ``s`` the window width in label positions; ``lm_only_scale``,
-    ``am_only_scale`` the simple loss's smoothing (``simple_lattice``).
+    ``am_only_scale`` the simple loss's smoothing (``simple_lattice``); ``backend`` the recursion's
+    (``lattice_logprob``).
     """
     px, py = simple_lattice(am.float(), lm.float(), targets, blank, lm_only_scale, am_only_scale)
-    simple = lattice_logprob(px, py, frames, labels)
+    simple = lattice_logprob(px, py, frames, labels, backend)
     if px.requires_grad:  # training: the occupancies are the simple loss's own gradients
         px_grad, py_grad = torch.autograd.grad(simple.sum(), (px, py), retain_graph=True)
     else:  # no_grad (validation): a separate forward on detached copies
         with torch.enable_grad():
             pxd, pyd = px.detach().requires_grad_(), py.detach().requires_grad_()
-            occupancy = lattice_logprob(pxd, pyd, frames, labels).sum()
+            occupancy = lattice_logprob(pxd, pyd, frames, labels, backend).sum()
             px_grad, py_grad = torch.autograd.grad(occupancy, (pxd, pyd))
     start = prune_ranges(px_grad, py_grad, frames, labels, s)  # (B, T)
     b, t_max = start.shape
@@ -139,4 +158,4 @@ def pruned_rnnt_loss(joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, 
     px_win, py_win = logits.gather(3, y_win[..., None])[..., 0], logits[..., blank]  # (B, T, s)
     px_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, px_win)[..., :u1]
     py_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, py_win)[..., :u1]
-    return -simple, -lattice_logprob(px_p, py_p, frames, labels)
+    return -simple, -lattice_logprob(px_p, py_p, frames, labels, backend)

@@ -1,0 +1,113 @@
+"""The exact RNN-T loss without the (B, T, U+1, V+1) lattice (METHODS.md §8).
+
+Per lattice node (t, u) the loss needs two log-probabilities only, blank and the next label:
+``log p(k | t, u) = z_k − logsumexp_v z_v`` with ``z = W · tanh(e_t + p_u) + b`` the joiner's logits
+(``Joiner``: ``e = enc_proj(enc)``, ``p = pred_proj(pred)``). ``joint_arcs`` computes them a tile of
+frames at a time, keeping only px, py and the normaliser (each (B, T, U+1)); the backward pass
+recomputes each tile's logits and turns the arcs' gradients g_label, g_blank (the node occupancies
+from the lattice's β) into the logits' gradient in place,
+
+    ∂L/∂z_v = −p_v · (g_blank + g_label) + g_blank · [v = blank] + g_label · [v = y_{u+1}],
+
+then into ∂W, ∂b and, through tanh, ∂e and ∂p. Peak memory is O(B·T·U) scalars plus one tile
+(``tile_elems`` logits), not O(B·T·U·V); the price is the tile's joiner once more in the backward.
+The recursion is ``pruned_rnnt.lattice_logprob`` (Triton kernels on CUDA). Values and gradients
+equal torchaudio's ``rnnt_loss`` (tests/models/test_rnnt_kernels.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..lego.transducer import Joiner
+from .pruned_rnnt import lattice_logprob
+
+TILE_ELEMS = 1 << 24  # logits per tile: 64 MB in float32
+
+
+def _frame_chunks(b: int, t_max: int, u1: int, width: int, tile_elems: int) -> list[tuple[int, int]]:
+    """[t0, t1) frame ranges whose (B, t1 − t0, U+1, width) tiles hold about ``tile_elems`` values."""
+    step = max(1, tile_elems // max(1, b * u1 * width))
+    return [(t0, min(t0 + step, t_max)) for t0 in range(0, t_max, step)]
+
+
+def _tile(e: Tensor, p: Tensor, w: Tensor, bias: Tensor, t0: int, t1: int) -> tuple[Tensor, Tensor]:
+    """Hidden h (N, H) and float32 logits z (N, V+1) of the nodes of frames [t0, t1), N = B·(t1−t0)·(U+1),
+    in e's dtype (a bf16 joiner's matmuls stay in bf16)."""
+    h = torch.tanh(e[:, t0:t1, None] + p[:, None]).flatten(0, 2)  # (N, H)
+    return h, torch.addmm(bias.to(h.dtype), h, w.to(h.dtype).t()).float()
+
+
+class _JointArcs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, e: Tensor, p: Tensor, w: Tensor, bias: Tensor, y: Tensor, blank: int,
+                tile_elems: int) -> tuple[Tensor, Tensor]:
+        b, t_max, u1 = e.shape[0], e.shape[1], p.shape[1]
+        px, py, lse = (e.new_empty(b, t_max, u1, dtype=torch.float32) for _ in range(3))
+        with torch.autocast(e.device.type, enabled=False):
+            for t0, t1 in _frame_chunks(b, t_max, u1, w.shape[0], tile_elems):
+                _, z = _tile(e, p, w, bias, t0, t1)
+                shape = (b, t1 - t0, u1)
+                label = z.gather(1, y[:, None, :].expand(shape).reshape(-1, 1))[:, 0]
+                blank_z = z[:, blank].clone()
+                m = z.amax(1)
+                norm = z.sub_(m[:, None]).exp_().sum(1).log_().add_(m)  # logsumexp, in place
+                lse[:, t0:t1] = norm.view(shape)
+                px[:, t0:t1], py[:, t0:t1] = (label - norm).view(shape), (blank_z - norm).view(shape)
+        ctx.save_for_backward(e, p, w, bias, y, lse)
+        ctx.blank, ctx.tile_elems = blank, tile_elems
+        return px, py
+
+    @staticmethod
+    def backward(ctx, g_px: Tensor, g_py: Tensor):
+        e, p, w, bias, y, lse = ctx.saved_tensors
+        g_e, g_p = torch.zeros_like(e, dtype=torch.float32), torch.zeros_like(p, dtype=torch.float32)
+        g_w, g_b = torch.zeros_like(w, dtype=torch.float32), torch.zeros_like(bias, dtype=torch.float32)
+        with torch.autocast(e.device.type, enabled=False):
+            _joint_arcs_backward(e, p, w, bias, y, lse, g_px, g_py, ctx.blank, ctx.tile_elems, g_e, g_p, g_w, g_b)
+        return g_e.to(e.dtype), g_p.to(p.dtype), g_w.to(w.dtype), g_b.to(bias.dtype), None, None, None
+
+
+def _joint_arcs_backward(e, p, w, bias, y, lse, g_px, g_py, blank, tile_elems, g_e, g_p, g_w, g_b) -> None:
+    """Accumulates ∂e (B, T, H), ∂p (B, U+1, H), ∂W (V+1, H), ∂b (V+1,) into g_e, g_p, g_w, g_b (float32)
+    from the arcs' gradients g_px, g_py (B, T, U+1), one recomputed tile at a time."""
+    b, t_max, u1 = e.shape[0], e.shape[1], p.shape[1]
+    for t0, t1 in _frame_chunks(b, t_max, u1, w.shape[0], tile_elems):
+        h, z = _tile(e, p, w, bias, t0, t1)
+        shape = (b, t1 - t0, u1)
+        gl, gb = g_px[:, t0:t1].reshape(-1).float(), g_py[:, t0:t1].reshape(-1).float()
+        dz = z.sub_(lse[:, t0:t1].reshape(-1, 1)).exp_().mul_(-(gl + gb)[:, None])  # −p_v (g_l + g_b)
+        dz.scatter_add_(1, y[:, None, :].expand(shape).reshape(-1, 1), gl[:, None])
+        dz[:, blank] += gb
+        dz_h = dz.to(h.dtype)
+        g_w += (dz_h.t() @ h).float()
+        g_b += dz.sum(0)
+        g_pre = (dz_h @ w.to(h.dtype)).float().mul_(1 - h.float().square()).view(*shape, -1)  # through tanh
+        g_e[:, t0:t1] += g_pre.sum(2)
+        g_p += g_pre.sum(1)
+
+
+def joint_arcs(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor, blank: int,
+               tile_elems: int = TILE_ELEMS) -> tuple[Tensor, Tensor]:
+    """The lattice's arc log-probs px (label y_{u+1}), py (blank), each (B, T, U+1) float32, of the joiner
+    on enc (B, T, E) × pred (B, U+1, P) for targets (B, U); px at u = U is padding. Differentiable in
+    enc, pred and the joiner's parameters; no more than ``tile_elems`` logits exist at once."""
+    if not isinstance(joiner, Joiner):
+        raise TypeError(f"the fused RNN-T loss needs speechkit's Joiner (W·tanh(enc_proj + pred_proj) + b), "
+                        f"got {type(joiner).__name__}")
+    e, p = joiner.enc_proj(enc), joiner.pred_proj(pred)  # (B, T, H), (B, U+1, H)
+    if p.dtype != e.dtype:
+        p = p.to(e.dtype)
+    y = torch.cat([targets, targets.new_zeros(targets.shape[0], 1)], 1).long()  # (B, U+1), last is padding
+    return _JointArcs.apply(e, p, joiner.out.weight, joiner.out.bias, y, blank, tile_elems)
+
+
+def fused_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor, frames: Tensor, labels: Tensor,
+                    blank: int, tile_elems: int = TILE_ELEMS, backend: str = "auto") -> Tensor:
+    """−log P(y | x) per utterance (B,), the full RNN-T loss, exact, without the (B, T, U+1, V+1) lattice.
+
+    enc (B, T, E), pred (B, U+1, P) the joiner's inputs, targets (B, U), frames / labels (B,) the lengths;
+    ``tile_elems`` logits per tile (``joint_arcs``); ``backend`` the recursion's (``lattice_logprob``)."""
+    px, py = joint_arcs(joiner, enc, pred, targets, blank, tile_elems)
+    return -lattice_logprob(px, py, frames, labels, backend)

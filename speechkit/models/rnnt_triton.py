@@ -1,0 +1,136 @@
+"""The RNN-T lattice's forward-backward recursion as Triton kernels (METHODS.md §6, §8).
+
+The PyTorch recursion (``pruned_rnnt._torch_lattice_logprob``) loops over frames in Python: on a GPU
+that is thousands of tiny kernel launches per step, forward and backward. Here one Triton program
+sweeps one utterance's lattice frame by frame with its label positions across the program's lanes:
+inside a frame the label steps form a linear recursion in the log semiring,
+
+    α[t, u] = logaddexp(α[t−1, u] + py[t−1, u],  α[t, u−1] + px[t, u−1]),
+
+which is an associative scan over u (``tl.associative_scan``: the element ``(A, B)`` is the map
+``x ↦ logaddexp(B, A + x)``, and maps compose), so a frame costs one load and one log-depth scan.
+β runs the same scan over the reversed label positions, from the last frame back. The arcs'
+gradients are the node occupancies ``exp(α + arc + β_next − log Z)`` (a few elementwise PyTorch ops).
+
+Triton kernels are JIT-compiled Python that ships with torch: nothing to build. On CUDA they are
+picked automatically (``pruned_rnnt.lattice_logprob``); on a CPU they run only under Triton's
+interpreter (``TRITON_INTERPRET=1`` set before this module is imported), which the tests use.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+NEG = -1.0e30  # log 0 inside the kernels: finite, so log-add-exp never meets inf − inf
+
+
+@triton.jit
+def _compose(a1, b1, a2, b2):
+    """(A1, B1) then (A2, B2), each ``x ↦ logaddexp(B, A + x)`` → (A1 + A2, logaddexp(B2, A2 + B1))."""
+    c = b1 + a2
+    m = tl.maximum(c, b2)
+    return a1 + a2, m + tl.log(1.0 + tl.exp(-tl.abs(c - b2)))
+
+
+@triton.jit
+def _alpha_kernel(px, py, frames, labels, alpha, logz, T, U1, BLOCK: tl.constexpr):
+    """One program per utterance b: α (B, T, U+1) over its T_b frames and U_b + 1 label positions, and
+    log Z = α[T_b − 1, U_b] + py[T_b − 1, U_b] (B,)."""
+    b = tl.program_id(0).to(tl.int64)
+    t_b = tl.load(frames + b).to(tl.int32)
+    u_b = tl.load(labels + b).to(tl.int32)
+    u = tl.arange(0, BLOCK)
+    row = b * T * U1
+    inside = u <= u_b
+    into = (u >= 1) & inside  # a label arc enters (t, u) from (t, u − 1)
+    a = tl.load(px + row + u - 1, mask=into, other=NEG)
+    enter = tl.where(u == 0, 0.0, NEG).to(a.dtype)  # frame 0: the path starts at (0, 0)
+    _, x = tl.associative_scan((a, enter), 0, _compose)
+    tl.store(alpha + row + u, x, mask=inside)
+    for t in range(1, t_b):
+        enter = x + tl.load(py + row + (t - 1) * U1 + u, mask=inside, other=NEG)  # blank from frame t − 1
+        a = tl.load(px + row + t * U1 + u - 1, mask=into, other=NEG)
+        _, x = tl.associative_scan((a, enter), 0, _compose)
+        tl.store(alpha + row + t * U1 + u, x, mask=inside)
+    last = tl.sum(tl.where(u == u_b, x, 0.0), 0)
+    tl.store(logz + b, last + tl.load(py + row + (t_b - 1) * U1 + u_b))
+
+
+@triton.jit
+def _beta_kernel(px, py, frames, labels, beta, T, U1, BLOCK: tl.constexpr):
+    """One program per utterance b: β (B, T, U+1), log P of finishing from node (t, u), swept from the
+    last frame back; lane i holds label position U_b − i, so the scan runs the same way as α's."""
+    b = tl.program_id(0).to(tl.int64)
+    t_b = tl.load(frames + b).to(tl.int32)
+    u_b = tl.load(labels + b).to(tl.int32)
+    i = tl.arange(0, BLOCK)
+    u = u_b - i
+    row = b * T * U1
+    inside = i <= u_b
+    out = (i >= 1) & inside  # a label arc leaves (t, u) to (t, u + 1) below the last label
+    t = t_b - 1
+    a = tl.load(px + row + t * U1 + u, mask=out, other=NEG)
+    enter = tl.load(py + row + t * U1 + u, mask=i == 0, other=NEG)  # the final blank from (T_b − 1, U_b)
+    _, x = tl.associative_scan((a, enter), 0, _compose)
+    tl.store(beta + row + t * U1 + u, x, mask=inside)
+    for k in range(1, t_b):
+        t = t_b - 1 - k
+        enter = x + tl.load(py + row + t * U1 + u, mask=inside, other=NEG)  # blank to frame t + 1
+        a = tl.load(px + row + t * U1 + u, mask=out, other=NEG)
+        _, x = tl.associative_scan((a, enter), 0, _compose)
+        tl.store(beta + row + t * U1 + u, x, mask=inside)
+
+
+def _launch(kernel, px: Tensor, *args) -> None:
+    u1 = px.shape[2]
+    block = triton.next_power_of_2(u1)
+    kernel[(px.shape[0],)](px, *args, px.shape[1], u1, BLOCK=block, num_warps=max(1, min(8, block // 64)))
+
+
+def occupancies(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, alpha: Tensor, beta: Tensor,
+                logz: Tensor) -> tuple[Tensor, Tensor]:
+    """∂ log Z / ∂px, ∂ log Z / ∂py (each (B, T, U+1)): the posterior probability of each arc,
+    ``exp(α[t, u] + arc + β[next node] − log Z)``; 0 outside the lattice and at px[·, U_b]."""
+    b, t_max, u1 = px.shape
+    t_idx = torch.arange(t_max, device=px.device)[:, None]
+    u_idx = torch.arange(u1, device=px.device)
+    t_b, u_b = frames[:, None, None], labels[:, None, None]
+    end = (t_idx == t_b - 1) & (u_idx == u_b)  # the final blank leaves the lattice: β after it is 0
+    after_blank = torch.cat([beta[:, 1:], beta.new_full((b, 1, u1), NEG)], 1).masked_fill(end, 0.0)
+    after_label = torch.cat([beta[..., 1:], beta.new_full((b, t_max, 1), NEG)], 2)
+    rest = alpha - logz[:, None, None]
+    g_py = torch.where((t_idx < t_b) & (u_idx <= u_b), (rest + py + after_blank).exp(), 0.0)
+    g_px = torch.where((t_idx < t_b) & (u_idx < u_b), (rest + px + after_label).exp(), 0.0)
+    return g_px, g_py
+
+
+class _Lattice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
+        alpha = torch.full_like(px, NEG)
+        logz = px.new_empty(px.shape[0])
+        _launch(_alpha_kernel, px, py, frames, labels, alpha, logz)
+        ctx.save_for_backward(px, py, frames, labels, alpha, logz)
+        return logz
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        px, py, frames, labels, alpha, logz = ctx.saved_tensors
+        beta = torch.full_like(px, NEG)
+        _launch(_beta_kernel, px, py, frames, labels, beta)
+        g_px, g_py = occupancies(px, py, frames.long(), labels.long(), alpha, beta, logz)
+        g = grad[:, None, None].to(px.dtype)
+        return g_px * g, g_py * g, None, None
+
+
+def triton_lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
+    """log P(y | x) over all alignments (B,) for the arcs px (labels), py (blanks), each (B, T, U+1),
+    and the lengths frames, labels (B,); differentiable in px and py. Computes in px's dtype (float32
+    or float64; half precisions are promoted to float32)."""
+    dtype = px.dtype if px.dtype in (torch.float32, torch.float64) else torch.float32
+    px, py = px.to(dtype).contiguous(), py.to(dtype).contiguous()
+    return _Lattice.apply(px, py, frames.to(device=px.device, dtype=torch.int32).contiguous(),
+                          labels.to(device=px.device, dtype=torch.int32).contiguous())
