@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,8 @@ from speechkit.nn.conformer import Conformer
 from speechkit.nn.subsampling import Conv2dSubsampling, FrameStack
 
 torch.set_num_threads(2)
+if not torch.cuda.is_available():  # Triton kernels (speechkit.models.rnnt_triton) run in Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Device-dependent tests take the ``device`` fixture: they run on the CPU in every tier, and on CUDA
 # (marked ``gpu``, compared there with the CPU result) where a GPU exists: `pytest -m gpu`.

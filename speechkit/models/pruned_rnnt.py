@@ -48,8 +48,9 @@ def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, back
 
 
 def _torch_lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
-    """``lattice_logprob`` in PyTorch, a ``logcumsumexp`` per frame in float64."""
+    """``lattice_logprob`` in PyTorch, a ``logcumsumexp`` per frame in float64 (returned in px's dtype)."""
     b, t_max, u1 = px.shape
+    dtype = px.dtype
     px, py = px.double(), py.double()
     u_idx = torch.arange(u1, device=px.device)
     px = px.masked_fill(u_idx >= labels[:, None, None], NEG)  # no label after the last one
@@ -63,7 +64,7 @@ def _torch_lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tenso
         alpha = torch.logcumsumexp(enter - c, -1) + c  # label steps within frame t
         last = frames - 1 == t
         final = torch.where(last, alpha[rows, labels] + py[rows, t, labels], final)
-    return final
+    return final.to(dtype)
 
 
 def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int, lm_only_scale: float = 0.0,

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from ..lego.interface import Encoded, interface_ctc, interface_logits
 from ..lego.transducer import Joiner
 from .base import EncoderDecoderModel, TokenLM, ilm_loss, scale_of, term_scales
+from .fused_rnnt import fused_rnnt_loss
 from .pruned_rnnt import pruned_rnnt_loss
 
 
@@ -46,8 +47,10 @@ def joiner_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor,
 class Transducer(EncoderDecoderModel):
     """RNN-T over the interface vocabulary, with the LegoNN marginal head trained by CTC.
 
-    loss = rnnt_weight · RNNT (torchaudio; or, with ``prune_range``, simple_weight · simple + pruned: the
-    pure-PyTorch pruned loss of ``models/pruned_rnnt.py``) + ctc_weight · CTC(marginal head)
+    loss = rnnt_weight · RNNT (``rnnt_impl``: "torchaudio", the joiner on the whole lattice, or "fused", the
+    same exact loss a tile of frames at a time with no (B, T, U+1, V+1) lattice, ``models/fused_rnnt.py``;
+    or, with ``prune_range``, simple_weight · simple + pruned: the pruned loss of
+    ``models/pruned_rnnt.py``; both run their recursion as Triton kernels on CUDA) + ctc_weight · CTC(marginal head)
     [+ ilm_weight · CE(internal LM) on the transcripts: ILM training, METHODS.md §3], each summed
     over the batch and divided by the batch size. The pruned loss's options: ``prune_range`` (s, label
     positions per frame), ``simple_weight``, and the simple loss's smoothing ``lm_only_scale`` /
@@ -65,7 +68,8 @@ class Transducer(EncoderDecoderModel):
     def __init__(self, encoder: nn.Module, predictor: nn.Module, joiner: Joiner,
                  ctc_weight: float = 0.3, rnnt_weight: float = 1.0, ingestor: nn.Module | None = None,
                  ilm_weight: float = 0.0, prune_range: int | None = None, simple_weight: float = 0.5,
-                 lm_only_scale: float = 0.25, am_only_scale: float = 0.0, rnnt_sub_batch: int | None = None):
+                 lm_only_scale: float = 0.25, am_only_scale: float = 0.0, rnnt_sub_batch: int | None = None,
+                 rnnt_impl: str = "torchaudio"):
         super().__init__()
         vocabs = {"encoder head": encoder.vocab_size, "predictor": predictor.vocab_size,
                   "joiner": joiner.vocab_size, "ingestor": getattr(ingestor, "vocab_size", None)}
@@ -78,6 +82,11 @@ class Transducer(EncoderDecoderModel):
         if rnnt_sub_batch is not None and rnnt_sub_batch < 1:
             raise ValueError(f"rnnt_sub_batch must be >= 1 utterances, got {rnnt_sub_batch}")
         self.rnnt_sub_batch = rnnt_sub_batch
+        if rnnt_impl not in ("torchaudio", "fused"):
+            raise ValueError(f"rnnt_impl must be 'torchaudio' or 'fused', got {rnnt_impl!r}")
+        if rnnt_impl == "fused" and (not isinstance(joiner, Joiner) or rnnt_sub_batch):
+            raise ValueError("rnnt_impl='fused' needs speechkit's Joiner and no rnnt_sub_batch (it tiles itself)")
+        self.rnnt_impl = rnnt_impl
         if prune_range is not None:  # the pruned loss's additive "simple" joiner (models/pruned_rnnt.py)
             if prune_range < 2:
                 raise ValueError(f"prune_range must be >= 2 label positions, got {prune_range}")
@@ -127,8 +136,11 @@ class Transducer(EncoderDecoderModel):
         return out
 
     def rnnt_loss(self, dec: Encoded, targets: Tensor, target_lengths: Tensor) -> Tensor:
-        """−log P(targets | joiner input), all alignments (torchaudio) → (B,). ``dec``: what the
-        joiner reads (``decoder_input``), one row per target row."""
+        """−log P(targets | joiner input), all alignments (torchaudio, or fused: ``rnnt_impl``) → (B,).
+        ``dec``: what the joiner reads (``decoder_input``), one row per target row."""
+        if self.rnnt_impl == "fused":
+            return fused_rnnt_loss(self.joiner, dec.hidden, self.predictor(targets), targets, dec.lengths,
+                                   target_lengths, self.blank)
         return joiner_rnnt_loss(self.joiner, dec.hidden, self.predictor(targets), targets, dec.lengths,
                                 target_lengths, self.blank, self.rnnt_sub_batch)
 
