@@ -11,7 +11,7 @@ from the lattice's β) into the logits' gradient in place,
 
 then into ∂W, ∂b and, through tanh, ∂e and ∂p. Peak memory is O(B·T·U) scalars plus one tile
 (``tile_elems`` logits), not O(B·T·U·V); the price is the tile's joiner once more in the backward.
-The recursion is ``pruned_rnnt.lattice_logprob`` (Triton kernels on CUDA). Values and gradients
+The recursion is ``rnnt_lattice.lattice_logprob`` (Triton kernels on CUDA). Values and gradients
 equal torchaudio's ``rnnt_loss`` (tests/models/test_rnnt_kernels.py).
 """
 
@@ -21,35 +21,40 @@ import torch
 from torch import Tensor
 
 from ..lego.transducer import Joiner
-from .pruned_rnnt import lattice_logprob
+from .rnnt_lattice import lattice_logprob
 
 TILE_ELEMS = 1 << 24  # logits per tile: 64 MB in float32
 
 
-def _frame_chunks(b: int, t_max: int, u1: int, width: int, tile_elems: int) -> list[tuple[int, int]]:
-    """[t0, t1) frame ranges whose (B, t1 − t0, U+1, width) tiles hold about ``tile_elems`` values."""
-    step = max(1, tile_elems // max(1, b * u1 * width))
+def _frame_chunks(b: int, t_max: int, s: int, width: int, tile_elems: int) -> list[tuple[int, int]]:
+    """[t0, t1) frame ranges whose (B, t1 − t0, S, width) tiles hold about ``tile_elems`` values."""
+    step = max(1, tile_elems // max(1, b * s * width))
     return [(t0, min(t0 + step, t_max)) for t0 in range(0, t_max, step)]
 
 
+def _rows(x: Tensor, t0: int, t1: int) -> Tensor:
+    """Frames [t0, t1) of x (B, T or 1, ...): a shared (size-1) frame axis is kept for broadcasting."""
+    return x if x.shape[1] == 1 else x[:, t0:t1]
+
+
 def _tile(e: Tensor, p: Tensor, w: Tensor, bias: Tensor, t0: int, t1: int) -> tuple[Tensor, Tensor]:
-    """Hidden h (N, H) and float32 logits z (N, V+1) of the nodes of frames [t0, t1), N = B·(t1−t0)·(U+1),
-    in e's dtype (a bf16 joiner's matmuls stay in bf16)."""
-    h = torch.tanh(e[:, t0:t1, None] + p[:, None]).flatten(0, 2)  # (N, H)
-    return h, torch.addmm(bias.to(h.dtype), h, w.to(h.dtype).t()).float()
+    """Hidden h (B, t1−t0, S, H) and float32 logits z (N, V+1) of the nodes of frames [t0, t1),
+    N = B·(t1−t0)·S, the matmul in e's dtype (a bf16 joiner stays in bf16)."""
+    h = torch.tanh(e[:, t0:t1, None] + _rows(p, t0, t1))
+    return h, torch.addmm(bias.to(h.dtype), h.flatten(0, 2), w.to(h.dtype).t()).float()
 
 
 class _JointArcs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e: Tensor, p: Tensor, w: Tensor, bias: Tensor, y: Tensor, blank: int,
                 tile_elems: int) -> tuple[Tensor, Tensor]:
-        b, t_max, u1 = e.shape[0], e.shape[1], p.shape[1]
-        px, py, lse = (e.new_empty(b, t_max, u1, dtype=torch.float32) for _ in range(3))
+        b, t_max, s = e.shape[0], e.shape[1], p.shape[2]
+        px, py, lse = (e.new_empty(b, t_max, s, dtype=torch.float32) for _ in range(3))
         with torch.autocast(e.device.type, enabled=False):
-            for t0, t1 in _frame_chunks(b, t_max, u1, w.shape[0], tile_elems):
+            for t0, t1 in _frame_chunks(b, t_max, s, w.shape[0], tile_elems):
                 _, z = _tile(e, p, w, bias, t0, t1)
-                shape = (b, t1 - t0, u1)
-                label = z.gather(1, y[:, None, :].expand(shape).reshape(-1, 1))[:, 0]
+                shape = (b, t1 - t0, s)
+                label = z.gather(1, _rows(y, t0, t1).expand(shape).reshape(-1, 1))[:, 0]
                 blank_z = z[:, blank].clone()
                 m = z.amax(1)
                 norm = z.sub_(m[:, None]).exp_().sum(1).log_().add_(m)  # logsumexp, in place
@@ -65,49 +70,57 @@ class _JointArcs(torch.autograd.Function):
         g_e, g_p = torch.zeros_like(e, dtype=torch.float32), torch.zeros_like(p, dtype=torch.float32)
         g_w, g_b = torch.zeros_like(w, dtype=torch.float32), torch.zeros_like(bias, dtype=torch.float32)
         with torch.autocast(e.device.type, enabled=False):
-            _joint_arcs_backward(e, p, w, bias, y, lse, g_px, g_py, ctx.blank, ctx.tile_elems, g_e, g_p, g_w, g_b)
+            _joint_arcs_backward(e, p, w, bias, y, lse, g_px, g_py, ctx.blank, ctx.tile_elems,
+                                 g_e, g_p, g_w, g_b)
         return g_e.to(e.dtype), g_p.to(p.dtype), g_w.to(w.dtype), g_b.to(bias.dtype), None, None, None
 
 
 def _joint_arcs_backward(e, p, w, bias, y, lse, g_px, g_py, blank, tile_elems, g_e, g_p, g_w, g_b) -> None:
-    """Accumulates ∂e (B, T, H), ∂p (B, U+1, H), ∂W (V+1, H), ∂b (V+1,) into g_e, g_p, g_w, g_b (float32)
-    from the arcs' gradients g_px, g_py (B, T, U+1), one recomputed tile at a time."""
-    b, t_max, u1 = e.shape[0], e.shape[1], p.shape[1]
-    for t0, t1 in _frame_chunks(b, t_max, u1, w.shape[0], tile_elems):
+    """Accumulates ∂e (B, T, H), ∂p (B, T or 1, S, H), ∂W (V+1, H), ∂b (V+1,) into g_e, g_p, g_w, g_b
+    (float32) from the arcs' gradients g_px, g_py (B, T, S), one recomputed tile at a time."""
+    b, t_max, s = e.shape[0], e.shape[1], p.shape[2]
+    for t0, t1 in _frame_chunks(b, t_max, s, w.shape[0], tile_elems):
         h, z = _tile(e, p, w, bias, t0, t1)
-        shape = (b, t1 - t0, u1)
+        shape = (b, t1 - t0, s)
         gl, gb = g_px[:, t0:t1].reshape(-1).float(), g_py[:, t0:t1].reshape(-1).float()
         dz = z.sub_(lse[:, t0:t1].reshape(-1, 1)).exp_().mul_(-(gl + gb)[:, None])  # −p_v (g_l + g_b)
-        dz.scatter_add_(1, y[:, None, :].expand(shape).reshape(-1, 1), gl[:, None])
+        dz.scatter_add_(1, _rows(y, t0, t1).expand(shape).reshape(-1, 1), gl[:, None])
         dz[:, blank] += gb
+        h = h.flatten(0, 2)
         dz_h = dz.to(h.dtype)
         g_w += (dz_h.t() @ h).float()
         g_b += dz.sum(0)
         g_pre = (dz_h @ w.to(h.dtype)).float().mul_(1 - h.float().square()).view(*shape, -1)  # through tanh
         g_e[:, t0:t1] += g_pre.sum(2)
-        g_p += g_pre.sum(1)
+        if p.shape[1] == 1:
+            g_p += g_pre.sum(1, keepdim=True)
+        else:
+            g_p[:, t0:t1] += g_pre
 
 
-def joint_arcs(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor, blank: int,
+def joint_arcs(joiner: Joiner, enc: Tensor, pred: Tensor, y: Tensor, blank: int,
                tile_elems: int = TILE_ELEMS) -> tuple[Tensor, Tensor]:
-    """The lattice's arc log-probs px (label y_{u+1}), py (blank), each (B, T, U+1) float32, of the joiner
-    on enc (B, T, E) × pred (B, U+1, P) for targets (B, U); px at u = U is padding. Differentiable in
-    enc, pred and the joiner's parameters; no more than ``tile_elems`` logits exist at once."""
+    """Arc log-probs px (label y), py (blank), each (B, T, S) float32, of the joiner on every pair of an
+    encoder frame enc (B, T, E) and a predictor output pred: (B, S, P), the same S outputs for every
+    frame (the full lattice, S = U+1), or (B, T, S, P), S outputs per frame (the pruned loss's windows);
+    y the label at each of them ((B, S) or (B, T, S)). Differentiable in enc, pred and the joiner's
+    parameters; no more than about ``tile_elems`` logits exist at once."""
     if not isinstance(joiner, Joiner):
         raise TypeError(f"the fused RNN-T loss needs speechkit's Joiner (W·tanh(enc_proj + pred_proj) + b), "
                         f"got {type(joiner).__name__}")
-    e, p = joiner.enc_proj(enc), joiner.pred_proj(pred)  # (B, T, H), (B, U+1, H)
-    if p.dtype != e.dtype:
-        p = p.to(e.dtype)
-    y = torch.cat([targets, targets.new_zeros(targets.shape[0], 1)], 1).long()  # (B, U+1), last is padding
-    return _JointArcs.apply(e, p, joiner.out.weight, joiner.out.bias, y, blank, tile_elems)
+    e, p = joiner.enc_proj(enc), joiner.pred_proj(pred)  # (B, T, H), (B, [T,] S, H)
+    if p.dim() == 3:
+        p, y = p[:, None], y[:, None]  # one frame axis, shared
+    return _JointArcs.apply(e, p.to(e.dtype), joiner.out.weight, joiner.out.bias, y.long(), blank, tile_elems)
 
 
-def fused_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor, frames: Tensor, labels: Tensor,
-                    blank: int, tile_elems: int = TILE_ELEMS, backend: str = "auto") -> Tensor:
-    """−log P(y | x) per utterance (B,), the full RNN-T loss, exact, without the (B, T, U+1, V+1) lattice.
+def fused_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor, frames: Tensor,
+                    labels: Tensor, blank: int, tile_elems: int = TILE_ELEMS,
+                    backend: str = "auto") -> Tensor:
+    """−log P(y | x) per utterance (B,): the full RNN-T loss, exact, with no (B, T, U+1, V+1) lattice.
 
     enc (B, T, E), pred (B, U+1, P) the joiner's inputs, targets (B, U), frames / labels (B,) the lengths;
     ``tile_elems`` logits per tile (``joint_arcs``); ``backend`` the recursion's (``lattice_logprob``)."""
-    px, py = joint_arcs(joiner, enc, pred, targets, blank, tile_elems)
+    y = torch.cat([targets, targets.new_zeros(targets.shape[0], 1)], 1)  # (B, U+1), last is padding
+    px, py = joint_arcs(joiner, enc, pred, y, blank, tile_elems)
     return -lattice_logprob(px, py, frames, labels, backend)

@@ -12,11 +12,10 @@ torchaudio's ``rnnt_loss`` needs the joiner on the whole (B, T, U+1, V+1) lattic
 3. **pruned loss**: the real joiner only inside the windows (B, T, s, V+1), and the same
    forward algorithm on the lattice with every node outside the windows removed.
 
-``lattice_logprob`` is the forward algorithm: on CUDA the Triton kernels of ``rnnt_triton`` (one
-program per utterance, a log-semiring scan per frame, β for the backward pass), elsewhere PyTorch, one
-``logcumsumexp`` per frame (the label steps inside a frame form a linear recursion in log space), in
-float64. With ``s ≥ U+1`` the pruned loss is exactly the full RNN-T loss (tested against torchaudio,
-values and gradients).
+The recursion is ``rnnt_lattice.lattice_logprob`` (Triton kernels on CUDA, PyTorch elsewhere), the
+windows' arcs ``fused_rnnt.joint_arcs`` (a tile of frames at a time: the (B, T, s, V+1) logits never
+exist at once either). With ``s ≥ U+1`` the pruned loss is exactly the full RNN-T loss (tested against
+torchaudio, values and gradients).
 """
 
 from __future__ import annotations
@@ -24,47 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-NEG = -1.0e4  # log-probability of a removed arc: finite, so cumulative sums stay exact in float64
-
-
-BACKENDS = ("auto", "triton", "torch")
-
-
-def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, backend: str = "auto") -> Tensor:
-    """log P(y | x) summed over all alignments of the RNN-T lattice.
-
-    px: (B, T, U+1) log-prob of emitting label y_{u+1} at node (t, u) (ignored at u ≥ U_b);
-    py: (B, T, U+1) log-prob of blank at node (t, u); frames (B,) = T_b; labels (B,) = U_b → (B,).
-    ``backend``: "triton" (``rnnt_triton``; on a CPU only under ``TRITON_INTERPRET=1``), "torch", or
-    "auto" (Triton for CUDA tensors, PyTorch otherwise).
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"lattice backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton" or (backend == "auto" and px.is_cuda):
-        from .rnnt_triton import triton_lattice_logprob
-
-        return triton_lattice_logprob(px, py, frames, labels)
-    return _torch_lattice_logprob(px, py, frames, labels)
-
-
-def _torch_lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
-    """``lattice_logprob`` in PyTorch, a ``logcumsumexp`` per frame in float64 (returned in px's dtype)."""
-    b, t_max, u1 = px.shape
-    dtype = px.dtype
-    px, py = px.double(), py.double()
-    u_idx = torch.arange(u1, device=px.device)
-    px = px.masked_fill(u_idx >= labels[:, None, None], NEG)  # no label after the last one
-    alpha = torch.full((b, u1), float("-inf"), dtype=torch.float64, device=px.device)
-    alpha[:, 0] = 0.0
-    final = torch.zeros(b, dtype=torch.float64, device=px.device)
-    rows = torch.arange(b, device=px.device)
-    for t in range(t_max):
-        enter = alpha if t == 0 else alpha + py[:, t - 1]  # (B, U+1): arrive at frame t by blank
-        c = torch.cat([px.new_zeros(b, 1), px[:, t, :-1].cumsum(-1)], -1)  # Σ_{j<u} px[t, j]
-        alpha = torch.logcumsumexp(enter - c, -1) + c  # label steps within frame t
-        last = frames - 1 == t
-        final = torch.where(last, alpha[rows, labels] + py[rows, t, labels], final)
-    return final.to(dtype)
+from ..lego.transducer import Joiner
+from .fused_rnnt import joint_arcs
+from .rnnt_lattice import NEG, lattice_logprob
 
 
 def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int, lm_only_scale: float = 0.0,
@@ -127,16 +88,15 @@ def prune_ranges(px_grad: Tensor, py_grad: Tensor, frames: Tensor, labels: Tenso
     return torch.minimum(start, top)
 
 
-def pruned_rnnt_loss(joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, targets: Tensor,
+def pruned_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, targets: Tensor,
                      frames: Tensor, labels: Tensor, blank: int, s: int = 5, lm_only_scale: float = 0.0,
                      am_only_scale: float = 0.0, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(simple loss, pruned loss), each −log P(y|x) per utterance (B,).
 
-    joiner: ``(enc (B, T, S, E), pred (B, T, S, P)) → logits (…, V+1)``; enc (B, T, E), pred
-    (B, U+1, P) its inputs; am (B, T, V+1), lm (B, U+1, V+1) the simple projections; targets (B, U);
-    frames, labels (B,) the lengths; ``s`` the window width in label positions; ``lm_only_scale``,
-    ``am_only_scale`` the simple loss's smoothing (``simple_lattice``); ``backend`` the recursion's
-    (``lattice_logprob``).
+    joiner: speechkit's ``Joiner``; enc (B, T, E), pred (B, U+1, P) its inputs; am (B, T, V+1), lm
+    (B, U+1, V+1) the simple projections; targets (B, U); frames, labels (B,) the lengths; ``s`` the
+    window width in label positions; ``lm_only_scale``, ``am_only_scale`` the simple loss's smoothing
+    (``simple_lattice``); ``backend`` the recursion's (``lattice_logprob``).
     """
     px, py = simple_lattice(am.float(), lm.float(), targets, blank, lm_only_scale, am_only_scale)
     simple = lattice_logprob(px, py, frames, labels, backend)
@@ -153,10 +113,9 @@ def pruned_rnnt_loss(joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: Tensor, 
     u_win = start[..., None] + torch.arange(s, device=start.device)  # (B, T, s) label positions
     pred_pad = torch.cat([pred, pred.new_zeros(b, s, pred.shape[-1])], 1)  # (B, U+1+s, P)
     pred_win = pred_pad.gather(1, u_win.flatten(1)[..., None].expand(-1, -1, pred.shape[-1]))
-    logits = joiner(enc[:, :, None], pred_win.view(b, t_max, s, -1)).float().log_softmax(-1)
     y_pad = torch.cat([targets, targets.new_zeros(b, s + 1)], 1)  # (B, U+1+s)
     y_win = y_pad.gather(1, u_win.flatten(1)).view(b, t_max, s)
-    px_win, py_win = logits.gather(3, y_win[..., None])[..., 0], logits[..., blank]  # (B, T, s)
+    px_win, py_win = joint_arcs(joiner, enc, pred_win.view(b, t_max, s, -1), y_win, blank)  # (B, T, s)
     px_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, px_win)[..., :u1]
     py_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, py_win)[..., :u1]
     return -simple, -lattice_logprob(px_p, py_p, frames, labels, backend)

@@ -1,6 +1,6 @@
 """The RNN-T lattice's forward-backward recursion as Triton kernels (METHODS.md §6, §8).
 
-The PyTorch recursion (``pruned_rnnt._torch_lattice_logprob``) loops over frames in Python: on a GPU
+The PyTorch recursion (``rnnt_lattice._torch_lattice_logprob``) loops over frames in Python: on a GPU
 that is thousands of tiny kernel launches per step, forward and backward. Here one Triton program
 sweeps one utterance's lattice frame by frame with its label positions across the program's lanes:
 inside a frame the label steps form a linear recursion in the log semiring,
@@ -13,7 +13,7 @@ which is an associative scan over u (``tl.associative_scan``: the element ``(A, 
 gradients are the node occupancies ``exp(α + arc + β_next − log Z)`` (a few elementwise PyTorch ops).
 
 Triton kernels are JIT-compiled Python that ships with torch: nothing to build. On CUDA they are
-picked automatically (``pruned_rnnt.lattice_logprob``); on a CPU they run only under Triton's
+picked automatically (``rnnt_lattice.lattice_logprob``); on a CPU they run only under Triton's
 interpreter (``TRITON_INTERPRET=1`` set before this module is imported), which the tests use.
 """
 

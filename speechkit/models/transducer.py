@@ -50,7 +50,8 @@ class Transducer(EncoderDecoderModel):
     loss = rnnt_weight · RNNT (``rnnt_impl``: "torchaudio", the joiner on the whole lattice, or "fused", the
     same exact loss a tile of frames at a time with no (B, T, U+1, V+1) lattice, ``models/fused_rnnt.py``;
     or, with ``prune_range``, simple_weight · simple + pruned: the pruned loss of
-    ``models/pruned_rnnt.py``; both run their recursion as Triton kernels on CUDA) + ctc_weight · CTC(marginal head)
+    ``models/pruned_rnnt.py``; both run their recursion as Triton kernels on CUDA)
+    + ctc_weight · CTC(marginal head)
     [+ ilm_weight · CE(internal LM) on the transcripts: ILM training, METHODS.md §3], each summed
     over the batch and divided by the batch size. The pruned loss's options: ``prune_range`` (s, label
     positions per frame), ``simple_weight``, and the simple loss's smoothing ``lm_only_scale`` /
@@ -85,7 +86,8 @@ class Transducer(EncoderDecoderModel):
         if rnnt_impl not in ("torchaudio", "fused"):
             raise ValueError(f"rnnt_impl must be 'torchaudio' or 'fused', got {rnnt_impl!r}")
         if rnnt_impl == "fused" and (not isinstance(joiner, Joiner) or rnnt_sub_batch):
-            raise ValueError("rnnt_impl='fused' needs speechkit's Joiner and no rnnt_sub_batch (it tiles itself)")
+            raise ValueError("rnnt_impl='fused' needs speechkit's Joiner and no rnnt_sub_batch (it tiles "
+                             "itself)")
         self.rnnt_impl = rnnt_impl
         if prune_range is not None:  # the pruned loss's additive "simple" joiner (models/pruned_rnnt.py)
             if prune_range < 2:

@@ -5,7 +5,8 @@ import torch
 import torchaudio.functional as AF
 
 from speechkit.lego.transducer import Joiner
-from speechkit.models.pruned_rnnt import lattice_logprob, prune_ranges, pruned_rnnt_loss, simple_lattice
+from speechkit.models.pruned_rnnt import prune_ranges, pruned_rnnt_loss, simple_lattice
+from speechkit.models.rnnt_lattice import lattice_logprob
 
 B, T, U, V, E, P = 3, 12, 5, 10, 8, 8
 
