@@ -27,7 +27,9 @@ recorded as such and the next one runs):
 4. ``throughput``: ``benchmarks/training_throughput.py`` on the same configs for ``--throughput-steps``
    steps: speechkit's Lightning loop vs a plain torch loop of the same model and batches (ratio).
 5. ``tests``: ``pytest -m gpu`` (the CUDA halves of the device-parametrised tests).
-6. ``loss``: ``benchmarks/transducer_loss.py --device DEVICE --json``.
+6. ``loss``: ``benchmarks/transducer_loss.py --device DEVICE --json --kinds LOSS_KINDS``: torchaudio's
+   RNN-T loss against the pruned loss (PyTorch and Triton recursions) and the fused exact loss, fp32
+   and bf16 joiners, at the benchmark's GPU shapes.
 7. ``compression``: ``benchmarks/compression.py --device DEVICE --json``.
 
 Writes ``OUT/gpu_check.json`` after every stage (a killed run keeps what it had), ``OUT/train.log``
@@ -52,8 +54,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [f"recipes/locale/conf/{c}.yaml" for c in ("demo", "full", "gpu")]
 STAGES = ("corpus", "train", "decode", "throughput", "tests", "loss", "compression")
-SHARE = {"corpus": 0.13, "train": 0.36, "decode": 0.10, "throughput": 0.17, "tests": 0.12, "loss": 0.06,
+SHARE = {"corpus": 0.13, "train": 0.33, "decode": 0.10, "throughput": 0.14, "tests": 0.12, "loss": 0.12,
          "compression": 0.06}
+LOSS_KINDS = ("torchaudio", "pruned", "pruned-triton", "fused")  # the loss stage's (sub-batched is slow)
 CLOCK_ENV = "SPEECHKIT_STEP_CLOCK"  # where StepClock writes its record
 
 
@@ -254,9 +257,10 @@ def stage_throughput(a, budget: float) -> dict:
                                           / loops["speechkit"]["utt_per_s_training"], 3)}
 
 
-def stage_script(script: str, a, budget: float) -> dict:
-    """A benchmark script with ``--device DEVICE --json`` → its JSON lines ({"rows": [...]} for several)."""
-    rc, out = run([sys.executable, f"benchmarks/{script}", "--device", a.device, "--json"], budget)
+def stage_script(script: str, a, budget: float, *args: str) -> dict:
+    """A benchmark script with ``--device DEVICE --json`` [args] → its JSON lines ({"rows": [...]} for
+    several; a script out of time keeps the lines it printed)."""
+    rc, out = run([sys.executable, f"benchmarks/{script}", "--device", a.device, "--json", *args], budget)
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     if rc != 0 and not rows:
         raise RuntimeError(f"{script} exited with {rc}: {tail(out)}")
@@ -264,7 +268,8 @@ def stage_script(script: str, a, budget: float) -> dict:
 
 
 RUN = {"corpus": stage_corpus, "train": stage_train, "decode": stage_decode, "throughput": stage_throughput,
-       "tests": stage_tests, "loss": lambda a, budget: stage_script("transducer_loss.py", a, budget),
+       "tests": stage_tests,
+       "loss": lambda a, budget: stage_script("transducer_loss.py", a, budget, "--kinds", *LOSS_KINDS),
        "compression": lambda a, budget: stage_script("compression.py", a, budget)}
 
 

@@ -39,7 +39,7 @@ from speechkit.models.pruned_rnnt import pruned_rnnt_loss
 from speechkit.models.transducer import joiner_rnnt_loss
 
 SHAPES = ("8,100,25,129", "8,200,50,501", "8,400,100,501", "16,400,100,1001")
-GPU_SHAPES = ("16,400,100,1001", "32,800,150,1001", "32,500,120,501")
+GPU_SHAPES = ("16,400,100,1001", "32,500,120,501", "32,800,150,1001")  # the last is beyond torchaudio
 WIDTH = 256
 
 

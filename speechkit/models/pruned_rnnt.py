@@ -115,7 +115,7 @@ def pruned_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: 
     pred_win = pred_pad.gather(1, u_win.flatten(1)[..., None].expand(-1, -1, pred.shape[-1]))
     y_pad = torch.cat([targets, targets.new_zeros(b, s + 1)], 1)  # (B, U+1+s)
     y_win = y_pad.gather(1, u_win.flatten(1)).view(b, t_max, s)
-    px_win, py_win = joint_arcs(joiner, enc, pred_win.view(b, t_max, s, -1), y_win, blank)  # (B, T, s)
+    px_win, py_win = joint_arcs(joiner, enc, pred_win.view(b, t_max, s, -1), y_win, blank, backend=backend)
     px_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, px_win)[..., :u1]
     py_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, py_win)[..., :u1]
     return -simple, -lattice_logprob(px_p, py_p, frames, labels, backend)

@@ -134,3 +134,65 @@ def triton_lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tenso
     px, py = px.to(dtype).contiguous(), py.to(dtype).contiguous()
     return _Lattice.apply(px, py, frames.to(device=px.device, dtype=torch.int32).contiguous(),
                           labels.to(device=px.device, dtype=torch.int32).contiguous())
+
+
+# ---------------------------------------------------------------- the joiner's arcs (fused_rnnt's tiles)
+@triton.jit
+def _arcs_kernel(z, y, lse, px, py, V1, blank, BLOCK_V: tl.constexpr):
+    """Row n of the logits z (N, V+1): lse[n] = logsumexp_v z[n, v], px[n] = z[n, y[n]] − lse[n],
+    py[n] = z[n, blank] − lse[n] (float32), one pass over the row (running max and sum per lane)."""
+    n = tl.program_id(0).to(tl.int64)
+    row = z + n * V1
+    m = tl.full([BLOCK_V], NEG, tl.float32)
+    s = tl.zeros([BLOCK_V], tl.float32)
+    for v0 in range(0, V1, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        x = tl.load(row + v, mask=v < V1, other=NEG).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        s = s * tl.exp(m - m_new) + tl.where(v < V1, tl.exp(x - m_new), 0.0)
+        m = m_new
+    top = tl.max(m, 0)
+    norm = top + tl.log(tl.sum(s * tl.exp(m - top), 0))
+    tl.store(lse + n, norm)
+    tl.store(px + n, tl.load(row + tl.load(y + n)).to(tl.float32) - norm)
+    tl.store(py + n, tl.load(row + blank).to(tl.float32) - norm)
+
+
+@triton.jit
+def _arcs_grad_kernel(z, y, lse, g_label, g_blank, V1, blank, BLOCK_V: tl.constexpr):
+    """Row n of z (N, V+1) overwritten with ∂L/∂z = −softmax(z)·(g_label + g_blank) + g_label·[v = y[n]]
+    + g_blank·[v = blank], in z's dtype, one pass."""
+    n = tl.program_id(0).to(tl.int64)
+    row = z + n * V1
+    norm = tl.load(lse + n)
+    gl = tl.load(g_label + n)
+    gb = tl.load(g_blank + n)
+    label = tl.load(y + n)
+    for v0 in range(0, V1, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        x = tl.load(row + v, mask=v < V1, other=0.0).to(tl.float32)
+        d = -tl.exp(x - norm) * (gl + gb) + tl.where(v == label, gl, 0.0) + tl.where(v == blank, gb, 0.0)
+        tl.store(row + v, d.to(z.dtype.element_ty), mask=v < V1)
+
+
+def _block_v(v1: int) -> int:
+    return min(triton.next_power_of_2(v1), 4096)
+
+
+def joint_arcs_rows(z: Tensor, y: Tensor, blank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits z (N, V+1), contiguous, any float dtype; y (N,) → (lse, px, py), each (N,) float32."""
+    n, v1 = z.shape
+    lse, px, py = (z.new_empty(n, dtype=torch.float32) for _ in range(3))
+    block = _block_v(v1)
+    _arcs_kernel[(n,)](z, y, lse, px, py, v1, blank, BLOCK_V=block, num_warps=max(1, min(8, block // 256)))
+    return lse, px, py
+
+
+def joint_arcs_grad_(z: Tensor, y: Tensor, lse: Tensor, g_label: Tensor, g_blank: Tensor,
+                     blank: int) -> Tensor:
+    """z (N, V+1) → ∂L/∂z in place (see ``_arcs_grad_kernel``); y, lse, g_label, g_blank (N,)."""
+    n, v1 = z.shape
+    block = _block_v(v1)
+    _arcs_grad_kernel[(n,)](z, y, lse, g_label.contiguous(), g_blank.contiguous(), v1, blank, BLOCK_V=block,
+                            num_warps=max(1, min(8, block // 256)))
+    return z

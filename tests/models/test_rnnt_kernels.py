@@ -127,15 +127,16 @@ def test_fused_loss_equals_torchaudio_values_and_gradients_in_tiles(device, back
             torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("device, b, t, u, v1", [pytest.param("cpu", 2, 8, 4, 11, id="cpu"),
-                                                 pytest.param("cuda", 8, 300, 80, 501, marks=pytest.mark.gpu,
-                                                              id="cuda")])
-def test_fused_loss_under_bf16_autocast_stays_near_float32(device, b, t, u, v1):
+@pytest.mark.parametrize("device, backend, b, t, u, v1", [
+    pytest.param("cpu", "torch", 2, 8, 4, 11, id="cpu-torch"),
+    pytest.param("cpu", "triton", 2, 8, 4, 11, marks=INTERPRETED, id="cpu-interpreted"),
+    pytest.param("cuda", "triton", 8, 300, 80, 501, marks=pytest.mark.gpu, id="cuda")])
+def test_fused_loss_under_bf16_autocast_stays_near_float32(device, backend, b, t, u, v1):
     joiner, enc, pred, y, frames, labels = _joiner_inputs(device, b, t, u, v1, seed=3)
     ref = fused_rnnt_loss(joiner, enc, pred, y, frames, labels, v1 - 1)
     with torch.autocast(device, dtype=torch.bfloat16):
-        px, py = joint_arcs(joiner, enc, pred, torch.cat([y, y[:, :1]], 1), v1 - 1)
-        ours = fused_rnnt_loss(joiner, enc, pred, y, frames, labels, v1 - 1)
+        px, py = joint_arcs(joiner, enc, pred, torch.cat([y, y[:, :1]], 1), v1 - 1, backend=backend)
+        ours = fused_rnnt_loss(joiner, enc, pred, y, frames, labels, v1 - 1, backend=backend)
     assert px.dtype == py.dtype == torch.float32  # the normaliser and the arcs stay in float32
     torch.testing.assert_close(ours, ref, rtol=2e-2, atol=0.5)  # bf16 joiner matmuls: ~3 significant digits
     g = torch.autograd.grad(ours.sum(), joiner.out.weight)[0]
