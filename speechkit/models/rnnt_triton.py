@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-NEG = -1.0e30  # log 0 inside the kernels: finite, so log-add-exp never meets inf − inf
+NEG = tl.constexpr(-1.0e30)  # log 0 inside the kernels: finite, so log-add-exp never meets inf − inf
 
 
 @triton.jit
@@ -99,8 +99,8 @@ def occupancies(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, alpha: T
     u_idx = torch.arange(u1, device=px.device)
     t_b, u_b = frames[:, None, None], labels[:, None, None]
     end = (t_idx == t_b - 1) & (u_idx == u_b)  # the final blank leaves the lattice: β after it is 0
-    after_blank = torch.cat([beta[:, 1:], beta.new_full((b, 1, u1), NEG)], 1).masked_fill(end, 0.0)
-    after_label = torch.cat([beta[..., 1:], beta.new_full((b, t_max, 1), NEG)], 2)
+    after_blank = torch.cat([beta[:, 1:], beta.new_full((b, 1, u1), NEG.value)], 1).masked_fill(end, 0.0)
+    after_label = torch.cat([beta[..., 1:], beta.new_full((b, t_max, 1), NEG.value)], 2)
     rest = alpha - logz[:, None, None]
     g_py = torch.where((t_idx < t_b) & (u_idx <= u_b), (rest + py + after_blank).exp(), 0.0)
     g_px = torch.where((t_idx < t_b) & (u_idx < u_b), (rest + px + after_label).exp(), 0.0)
@@ -110,7 +110,7 @@ def occupancies(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, alpha: T
 class _Lattice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, px: Tensor, py: Tensor, frames: Tensor, labels: Tensor) -> Tensor:
-        alpha = torch.full_like(px, NEG)
+        alpha = torch.full_like(px, NEG.value)
         logz = px.new_empty(px.shape[0])
         _launch(_alpha_kernel, px, py, frames, labels, alpha, logz)
         ctx.save_for_backward(px, py, frames, labels, alpha, logz)
@@ -119,7 +119,7 @@ class _Lattice(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         px, py, frames, labels, alpha, logz = ctx.saved_tensors
-        beta = torch.full_like(px, NEG)
+        beta = torch.full_like(px, NEG.value)
         _launch(_beta_kernel, px, py, frames, labels, beta)
         g_px, g_py = occupancies(px, py, frames.long(), labels.long(), alpha, beta, logz)
         g = grad[:, None, None].to(px.dtype)
