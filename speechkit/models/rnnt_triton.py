@@ -1,4 +1,5 @@
-"""The RNN-T lattice's forward-backward recursion as Triton kernels (METHODS.md §6, §8).
+"""The transducer losses' Triton kernels (METHODS.md §6, §8): the RNN-T lattice's forward-backward
+recursion, and the per-row normaliser / gradient of the fused loss's logit tiles.
 
 The PyTorch recursion (``rnnt_lattice._torch_lattice_logprob``) loops over frames in Python: on a GPU
 that is thousands of tiny kernel launches per step, forward and backward. Here one Triton program
@@ -12,9 +13,16 @@ which is an associative scan over u (``tl.associative_scan``: the element ``(A, 
 β runs the same scan over the reversed label positions, from the last frame back. The arcs'
 gradients are the node occupancies ``exp(α + arc + β_next − log Z)`` (a few elementwise PyTorch ops).
 
+``fused_rnnt`` computes each tile's logits z (N, V+1) with one matmul; ``joint_arcs_rows`` then reads
+each row once for its log-sum-exp and the blank and label entries (a running max and sum per lane),
+and ``joint_arcs_grad_`` overwrites each row with the logits' gradient in one pass, in z's dtype (a
+bf16 tile stays bf16), where the PyTorch ops take four passes and a float32 copy.
+
 Triton kernels are JIT-compiled Python that ships with torch: nothing to build. On CUDA they are
-picked automatically (``rnnt_lattice.lattice_logprob``); on a CPU they run only under Triton's
-interpreter (``TRITON_INTERPRET=1`` set before this module is imported), which the tests use.
+picked automatically (``rnnt_lattice.lattice_logprob``, ``fused_rnnt.joint_arcs``); on a CPU they run
+only under Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is imported), which the
+tests use, and they are compiled for sm_80 / sm_90 by a test without a GPU. Module-level constants a
+kernel reads must be ``tl.constexpr`` (a compiled kernel may not read a plain global).
 """
 
 from __future__ import annotations
@@ -48,11 +56,16 @@ def _alpha_kernel(px, py, frames, labels, alpha, logz, T, U1, BLOCK: tl.constexp
     into = (u >= 1) & inside  # a label arc enters (t, u) from (t, u − 1)
     a = tl.load(px + row + u - 1, mask=into, other=NEG)
     enter = tl.where(u == 0, 0.0, NEG).to(a.dtype)  # frame 0: the path starts at (0, 0)
+    # the next frame's arcs are loaded one frame ahead: their latency hides behind this frame's scan
+    next_blank = tl.load(py + row + u, mask=inside, other=NEG)
+    next_label = tl.load(px + row + U1 + u - 1, mask=into & (t_b > 1), other=NEG)
     _, x = tl.associative_scan((a, enter), 0, _compose)
     tl.store(alpha + row + u, x, mask=inside)
     for t in range(1, t_b):
-        enter = x + tl.load(py + row + (t - 1) * U1 + u, mask=inside, other=NEG)  # blank from frame t − 1
-        a = tl.load(px + row + t * U1 + u - 1, mask=into, other=NEG)
+        enter = x + next_blank  # blank from frame t − 1
+        a = next_label
+        next_blank = tl.load(py + row + t * U1 + u, mask=inside, other=NEG)
+        next_label = tl.load(px + row + (t + 1) * U1 + u - 1, mask=into & (t + 1 < t_b), other=NEG)
         _, x = tl.associative_scan((a, enter), 0, _compose)
         tl.store(alpha + row + t * U1 + u, x, mask=inside)
     last = tl.sum(tl.where(u == u_b, x, 0.0), 0)
@@ -74,12 +87,16 @@ def _beta_kernel(px, py, frames, labels, beta, T, U1, BLOCK: tl.constexpr):
     t = t_b - 1
     a = tl.load(px + row + t * U1 + u, mask=out, other=NEG)
     enter = tl.load(py + row + t * U1 + u, mask=i == 0, other=NEG)  # the final blank from (T_b − 1, U_b)
+    next_blank = tl.load(py + row + (t - 1) * U1 + u, mask=inside & (t > 0), other=NEG)  # one frame ahead
+    next_label = tl.load(px + row + (t - 1) * U1 + u, mask=out & (t > 0), other=NEG)
     _, x = tl.associative_scan((a, enter), 0, _compose)
     tl.store(beta + row + t * U1 + u, x, mask=inside)
     for k in range(1, t_b):
         t = t_b - 1 - k
-        enter = x + tl.load(py + row + t * U1 + u, mask=inside, other=NEG)  # blank to frame t + 1
-        a = tl.load(px + row + t * U1 + u, mask=out, other=NEG)
+        enter = x + next_blank  # blank to frame t + 1
+        a = next_label
+        next_blank = tl.load(py + row + (t - 1) * U1 + u, mask=inside & (t > 0), other=NEG)
+        next_label = tl.load(px + row + (t - 1) * U1 + u, mask=out & (t > 0), other=NEG)
         _, x = tl.associative_scan((a, enter), 0, _compose)
         tl.store(beta + row + t * U1 + u, x, mask=inside)
 
