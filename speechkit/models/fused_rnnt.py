@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..lego.transducer import Joiner
-from .rnnt_lattice import BACKENDS, lattice_logprob
+from .rnnt_lattice import lattice_logprob, use_triton
 
 TILE_ELEMS = 1 << 24  # logits per tile: 64 MB in float32
 
@@ -127,11 +127,8 @@ def joint_arcs(joiner: Joiner, enc: Tensor, pred: Tensor, y: Tensor, blank: int,
     e, p = joiner.enc_proj(enc), joiner.pred_proj(pred)  # (B, T, H), (B, [T,] S, H)
     if p.dim() == 3:
         p, y = p[:, None], y[:, None]  # one frame axis, shared
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    triton = backend == "triton" or (backend == "auto" and e.is_cuda)
     return _JointArcs.apply(e, p.to(e.dtype), joiner.out.weight, joiner.out.bias, y.long().contiguous(),
-                            blank, tile_elems, triton)
+                            blank, tile_elems, use_triton(backend, e))
 
 
 def fused_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, targets: Tensor, frames: Tensor,

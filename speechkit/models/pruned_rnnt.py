@@ -12,10 +12,11 @@ torchaudio's ``rnnt_loss`` needs the joiner on the whole (B, T, U+1, V+1) lattic
 3. **pruned loss**: the real joiner only inside the windows (B, T, s, V+1), and the same
    forward algorithm on the lattice with every node outside the windows removed.
 
-The recursion is ``rnnt_lattice.lattice_logprob`` (Triton kernels on CUDA, PyTorch elsewhere), the
-windows' arcs ``fused_rnnt.joint_arcs`` (a tile of frames at a time: the (B, T, s, V+1) logits never
-exist at once either). With ``s ≥ U+1`` the pruned loss is exactly the full RNN-T loss (tested against
-torchaudio, values and gradients).
+The recursion is ``rnnt_lattice.lattice_logprob`` (Triton kernels on CUDA, PyTorch elsewhere); on
+CUDA the windows' arcs come from ``fused_rnnt.joint_arcs`` (a tile of frames at a time: the
+(B, T, s, V+1) logits never exist at once either), on a CPU from one joiner call (no recomputation).
+With ``s ≥ U+1`` the pruned loss is exactly the full RNN-T loss (tested against torchaudio, values and
+gradients).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from ..lego.transducer import Joiner
 from .fused_rnnt import joint_arcs
-from .rnnt_lattice import NEG, lattice_logprob
+from .rnnt_lattice import NEG, lattice_logprob, use_triton
 
 
 def simple_lattice(am: Tensor, lm: Tensor, targets: Tensor, blank: int, lm_only_scale: float = 0.0,
@@ -115,7 +116,12 @@ def pruned_rnnt_loss(joiner: Joiner, enc: Tensor, pred: Tensor, am: Tensor, lm: 
     pred_win = pred_pad.gather(1, u_win.flatten(1)[..., None].expand(-1, -1, pred.shape[-1]))
     y_pad = torch.cat([targets, targets.new_zeros(b, s + 1)], 1)  # (B, U+1+s)
     y_win = y_pad.gather(1, u_win.flatten(1)).view(b, t_max, s)
-    px_win, py_win = joint_arcs(joiner, enc, pred_win.view(b, t_max, s, -1), y_win, blank, backend=backend)
+    pred_win = pred_win.view(b, t_max, s, -1)
+    if use_triton(backend, enc):  # GPU: tiles, the (B, T, s, V+1) logits never exist at once
+        px_win, py_win = joint_arcs(joiner, enc, pred_win, y_win, blank, backend=backend)
+    else:  # CPU: the joiner once (a tile's recomputation in the backward pass costs a CPU 1/3 more time)
+        logits = joiner(enc[:, :, None], pred_win).float().log_softmax(-1)
+        px_win, py_win = logits.gather(3, y_win[..., None])[..., 0], logits[..., blank]  # (B, T, s)
     px_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, px_win)[..., :u1]
     py_p = px.new_full((b, t_max, u1 + s), NEG).scatter(2, u_win, py_win)[..., :u1]
     return -simple, -lattice_logprob(px_p, py_p, frames, labels, backend)

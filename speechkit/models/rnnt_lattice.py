@@ -16,6 +16,14 @@ NEG = -1.0e4  # log-probability of a removed arc: finite, so cumulative sums sta
 BACKENDS = ("auto", "triton", "torch")
 
 
+def use_triton(backend: str, x: Tensor) -> bool:
+    """Whether ``backend`` ("auto", "triton" or "torch") means the Triton kernels for tensors like x:
+    "auto" picks them on CUDA."""
+    if backend not in BACKENDS:
+        raise ValueError(f"transducer loss backend must be one of {BACKENDS}, got {backend!r}")
+    return backend == "triton" or (backend == "auto" and x.is_cuda)
+
+
 def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, backend: str = "auto") -> Tensor:
     """log P(y | x) summed over all alignments of the RNN-T lattice.
 
@@ -24,9 +32,7 @@ def lattice_logprob(px: Tensor, py: Tensor, frames: Tensor, labels: Tensor, back
     ``backend``: "triton" (``rnnt_triton``; on a CPU only under ``TRITON_INTERPRET=1``), "torch", or
     "auto" (Triton for CUDA tensors, PyTorch otherwise).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"lattice backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton" or (backend == "auto" and px.is_cuda):
+    if use_triton(backend, px):
         from .rnnt_triton import triton_lattice_logprob
 
         return triton_lattice_logprob(px, py, frames, labels)

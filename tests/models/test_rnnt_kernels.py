@@ -180,7 +180,7 @@ def test_transducer_with_the_fused_loss_matches_torchaudios_loss_and_gradients()
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="rnnt_impl"):
         Transducer(base.encoder, base.predictor, base.joiner, rnnt_impl="k2")
-    with pytest.raises(ValueError, match="lattice backend"):
+    with pytest.raises(ValueError, match="loss backend"):
         zeros = torch.zeros(1, 1, 1)
         lattice_logprob(zeros, zeros, torch.ones(1), torch.zeros(1), backend="cuda")
 
