@@ -34,14 +34,26 @@ def rotary(x: Tensor, offset: int = 0, base: float = 10000.0) -> Tensor:
     """Apply rotary position embedding to x (B, H, T, Dh) at positions offset … offset+T−1."""
     dh, t = x.shape[-1], x.shape[-2]
     key = (dh, x.device, x.dtype, base)
-    if key not in _ROTARY or _ROTARY[key][0].shape[0] < offset + t:
-        n = max(offset + t, 2 * _ROTARY[key][0].shape[0] if key in _ROTARY else 1024)
+    if torch.jit.is_tracing():  # an exported graph (ONNX) computes the angles for its own length
         inv = base ** (-torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh)
-        ang = torch.arange(n, device=x.device, dtype=torch.float32)[:, None] * inv  # (N, Dh/2)
-        _ROTARY[key] = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    cos, sin = (c[offset: offset + t] for c in _ROTARY[key])
+        ang = (torch.arange(t, device=x.device, dtype=torch.float32)[:, None] + offset) * inv
+        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    else:
+        cos, sin = _rotary_table(key, offset + t)
+        cos, sin = cos[offset: offset + t], sin[offset: offset + t]
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def _rotary_table(key: tuple, length: int) -> tuple[Tensor, Tensor]:
+    """The cached cos, sin tables (≥ length, Dh/2) of ``key`` = (Dh, device, dtype, base)."""
+    dh, device, dtype, base = key
+    if key not in _ROTARY or _ROTARY[key][0].shape[0] < length:
+        n = max(length, 2 * _ROTARY[key][0].shape[0] if key in _ROTARY else 1024)
+        inv = base ** (-torch.arange(0, dh, 2, device=device, dtype=torch.float32) / dh)
+        ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv  # (N, Dh/2)
+        _ROTARY[key] = ang.cos().to(dtype), ang.sin().to(dtype)
+    return _ROTARY[key]
 
 
 class SelfAttention(nn.Module):
