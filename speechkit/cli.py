@@ -101,6 +101,17 @@ def _export(a) -> None:
     from .compress.apply import CompressConfig, QuantConfig, SparsityConfig
     from .pipelines.bricks import export_brick
 
+    if (a.out is None) == (a.onnx is None):
+        raise SystemExit("error: give --out DIR (compression) or --onnx DIR (ONNX models), one of them")
+    if a.onnx:
+        from .pipelines.onnx import export_onnx
+
+        res = export_onnx(a.brick, a.onnx, int8=a.int8)
+        print(json.dumps(res) if a.json else f"{a.brick} → {a.onnx}: {', '.join(res['files'])} (sherpa-onnx's"
+              f" offline transducer layout; vocabulary {res['vocab_size']} with the blank at 0)")
+        return
+    if a.int8:
+        raise SystemExit("error: --int8 goes with --onnx (a compressed brick's int8: --bits 8)")
     sp = None
     if a.sparsity:
         try:
@@ -343,9 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--seed", type=int, default=0)
 
     ex = add("export", "one-shot N:M / int8 compression of a trained brick (no training; a brick trained "
-             "with a compress: section is exported folded by fit itself)", "json")
+             "with a compress: section is exported folded by fit itself), or a transducer brick as ONNX "
+             "models that sherpa-onnx and onnxruntime load (--onnx)", "json")
     ex.add_argument("brick")
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--out", help="the compressed brick's directory")
+    ex.add_argument("--onnx", metavar="DIR", help="write encoder/decoder/joiner.onnx + tokens.txt here "
+                    "instead (sherpa-onnx's offline transducer layout)")
+    ex.add_argument("--int8", action="store_true", help="with --onnx: also *.int8.onnx (onnxruntime's "
+                    "dynamic int8 quantisation)")
     ex.add_argument("--sparsity", default=None, metavar="N:M", help="e.g. 2:4 (magnitude, along K)")
     ex.add_argument("--bits", type=int, default=None, help="weight bits (8: int8 storage)")
     ex.add_argument("--per-tensor", action="store_true",
