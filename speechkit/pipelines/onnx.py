@@ -109,6 +109,24 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     onnx.save(graph, str(path))
 
 
+def _quantize(folder: Path) -> None:
+    """``*.int8.onnx`` beside each model: onnxruntime's dynamic int8 quantisation of the weights (its
+    advice to pre-process the graphs and its notes on tensors it leaves in float are not shown)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        for part in ("encoder", "decoder", "joiner"):
+            quantize_dynamic(str(folder / f"{part}.onnx"), str(folder / f"{part}.int8.onnx"),
+                             weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
 def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = False) -> dict:
     """Export a transducer brick to ``out`` in sherpa-onnx's offline transducer layout (module docstring);
     ``int8``: also ``*.int8.onnx``, onnxruntime's dynamic int8 quantisation of the weights. Written whole
@@ -138,11 +156,7 @@ def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = F
         pieces = tok.pieces(list(range(v)))
         (tmp / "tokens.txt").write_text("<blk> 0\n" + "".join(f"{p} {i + 1}\n" for i, p in enumerate(pieces)))
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            for part in ("encoder", "decoder", "joiner"):
-                quantize_dynamic(str(tmp / f"{part}.onnx"), str(tmp / f"{part}.int8.onnx"),
-                                 weight_type=QuantType.QInt8)
+            _quantize(tmp)
         info = {"brick": str(b.path), "layout": "sherpa-onnx offline transducer", "vocab_size": v + 1,
                 "context_size": ctx, "blank": 0, "features": {**b.interface["input"], **FEATURES},
                 "int8": int8}

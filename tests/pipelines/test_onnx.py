@@ -1,0 +1,111 @@
+"""Transducer bricks exported to ONNX (sherpa-onnx's offline layout) decode like speechkit."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from speechkit.audio import read_audio
+from speechkit.data.manifest import load_manifest
+from speechkit.features import FbankConfig, fbank
+from speechkit.pipelines.bricks import load_brick, save_brick
+from speechkit.pipelines.onnx import OnnxExportError, export_onnx, sherpa_recognizer
+from speechkit.search.transducer import greedy_search
+
+TOKENIZER = "tests/fixtures/bricks_v1/transducer/tokenizer.model"  # 24 pieces
+BLANK_BIAS = 2.0
+INTERFACE = {"kind": "Transducer", "input": FbankConfig().to_dict(), "input_kind": "fbank",
+             "target_lang": None}
+
+
+def _waves(corpus, n: int = 6) -> list[torch.Tensor]:
+    utts = load_manifest(corpus / "asr" / "test.jsonl")[:n]
+    return [read_audio(u.audio) for u in utts]
+
+
+def _brick(tmp_path, waves, predictor: str = "stateless"):
+    """A random tiny transducer whose joiner is scaled up so its greedy search emits many different
+    labels and blanks (a strong equality test: every argmax must agree), CMVN from the test audio."""
+    from conftest import tiny_transducer
+
+    m = tiny_transducer(vocab=24, frontend="conv", predictor=predictor, seed=3).eval()
+    feats = torch.cat([fbank(w) for w in waves])
+    m.encoder.cmvn.set_stats(feats.sum(0), feats.square().sum(0), feats.shape[0])
+    with torch.no_grad():
+        m.joiner.out.weight.mul_(6.0)
+        m.joiner.out.bias[-1] += BLANK_BIAS  # about half the frames blank
+    return save_brick(m, tmp_path / f"brick_{predictor}", INTERFACE, {"target": TOKENIZER})
+
+
+def _speechkit_pieces(brick, wave) -> list[str]:
+    feats = fbank(wave)
+    with torch.no_grad():
+        enc = brick.module.encoder(feats[None], torch.tensor([feats.shape[0]]))
+        ids = greedy_search(brick.module, enc, max_symbols=1)[0]  # sherpa-onnx: one label per frame
+    return [p.replace("▁", " ") for p in brick.tokenizers["target"].pieces(list(ids))]
+
+
+def test_sherpa_onnx_decodes_an_exported_brick_to_speechkits_greedy_tokens(tmp_path, tiny_corpus):
+    waves = _waves(tiny_corpus)
+    brick = load_brick(_brick(tmp_path, waves))
+    res = export_onnx(brick, tmp_path / "onnx", int8=True)
+    want = {"encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt", "encoder.int8.onnx"}
+    assert want <= set(res["files"])
+    tokens = (tmp_path / "onnx" / "tokens.txt").read_text().splitlines()
+    assert tokens[0] == "<blk> 0" and len(tokens) == 25 == res["vocab_size"]
+    rec = sherpa_recognizer(tmp_path / "onnx")
+    emitted = set()
+    for wave in waves:
+        stream = rec.create_stream()
+        stream.accept_waveform(16000, wave.numpy())
+        rec.decode_stream(stream)
+        ours = _speechkit_pieces(brick, wave)
+        assert stream.result.tokens == ours
+        emitted |= set(ours)
+        frames = brick.module.encoder.output_lengths(torch.tensor([fbank(wave).shape[0]]))
+        assert 0 < len(ours) < int(frames)  # labels and blanks both
+    assert len(emitted) >= 5  # not one label over and over
+    int8 = sherpa_recognizer(tmp_path / "onnx", int8=True)
+    stream = int8.create_stream()
+    stream.accept_waveform(16000, waves[0].numpy())
+    int8.decode_stream(stream)
+    assert stream.result.tokens  # int8 weights decode too (not the same labels: a random model's margins)
+
+
+def test_exported_encoder_equals_torch_on_a_padded_batch(tmp_path, tiny_corpus, capsys):
+    from speechkit.cli import main
+
+    waves = _waves(tiny_corpus, 3)
+    path = _brick(tmp_path, waves)
+    main(["export", str(path), "--onnx", str(tmp_path / "onnx"), "--json"])
+    assert json.loads(capsys.readouterr().out)["context_size"] == 2
+    brick = load_brick(path)
+    feats = [fbank(w) for w in waves]
+    lens = torch.tensor([f.shape[0] for f in feats])
+    x = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True, padding_value=-23.0259)  # sherpa's padding
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "encoder.onnx"))
+    out, out_lens = session.run(None, {"x": x.numpy(), "x_lens": lens.numpy()})
+    with torch.no_grad():
+        enc = brick.module.encoder(x, lens)
+        ref = brick.module.joiner.enc_proj(enc.hidden)
+    np.testing.assert_array_equal(out_lens, enc.lengths.numpy())
+    for i, n in enumerate(out_lens):  # valid frames equal; padding is the runtime's to ignore
+        np.testing.assert_allclose(out[i, :n], ref[i, :n].numpy(), rtol=1e-4, atol=1e-4)
+    info = json.loads((tmp_path / "onnx" / "speechkit.json").read_text())
+    assert info["features"]["snip_edges"] is True and info["blank"] == 0
+
+
+def test_export_refuses_what_sherpa_onnx_cannot_run_naming_the_brick(tmp_path, tiny_corpus):
+    from speechkit.cli import main
+
+    lstm = _brick(tmp_path, _waves(tiny_corpus, 2), predictor="lstm")
+    with pytest.raises(OnnxExportError, match=f"{lstm}.*LSTMPredictor"):
+        export_onnx(lstm, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(lstm), "--onnx", str(tmp_path / "out")])
+    assert "LSTMPredictor" in str(e.value) and "\n" not in str(e.value)  # one error line
+    with pytest.raises(SystemExit, match="one of them"):
+        main(["export", str(lstm), "--out", str(tmp_path / "a"), "--onnx", str(tmp_path / "b")])
