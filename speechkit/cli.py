@@ -50,10 +50,23 @@ def _decode(a) -> None:
     _threads(a.threads)
     device = _device(a)
     target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
+    if a.runtime != "torch":
+        from .pipelines.onnx import decode_runtime_to_file
+
+        if a.lm or a.ilm_weight or a.length_reward or a.then or a.device not in ("auto", "cpu"):
+            raise SystemExit(f"error: --runtime {a.runtime} decodes one brick on the CPU without LM fusion")
+        opts = DecodeOptions(beam=a.beam, nbest=a.nbest, max_symbols=a.max_symbols, skip_bad=a.skip_bad,
+                             num_workers=a.workers, progress=not a.json)
+        _print_decoded(a, *decode_runtime_to_file(a.brick, a.manifest, a.runtime, opts, a.out, a.max_utts,
+                                                  a.threads or 1))
+        return
     fusion = make_fusion(a.brick, a.lm, a.lm_weight, a.ilm_weight, a.length_reward, not a.no_lm_eos, device)
     opts = DecodeOptions(beam=a.beam, nbest=a.nbest, fusion=fusion, max_symbols=a.max_symbols,
                          skip_bad=a.skip_bad, device=device, num_workers=a.workers)
-    summary, sc = decode_to_file(a.brick, a.manifest, opts, a.out, a.then, a.max_utts, target)
+    _print_decoded(a, *decode_to_file(a.brick, a.manifest, opts, a.out, a.then, a.max_utts, target))
+
+
+def _print_decoded(a, summary: dict, sc) -> None:
     skipped = summary["skipped"] if a.skip_bad else summary.pop("skipped")
     if skipped:
         print(f"left out {len(skipped)} unreadable utterance{'s' * (len(skipped) > 1)} (--skip-bad):\n"
@@ -291,12 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "without it the first one stops the decode with an error naming it")
     de.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
     de.add_argument("--nbest", type=int, default=1)
-    de.add_argument("--max-symbols", type=int, default=1, help="transducer beam search: most labels per "
-                    "frame (1: modified beam search; streaming models want 3)")
+    de.add_argument("--max-symbols", type=int, default=None, help="transducer: most labels per frame "
+                    "(default: 3 for greedy search, 1 for beam search, i.e. modified beam search; streaming "
+                    "models want 3; sherpa-onnx's searches take 1)")
     de.add_argument("--target-lang", default=None,
                     help="reference: 'text' (transcript) or a translation language (default: the brick's)")
     de.add_argument("--then", default=None, metavar="MT_BRICK",
                     help="cascade: translate BRICK's transcripts with this text brick (scores translations)")
+    de.add_argument("--runtime", choices=("torch", "onnx", "onnx-int8", "sherpa-onnx", "sherpa-onnx-int8"),
+                    default="torch", help="onnx / onnx-int8: BRICK is a folder written by `speechkit export "
+                    "BRICK --onnx DIR`, run by onnxruntime on the CPU with the same searches (-int8: its "
+                    "*.int8.onnx); sherpa-onnx: the same folder decoded by sherpa-onnx's offline recognizer "
+                    "(its own fbank and greedy search, one label per frame)")
     _add_fusion_options(de)
 
     st = add("stream", "streaming recognition of audio files or raw 16-kHz s16le PCM on stdin (partials, "

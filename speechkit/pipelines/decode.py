@@ -37,7 +37,7 @@ class DecodeOptions:
     num_workers: int = 0
     progress: bool = True
     fusion: Fusion | None = None  # external LM / ILME / length reward (search.fusion)
-    max_symbols: int = 1  # transducer beam search: labels per frame (1 = modified beam search; greedy: 3)
+    max_symbols: int | None = None  # transducer: labels per frame (None: greedy 3, beam search 1)
     skip_bad: bool = False  # leave out utterances whose audio cannot be read (else: stop, naming the first)
     device: torch.device | None = None  # where bricks load (None: the CPU; nn.device.resolve_device)
 
@@ -95,7 +95,9 @@ def encode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions,
     with ``opts.skip_bad``, is left out and recorded in ``skipped`` (dataset index → reason).
     """
     model.eval()
-    device = next(model.parameters()).device  # batches go where the model is (pinned, copied ahead)
+    # batches go where the model is (pinned, copied ahead); a model with no parameters (onnxruntime's) reads
+    # CPU tensors
+    device = next(model.parameters(), torch.zeros(0)).device
     sampler = BucketBatchSampler(ds.lengths(), opts.max_frames, shuffle=False)
     loader = DataLoader(_Readable(ds), batch_sampler=sampler, collate_fn=_collate_readable,
                         num_workers=opts.num_workers, pin_memory=device.type == "cuda")
@@ -221,9 +223,10 @@ def cascade_manifest(asr_brick: str | Path | LoadedBrick, mt_brick: str | Path |
     return out, score_results(out, manifest)
 
 
-def decode_to_file(brick: str | Path, manifest: str | Path, opts: DecodeOptions = DecodeOptions(),
-                   out: str | Path | None = None, then: str | Path | None = None,
-                   max_utts: int | None = None, target_lang: str | None = "brick") -> tuple[dict, Scores]:
+def decode_to_file(brick: str | Path | LoadedBrick, manifest: str | Path,
+                   opts: DecodeOptions = DecodeOptions(), out: str | Path | None = None,
+                   then: str | Path | None = None, max_utts: int | None = None,
+                   target_lang: str | None = "brick") -> tuple[dict, Scores]:
     """``speechkit decode``: decode ``manifest`` with ``brick`` (then, for a cascade, translate its
     transcripts with the text brick ``then``), write one JSON line per decoded utterance to ``out``
     atomically (default: ``default_output``, beside the brick) → (summary {manifest, utts, wer, cer, bleu,
@@ -234,12 +237,18 @@ def decode_to_file(brick: str | Path, manifest: str | Path, opts: DecodeOptions 
         res, sc = cascade_manifest(brick, then, manifest, opts, max_utts, target_lang=target_lang)
     else:
         res, sc = decode_manifest(brick, manifest, opts, max_utts, target_lang=target_lang)
+    return write_results(res, sc, manifest, out or default_output(
+        brick.path if isinstance(brick, LoadedBrick) else brick, f"decode-{Path(manifest).stem}.jsonl")), sc
+
+
+def write_results(res: list[dict], sc: Scores, manifest: str | Path, out: str | Path) -> dict:
+    """One JSON line per decoded utterance to ``out``, atomically → the summary ``speechkit decode``
+    prints (see ``decode_to_file``)."""
     done = decoded(res)
-    out = Path(out or default_output(brick, f"decode-{Path(manifest).stem}.jsonl"))
     with atomic_write(out) as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in done)
     return {"manifest": str(manifest), "utts": len(done), **sc.to_dict(), "hyps": str(out),
-            "skipped": [r for r in res if "error" in r]}, sc
+            "skipped": [r for r in res if "error" in r]}
 
 
 def score_file(hyps: str | Path) -> Scores:

@@ -8,7 +8,13 @@
 - ``decoder.onnx``: ``y`` (N, context) int64 → ``decoder_out`` (N, J): the stateless predictor on its last
   ``context`` labels and the joiner's predictor projection; metadata ``vocab_size``, ``context_size``;
 - ``joiner.onnx``: ``encoder_out`` (N, J), ``decoder_out`` (N, J) → ``logit`` (N, V+1);
-- ``tokens.txt``: ``symbol id`` per line; ``speechkit.json``: what the export holds and its features.
+- ``tokens.txt``: ``symbol id`` per line; ``speechkit.json``: what the export holds and its features;
+  the brick's ``interface.json`` and ``tokenizer.model``, so ``load_onnx`` reads the folder as a brick.
+
+``load_onnx(folder)`` runs the exported graphs through onnxruntime behind speechkit's own model
+interface (``OnnxTransducer``: encoder, predictor steps, joiner), so ``speechkit decode FOLDER
+MANIFEST --runtime onnx`` runs the same searches (greedy, beam, the same batching) as the torch
+runtime on the same features.
 
 sherpa-onnx's conventions differ from speechkit's in two ways the graphs absorb: its blank is id 0
 (speechkit's is V, after the V pieces), so every sherpa id k ≥ 1 is speechkit's piece k − 1, the
@@ -24,6 +30,8 @@ fits sherpa-onnx's transducer decoder; an LSTM predictor's state does not.
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,9 +39,11 @@ from torch import Tensor, nn
 
 from ..errors import SpeechkitError
 from ..files import atomic_dir
+from ..lego.interface import Encoded
 from ..lego.transducer import StatelessPredictor
 from ..models.transducer import Transducer
-from .bricks import LoadedBrick, load_brick
+from ..tokenizer import Tokenizer
+from .bricks import TOKENIZER_FILES, LoadedBrick, load_brick, read_interface
 
 # sherpa-onnx's FeatureExtractorConfig for speechkit's fbank (features.fbank: torchaudio's kaldi.fbank)
 FEATURES = {"low_freq": 20.0, "high_freq": 0.0, "snip_edges": True, "normalize_samples": False, "dither": 0.0}
@@ -100,7 +110,8 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     import onnx
 
     module.eval()  # the exporter restores the wrapper's mode on the whole model afterwards: keep it eval
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # tracer notes on shapes: the tests check the graphs
+        warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     graph = onnx.load(str(path))
@@ -157,6 +168,8 @@ def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = F
         (tmp / "tokens.txt").write_text("<blk> 0\n" + "".join(f"{p} {i + 1}\n" for i, p in enumerate(pieces)))
         if int8:
             _quantize(tmp)
+        shutil.copyfile(tok.path, tmp / TOKENIZER_FILES["target"])
+        (tmp / "interface.json").write_text(json.dumps(b.interface, indent=1) + "\n")
         info = {"brick": str(b.path), "layout": "sherpa-onnx offline transducer", "vocab_size": v + 1,
                 "context_size": ctx, "blank": 0, "features": {**b.interface["input"], **FEATURES},
                 "int8": int8}
@@ -184,3 +197,144 @@ def sherpa_recognizer(folder: str | Path, num_threads: int = 1, int8: bool = Fal
         **{k: feats[k] for k in FEATURES})
     rec.recognizer = type(rec.recognizer)(rec.config)  # rebuilt with the features above
     return rec
+
+
+class _OrtPredictor:
+    """speechkit's predictor interface (``initial_state``, ``step``, ``select``, ``where``) on decoder.onnx:
+    the state is the last ``context − 1`` labels (speechkit ids, the blank V at the start)."""
+
+    def __init__(self, session, context: int, blank: int):
+        self.session, self.context, self.blank = session, context, blank
+
+    def initial_state(self, n: int, device=None) -> Tensor:
+        return torch.full((n, self.context - 1), self.blank, dtype=torch.long)
+
+    def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        ctx = torch.cat([state, tokens[:, None]], 1)  # (N, context)
+        y = torch.where(ctx == self.blank, 0, ctx + 1)  # speechkit ids → sherpa's (blank 0)
+        (out,) = self.session.run(None, {"y": y.numpy()})
+        return torch.from_numpy(out), ctx[:, 1:]
+
+    def select(self, state: Tensor, index: Tensor) -> Tensor:
+        return state[index]
+
+    def where(self, mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+        return torch.where(mask[:, None], new, old)
+
+
+class _OrtJoiner:
+    """speechkit's joiner interface on joiner.onnx: the projections are inside the exported encoder and
+    decoder (identities here); ``joint`` broadcasts its inputs (…, J) and puts the blank back last."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def enc_proj(self, x: Tensor) -> Tensor:
+        return x
+
+    pred_proj = enc_proj
+
+    def joint(self, enc_proj: Tensor, pred_proj: Tensor) -> Tensor:
+        e, p = torch.broadcast_tensors(enc_proj, pred_proj)
+        (logit,) = self.session.run(None, {"encoder_out": e.reshape(-1, e.shape[-1]).contiguous().numpy(),
+                                           "decoder_out": p.reshape(-1, p.shape[-1]).contiguous().numpy()})
+        logit = torch.from_numpy(logit)
+        return torch.cat([logit[:, 1:], logit[:, :1]], 1).view(*e.shape[:-1], -1)
+
+
+class OnnxTransducer(nn.Module):
+    """An ``export_onnx`` folder run by onnxruntime behind the ``Transducer`` interface the searches use:
+    ``forward(x (B, T, F), lengths) → Encoded`` (hidden = the joiner-projected encoder output),
+    ``predictor``, ``joiner``, ``blank``, ``vocab_size``. CPU tensors; no gradients."""
+
+    def __init__(self, folder: str | Path, int8: bool = False, threads: int = 1):
+        super().__init__()
+        import onnxruntime as ort
+
+        d = Path(folder)
+        info = json.loads((d / "speechkit.json").read_text())
+        if int8 and not info.get("int8"):
+            raise OnnxExportError(f"{d}: exported without --int8 (no *.int8.onnx)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+        suffix = ".int8.onnx" if int8 else ".onnx"
+        self.sessions = {part: ort.InferenceSession(str(d / f"{part}{suffix}"), opts,
+                                                    providers=["CPUExecutionProvider"])
+                         for part in ("encoder", "decoder", "joiner")}
+        self.vocab_size = self.blank = info["vocab_size"] - 1
+        self.predictor = _OrtPredictor(self.sessions["decoder"], info["context_size"], self.blank)
+        self.joiner = _OrtJoiner(self.sessions["joiner"])
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Encoded:
+        out, out_lens = self.sessions["encoder"].run(None, {"x": x.contiguous().numpy(),
+                                                            "x_lens": lengths.long().numpy()})
+        return Encoded(torch.from_numpy(out), torch.from_numpy(out_lens))
+
+    def decoder_input(self, enc: Encoded) -> Encoded:
+        return enc
+
+
+def load_onnx(folder: str | Path, int8: bool = False, threads: int = 1) -> LoadedBrick:
+    """An ``export_onnx`` folder as a ``LoadedBrick`` whose module is an ``OnnxTransducer`` (what ``decode
+    --runtime onnx`` / ``onnx-int8`` reads)."""
+    d = Path(folder)
+    if not (d / "speechkit.json").is_file():
+        raise OnnxExportError(f"{d}: not a folder written by `speechkit export BRICK --onnx DIR` (no "
+                              "speechkit.json)")
+    return LoadedBrick(d, OnnxTransducer(d, int8, threads).eval(), read_interface(d),
+                       {"target": Tokenizer(d / TOKENIZER_FILES["target"])})
+
+
+def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, int8: bool = False,
+                    max_utts: int | None = None, progress: bool = True) -> tuple[list[dict], object]:
+    """Decode a manifest with sherpa-onnx's offline recognizer (greedy search, one label per frame, its own
+    fbank set to speechkit's) on an ``export_onnx`` folder → (results {id, ref, hyp}, scores), the
+    hypotheses mapped back to speechkit's pieces and detokenised as ``decode`` does."""
+    import sys
+    import time
+
+    from ..audio import read_audio
+    from .decode import brick_manifest, score_results
+
+    brick = load_onnx(folder)  # the tokenizer and the references, as the other runtimes read them
+    ds = brick_manifest(brick, manifest, max_utts, target_lang=None)
+    ids = {line.rsplit(" ", 1)[0].replace("▁", " "): int(line.rsplit(" ", 1)[1]) - 1
+           for line in (Path(folder) / "tokens.txt").read_text().splitlines()[1:]}
+    rec = sherpa_recognizer(folder, threads, int8)
+    results, t0 = [], time.time()
+    for n, (u, ref) in enumerate(zip(ds.utts, ds.refs), 1):
+        stream = rec.create_stream()
+        stream.accept_waveform(16000, read_audio(u.audio, u.offset, u.duration).numpy())
+        rec.decode_stream(stream)
+        results.append({"id": u.id, "ref": ref, "hyp": ds.tok.decode([ids[t] for t in stream.result.tokens])})
+        if progress and (n % 100 == 0 or n == len(ds.utts)):
+            print(f"\r  decoded {n}/{len(ds.utts)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    return results, score_results(results, manifest)
+
+
+RUNTIMES = ("onnx", "onnx-int8", "sherpa-onnx", "sherpa-onnx-int8")
+
+
+def decode_runtime_to_file(folder: str | Path, manifest: str | Path, runtime: str, opts=None,
+                           out: str | Path | None = None, max_utts: int | None = None,
+                           threads: int = 1) -> tuple[dict, object]:
+    """``speechkit decode FOLDER MANIFEST --runtime RUNTIME`` for an ``export_onnx`` folder: "onnx" runs the
+    graphs by onnxruntime behind speechkit's searches (``opts``: ``DecodeOptions``), "sherpa-onnx"
+    through sherpa-onnx's recognizer (greedy); "-int8": the ``*.int8.onnx`` graphs. Hypotheses go to
+    ``out`` (default beside the folder) → (summary, scores) as ``decode_to_file``."""
+    from .decode import DecodeOptions, decode_to_file, default_output, write_results
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    opts, int8 = opts or DecodeOptions(), runtime.endswith("-int8")
+    if runtime.startswith("sherpa-onnx"):
+        if opts.beam > 1:
+            raise OnnxExportError("the sherpa-onnx runtime decodes with sherpa-onnx's greedy search (beam 1)")
+        res, sc = sherpa_manifest(folder, manifest, threads, int8, max_utts, opts.progress)
+        out = out or default_output(folder, f"{runtime}-decode-{Path(manifest).stem}.jsonl")
+        return write_results(res, sc, manifest, out), sc
+    torch.set_num_threads(threads)
+    return decode_to_file(load_onnx(folder, int8, threads), manifest, opts, out, max_utts=max_utts,
+                          target_lang=None)

@@ -109,3 +109,30 @@ def test_export_refuses_what_sherpa_onnx_cannot_run_naming_the_brick(tmp_path, t
     assert "LSTMPredictor" in str(e.value) and "\n" not in str(e.value)  # one error line
     with pytest.raises(SystemExit, match="one of them"):
         main(["export", str(lstm), "--out", str(tmp_path / "a"), "--onnx", str(tmp_path / "b")])
+
+
+def test_decode_runtimes_give_the_torch_runtimes_hypotheses(tmp_path, tiny_corpus):
+    """`decode --runtime onnx` runs speechkit's own searches on the exported graphs: the same hypotheses
+    as torch, greedy and beam; `--runtime sherpa-onnx` equals torch's greedy at one label per frame."""
+    from speechkit.pipelines.decode import DecodeOptions, decode_to_file
+    from speechkit.pipelines.onnx import decode_runtime_to_file
+
+    manifest = tiny_corpus / "asr" / "test.jsonl"
+    path = _brick(tmp_path, _waves(tiny_corpus))
+    export_onnx(path, tmp_path / "onnx", int8=True)
+
+    def hyps(summary):
+        return [json.loads(line)["hyp"] for line in open(summary["hyps"])]
+
+    for opts in (DecodeOptions(progress=False), DecodeOptions(beam=3, progress=False),
+                 DecodeOptions(max_symbols=1, progress=False)):
+        torch_run, sc = decode_to_file(path, manifest, opts, tmp_path / "torch.jsonl", max_utts=12)
+        onnx_run, sc_onnx = decode_runtime_to_file(tmp_path / "onnx", manifest, "onnx", opts,
+                                                   tmp_path / "onnx.jsonl", max_utts=12)
+        assert hyps(onnx_run) == hyps(torch_run) and sc_onnx.wer == sc.wer
+    quiet = DecodeOptions(progress=False)
+    sherpa, _ = decode_runtime_to_file(tmp_path / "onnx", manifest, "sherpa-onnx", quiet,
+                                       tmp_path / "sherpa.jsonl", max_utts=12)
+    assert hyps(sherpa) == hyps(torch_run)  # the last torch run: greedy, one label per frame
+    int8, _ = decode_runtime_to_file(tmp_path / "onnx", manifest, "onnx-int8", quiet, tmp_path / "int8.jsonl")
+    assert int8["utts"] == torch_run["utts"] == len(hyps(sherpa)) > 0
