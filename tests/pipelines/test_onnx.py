@@ -15,13 +15,13 @@ from speechkit.pipelines.onnx import OnnxExportError, export_onnx, sherpa_recogn
 from speechkit.search.transducer import greedy_search
 
 TOKENIZER = "tests/fixtures/bricks_v1/transducer/tokenizer.model"  # 24 pieces
-BLANK_BIAS = 2.0
+BLANK_BIAS = 3.0
 INTERFACE = {"kind": "Transducer", "input": FbankConfig().to_dict(), "input_kind": "fbank",
              "target_lang": None}
 
 
-def _waves(corpus, n: int = 6) -> list[torch.Tensor]:
-    utts = load_manifest(corpus / "asr" / "test.jsonl")[:n]
+def _waves(corpus, n: int = 8) -> list[torch.Tensor]:
+    utts = load_manifest(corpus / "asr" / "train.jsonl")[:n]
     return [read_audio(u.audio) for u in utts]
 
 
@@ -56,7 +56,7 @@ def test_sherpa_onnx_decodes_an_exported_brick_to_speechkits_greedy_tokens(tmp_p
     tokens = (tmp_path / "onnx" / "tokens.txt").read_text().splitlines()
     assert tokens[0] == "<blk> 0" and len(tokens) == 25 == res["vocab_size"]
     rec = sherpa_recognizer(tmp_path / "onnx")
-    emitted = set()
+    emitted, labels, frames = set(), 0, 0
     for wave in waves:
         stream = rec.create_stream()
         stream.accept_waveform(16000, wave.numpy())
@@ -64,9 +64,9 @@ def test_sherpa_onnx_decodes_an_exported_brick_to_speechkits_greedy_tokens(tmp_p
         ours = _speechkit_pieces(brick, wave)
         assert stream.result.tokens == ours
         emitted |= set(ours)
-        frames = brick.module.encoder.output_lengths(torch.tensor([fbank(wave).shape[0]]))
-        assert 0 < len(ours) < int(frames)  # labels and blanks both
-    assert len(emitted) >= 5  # not one label over and over
+        labels += len(ours)
+        frames += int(brick.module.encoder.output_lengths(torch.tensor([fbank(wave).shape[0]])))
+    assert 0.2 * frames < labels < 0.9 * frames and len(emitted) >= 5  # labels and blanks, many labels
     int8 = sherpa_recognizer(tmp_path / "onnx", int8=True)
     stream = int8.create_stream()
     stream.accept_waveform(16000, waves[0].numpy())
@@ -117,7 +117,7 @@ def test_decode_runtimes_give_the_torch_runtimes_hypotheses(tmp_path, tiny_corpu
     from speechkit.pipelines.decode import DecodeOptions, decode_to_file
     from speechkit.pipelines.onnx import decode_runtime_to_file
 
-    manifest = tiny_corpus / "asr" / "test.jsonl"
+    manifest = tiny_corpus / "asr" / "train.jsonl"
     path = _brick(tmp_path, _waves(tiny_corpus))
     export_onnx(path, tmp_path / "onnx", int8=True)
 
@@ -134,5 +134,6 @@ def test_decode_runtimes_give_the_torch_runtimes_hypotheses(tmp_path, tiny_corpu
     sherpa, _ = decode_runtime_to_file(tmp_path / "onnx", manifest, "sherpa-onnx", quiet,
                                        tmp_path / "sherpa.jsonl", max_utts=12)
     assert hyps(sherpa) == hyps(torch_run)  # the last torch run: greedy, one label per frame
-    int8, _ = decode_runtime_to_file(tmp_path / "onnx", manifest, "onnx-int8", quiet, tmp_path / "int8.jsonl")
+    int8, _ = decode_runtime_to_file(tmp_path / "onnx", manifest, "onnx-int8", quiet, tmp_path / "int8.jsonl",
+                                     max_utts=12)
     assert int8["utts"] == torch_run["utts"] == len(hyps(sherpa)) > 0
