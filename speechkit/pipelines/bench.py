@@ -23,9 +23,10 @@ from .decode import brick_dataset
 
 
 @torch.no_grad()
-def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1,
-                 progress: bool = True) -> dict[str, dict]:
-    """→ {name: {utts, audio_s, encoder_s, search_s, rtf, wer, cer}} for models reading dataset ``ds``."""
+def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1, progress: bool = True,
+                 max_symbols: int | None = None) -> dict[str, dict]:
+    """→ {name: {utts, audio_s, encoder_s, search_s, rtf, wer, cer}} for models reading dataset ``ds``
+    (``search``'s ``beam`` and ``max_symbols``)."""
     times = {k: [0.0, 0.0] for k in models}
     hyps: dict[str, list[str]] = {k: [] for k in models}
     audio = 0.0
@@ -34,7 +35,7 @@ def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1,
         audio += ds.utts[i].duration or batch["input_lens"].item() * 0.01
         for name, model in models.items():
             model.eval()
-            device = next(model.parameters()).device
+            device = next(model.parameters(), torch.zeros(0)).device  # no parameters (onnxruntime): CPU
             x, n = batch["inputs"].to(device), batch["input_lens"].to(device)
             sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
             sync()
@@ -42,7 +43,7 @@ def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1,
             enc = model(x, n)
             sync()
             t1 = time.perf_counter()
-            nb = search(model, enc, beam)
+            nb = search(model, enc, beam, max_symbols=max_symbols)
             sync()
             t2 = time.perf_counter()
             times[name][0] += t1 - t0
