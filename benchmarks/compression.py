@@ -9,8 +9,9 @@ LibriSpeech-size encoder) at M = frames in a batch, each kernel timed on the sam
 ``speechkit.compress.deploy`` runtime, batch 1 × 6 s of audio and batch 8.
 
 On CPU the candidates are fp32 and fbgemm int8 (2:4 has no CPU kernel: it saves storage, not
-time, so the 2:4 and 2:4+int8 rows time the same kernels on pruned weights); on CUDA fp16 dense,
-2:4 fp16 (``to_sparse_semi_structured``) and int8 (``torch._int_mm``). Results: benchmarks/RESULTS.md.
+time, so the 2:4 and 2:4+int8 rows time the same kernels on pruned weights); on CUDA bf16 dense,
+2:4 bf16 (``to_sparse_semi_structured``), int8 (``torch._int_mm``) and fp8 row-wise (``torch._scaled_mm``,
+compute capability ≥ 8.9). Results: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from speechkit.compress.apply import CompressConfig, QuantConfig, SparsityConfig
-from speechkit.compress.deploy import _time, cpu_kernels, cuda_kernels, deploy
+from speechkit.compress.deploy import _time, cpu_kernels, deploy, gpu_kernels
 from speechkit.compress.export import load_folded, one_shot
 from speechkit.compress.quant import integer_codes, maxabs_step
 from speechkit.compress.sparsity import nm_mask
@@ -56,7 +57,7 @@ def _layer(k: int, n: int, sparse: bool, bits: int | None, device) -> nn.Linear:
 @torch.no_grad()
 def gemms(device, repeats: int) -> list[dict]:
     rows = []
-    kernels = cuda_kernels if device.type == "cuda" else cpu_kernels
+    kernels = gpu_kernels if device.type == "cuda" else cpu_kernels
     for d in DIMS:
         for k, n, what in ((d, 4 * d, "ffn up"), (4 * d, d, "ffn down"), (d, 3 * d, "qkv")):
             for m in ROWS:
@@ -67,7 +68,7 @@ def gemms(device, repeats: int) -> list[dict]:
                     ref = lin(x).float()
                     base = "2:4 " if sparse else ""
                     for name, fn in kernels(lin, ptq=False).items():
-                        if sparse and name in ("fp32", "dense-fp16"):
+                        if sparse and name in ("fp32", "dense-bf16"):
                             name = "2:4 weights, " + name  # same kernel, pruned values
                         try:
                             y = fn(x).float()
@@ -101,21 +102,21 @@ def encoders(device, repeats: int) -> list[dict]:
             x = torch.randn(b, 600, 80, device=device)
             lens = torch.full((b,), 600, device=device)
             if device.type == "cuda":
-                x = x.half()
+                x = x.bfloat16()
             run = functools.partial(_forward, x=x, lens=lens)
             dense = encoder(d, layers, device)
             if device.type == "cuda":
-                dense.half()
+                dense.bfloat16()
             with torch.no_grad():
                 ref = run(dense).hidden.float()
                 row = {"encoder": f"conformer d={d} × {layers}", "batch": b, "frames": 600,
-                       "fp32" if device.type == "cpu" else "fp16": round(_time(run, dense, repeats) / 1e3, 2)}
+                       "fp32" if device.type == "cpu" else "bf16": round(_time(run, dense, repeats) / 1e3, 2)}
                 for name, cfg in configs.items():
                     m = encoder(d, layers, device)
                     state, info = one_shot(m, cfg)
                     fresh = load_folded(encoder(d, layers, device), state, info)
-                    if device.type == "cuda":  # fp16 like the dense row (and its input)
-                        fresh.half()
+                    if device.type == "cuda":  # bf16 like the dense row (and its input)
+                        fresh.bfloat16()
                     plan = deploy(fresh, run, tolerance=0.05, repeats=5)
                     out = run(fresh).hidden.float()
                     row[name] = {"ms": round(_time(run, fresh, repeats) / 1e3, 2),

@@ -14,10 +14,14 @@ switched off: in inference they only cost time. Candidates:
 - ``int8`` (CPU): fbgemm's dynamic int8 GEMM (``quantized::linear_dynamic``) with the weight's own
   int8 codes and per-channel scales from quantization-aware training (or, with ``ptq=True``,
   per-channel max-abs scales of a float weight); activations quantized per batch;
-- CUDA, fp16: ``dense-fp16``, ``2:4-fp16`` (``torch.sparse.to_sparse_semi_structured``; only for
-  weights with a 2:4 mask along K, shapes checked by the kernel), ``int8`` (``torch._int_mm``,
-  activations quantized per row). The CUDA kernels were not run in this repository's sessions
-  (no GPU was lent); the correctness check rejects any that misbehave.
+- CUDA (``gpu_kernels``): ``dense-bf16`` (the baseline a GPU user would pick), ``2:4-bf16``
+  (``torch.sparse.to_sparse_semi_structured``: cuSPARSELt, or CUTLASS on sm80; only for weights with a
+  2:4 mask along K, shapes checked by the kernel; the weight compressed once, at deploy time),
+  ``int8`` (``torch._int_mm``, activations quantized per row), ``fp8`` (``torch._scaled_mm`` on
+  float8 e4m3 with row-wise scales for the activations and the weight's output channels; only where
+  the device has fp8 tensor cores, compute capability ≥ 8.9). The CUDA timings were not taken in this
+  repository's sessions (no GPU was lent); the correctness check rejects any kernel that misbehaves,
+  and ``bench`` prints every candidate's time and error.
 
 The returned ``Plan`` lists, per layer, (M, K, N), every candidate's time and error, and the choice.
 """
@@ -79,17 +83,46 @@ def cpu_kernels(layer: nn.Linear, ptq: bool) -> dict[str, Callable[[Tensor], Ten
     return out
 
 
-def cuda_kernels(layer: nn.Linear, ptq: bool) -> dict[str, Callable[[Tensor], Tensor]]:
+FP8_MAX = 448.0  # the largest float8 e4m3 value
+
+
+def fp8_available(device: torch.device) -> bool:
+    """fp8 tensor cores: CUDA compute capability ≥ 8.9 (Ada, Hopper and later)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_kernel(layer: nn.Linear) -> Callable[[Tensor], Tensor]:
+    """x (M, K) → (M, N) with ``torch._scaled_mm`` on float8 e4m3: the weight quantized once per output
+    channel, each activation row at call time, the product rescaled and returned in bf16."""
+    w = layer.weight.detach().float()
+    sw = (w.abs().amax(1, keepdim=True) / FP8_MAX).clamp_min(1e-12)  # (N, 1)
+    wq_t = (w / sw).to(torch.float8_e4m3fn).t()  # (K, N), column-major: the layout _scaled_mm wants
+    sw_t = sw.t().contiguous()  # (1, N)
+    b = None if layer.bias is None else layer.bias.detach().to(torch.bfloat16)
+
+    def fp8(x: Tensor) -> Tensor:
+        sx = (x.float().abs().amax(1, keepdim=True) / FP8_MAX).clamp_min(1e-12)  # (M, 1)
+        xq = (x.float() / sx).to(torch.float8_e4m3fn)
+        return torch._scaled_mm(xq, wq_t, scale_a=sx, scale_b=sw_t, bias=b, out_dtype=torch.bfloat16)
+    return fp8
+
+
+def gpu_kernels(layer: nn.Linear, ptq: bool,
+                fp8: bool | None = None) -> dict[str, Callable[[Tensor], Tensor]]:
+    """The GPU candidates of ``layer`` (module docstring); ``fp8``: include the fp8 kernel (default: where
+    the layer's device has fp8 tensor cores). 2:4 only on CUDA."""
     out = {}
-    w, b = layer.weight.detach().half(), None if layer.bias is None else layer.bias.detach().half()
-    out["dense-fp16"] = lambda x: F.linear(x.half(), w, b)
+    w, b = layer.weight.detach().bfloat16(), None if layer.bias is None else layer.bias.detach().bfloat16()
+    out["dense-bf16"] = lambda x: F.linear(x.bfloat16(), w, b)
     fmt = getattr(layer, "compressed", {}).get("weight", {})
-    if (fmt.get("n"), fmt.get("m")) == (2, 4):
+    if (fmt.get("n"), fmt.get("m")) == (2, 4) and w.is_cuda:
         try:
             ws = torch.sparse.to_sparse_semi_structured(w)
-            out["2:4-fp16"] = lambda x: F.linear(x.half(), ws, b)
-        except (RuntimeError, ValueError):  # shape or dtype the kernel does not take
+            out["2:4-bf16"] = lambda x: F.linear(x.bfloat16(), ws, b)
+        except (RuntimeError, ValueError):  # shape, dtype or device the kernel does not take
             pass
+    if fp8 if fp8 is not None else fp8_available(w.device):
+        out["fp8"] = fp8_kernel(layer)
     q = _int8_weight(layer, ptq)
     if q is not None:
         codes_t, scale = q[0].t(), q[1]  # (K, N) column-major, the layout cuBLASLt int8 wants
@@ -113,12 +146,13 @@ class Plan:
     inputs_off: list[str] = field(default_factory=list)  # modules whose input fake-quantizer was switched off
 
     def to_text(self) -> str:
+        """One line per layer: every candidate's time (µs) / relative error, and the choice."""
         kernels = sorted({k for r in self.rows for k in r["candidates"]})
-        head = f"{'layer':<36}{'M×K×N':>18}" + "".join(f"{k + ' µs':>14}" for k in kernels) + "  choice"
+        head = f"{'layer':<36}{'M×K×N':>18}" + "".join(f"{k + ' µs/err':>20}" for k in kernels) + "  choice"
         lines = [head]
         for r in self.rows:
-            cells = "".join(f"{r['candidates'][k][0]:>14.1f}" if k in r["candidates"] else f"{'-':>14}"
-                            for k in kernels)
+            cells = "".join(f"{r['candidates'][k][0]:>11.1f} / {r['candidates'][k][1]:.4f}"
+                            if k in r["candidates"] else f"{'-':>20}" for k in kernels)
             lines.append(f"{r['layer'][-36:]:<36}{'×'.join(map(str, r['shape'])):>18}{cells}  {r['choice']}")
         if self.inputs_off:
             lines.append(f"input fake-quantizers switched off (float inputs): {', '.join(self.inputs_off)}")
@@ -163,7 +197,7 @@ def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: floa
     for name, x in inputs.items():
         layer = model.get_submodule(name)
         ref = F.linear(x, layer.weight, layer.bias)  # exact: the stored weights on the float input
-        found = (cuda_kernels if device.type == "cuda" else cpu_kernels)(layer, ptq)
+        found = (gpu_kernels if device.type == "cuda" else cpu_kernels)(layer, ptq)
         cands = {"reference": layer, **{k: f for k, f in found.items() if kernels is None or k in kernels}}
         x2 = x.reshape(-1, x.shape[-1])
         results = {}

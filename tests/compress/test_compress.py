@@ -291,12 +291,32 @@ def test_deploy_picks_int8_only_where_it_is_correct_and_keeps_outputs_close(tmp_
     with torch.no_grad():
         out = loaded(x, lens).hidden
     assert ((out - ref).norm() / ref.norm()) < 0.1  # a random model: the per-layer errors compound
-    assert "layer" in plan.to_text()
+    text = plan.to_text()  # every candidate's time and error, per layer
+    assert "int8 µs/err" in text and f"{plan.rows[0]['candidates']['int8'][1]:.4f}" in text
     # a zero tolerance admits only exact kernels: int8 is never chosen
     loaded2 = load_brick(tmp_path / "b").module
     plan2 = deploy(loaded2, lambda m: m(x, lens), tolerance=0.0, repeats=1)
     assert {r["choice"] for r in plan2.rows} <= {"reference", "fp32"}
     assert all(r["candidates"]["int8"][1] > 0 and r["candidates"]["fp32"][1] == 0 for r in plan2.rows)
+
+
+def test_gpu_candidates_compute_the_layer_within_their_precision_on_the_cpu():
+    """The GPU menu's arithmetic, run on the CPU where it can be (bf16 dense, fp8 row-wise through
+    ``torch._scaled_mm``, int8 through ``torch._int_mm``; 2:4 needs CUDA and is left out here)."""
+    from speechkit.compress.deploy import fp8_available, gpu_kernels
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 96)
+    x = torch.randn(64, 128)
+    ref = lin(x)
+    found = gpu_kernels(lin, ptq=True, fp8=True)
+    assert set(found) == {"dense-bf16", "int8", "fp8"}  # no 2:4 mask (and a CPU weight): no 2:4 candidate
+    bounds = {"dense-bf16": 0.01, "int8": 0.02, "fp8": 0.06}  # 8 / 7 / 3 mantissa bits
+    for name, fn in found.items():
+        y = fn(x)
+        assert y.shape == ref.shape
+        assert float((y.float() - ref).norm() / ref.norm()) < bounds[name], name
+    assert not fp8_available(torch.device("cpu")) and "fp8" not in gpu_kernels(lin, ptq=True)
 
 
 def test_set_state_off_gives_the_dense_model_back():
