@@ -6,7 +6,9 @@ GEMMs: the linear layers of conformer encoders (d = 144: the locale full model; 
 LibriSpeech-size encoder) at M = frames in a batch, each kernel timed on the same input (median of
 ``--repeats``) with its relative error against fp32. Encoder forward: a whole conformer encoder
 (random weights, one-shot 2:4 / int8 via ``speechkit.compress.export.one_shot``), fp32 vs the
-``speechkit.compress.deploy`` runtime, batch 1 × 6 s of audio and batch 8.
+``speechkit.compress.deploy`` runtime, batch 1 × 6 s of audio and batch 8; on CUDA also the bf16
+encoder and the deployed one (int8 / fp8 with max-abs scales, ``ptq``) replayed from CUDA graphs
+(``speechkit.nn.device.CudaGraphed``), with their speed-up over bf16 eager.
 
 On CPU the candidates are fp32 and fbgemm int8 (2:4 has no CPU kernel: it saves storage, not
 time, so the 2:4 and 2:4+int8 rows time the same kernels on pruned weights); on CUDA bf16 dense,
@@ -17,6 +19,7 @@ compute capability ≥ 8.9). Results: benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import platform
@@ -32,6 +35,7 @@ from speechkit.compress.sparsity import nm_mask
 from speechkit.lego.encoders import SpeechEncoder
 from speechkit.lego.interface import MarginalHead
 from speechkit.nn.conformer import Conformer
+from speechkit.nn.device import CudaGraphed
 from speechkit.nn.subsampling import FrameStack
 
 DIMS = (144, 256, 512)
@@ -92,6 +96,15 @@ def _forward(model, x, lens):
     return model(x, lens)
 
 
+def _graphed(run, model, base_ms: float, repeats: int) -> dict:
+    """ms of ``model`` replayed from a CUDA graph (``CudaGraphed``; captured on its first call) and the
+    speed-up over ``base_ms`` (bf16 eager)."""
+    graphed = CudaGraphed(model)
+    run(graphed)  # capture
+    ms = _time(run, graphed, repeats) / 1e3
+    return {"ms": round(ms, 2), "speedup_vs_bf16_eager": round(base_ms / ms, 2)}
+
+
 def encoders(device, repeats: int) -> list[dict]:
     rows = []
     configs = {"2:4": CompressConfig(sparsity=SparsityConfig(2, 4)),
@@ -109,8 +122,18 @@ def encoders(device, repeats: int) -> list[dict]:
                 dense.bfloat16()
             with torch.no_grad():
                 ref = run(dense).hidden.float()
+                base = _time(run, dense, repeats) / 1e3
                 row = {"encoder": f"conformer d={d} × {layers}", "batch": b, "frames": 600,
-                       "fp32" if device.type == "cpu" else "bf16": round(_time(run, dense, repeats) / 1e3, 2)}
+                       "fp32" if device.type == "cpu" else "bf16": round(base, 2)}
+                if device.type == "cuda":  # launches removed: the same model replayed from a CUDA graph
+                    row["bf16 + CUDA graphs"] = _graphed(run, dense, base, repeats)
+                    deployed = copy.deepcopy(dense)  # no training for int8/fp8: max-abs scales (ptq)
+                    plan = deploy(deployed, run, tolerance=0.05, repeats=5, ptq=True)
+                    out = run(deployed).hidden.float()
+                    row["deployed (ptq) + CUDA graphs"] = {
+                        **_graphed(run, deployed, base, repeats),
+                        "choices": sorted({r["choice"] for r in plan.rows}),
+                        "err_vs_bf16": round(float((out - ref).norm() / ref.norm()), 3)}
                 for name, cfg in configs.items():
                     m = encoder(d, layers, device)
                     state, info = one_shot(m, cfg)
