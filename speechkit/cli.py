@@ -146,7 +146,7 @@ def _bench(a) -> None:
 
     _threads(a.threads)
     s = bench(a.brick, a.manifest, a.against, a.max_utts, a.beam, a.tolerance, a.ptq, not a.no_deploy,
-              progress=not a.json, device=_device(a))
+              progress=not a.json, device=_device(a), cuda_graphs=a.cuda_graphs)
     if a.json:
         print(json.dumps({k: v for k, v in s.items() if k != "plan"}))
         return
@@ -395,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--tolerance", type=float, default=0.03, help="largest relative error per layer")
     be.add_argument("--ptq", action="store_true", help="allow int8 kernels on weights not trained for int8")
     be.add_argument("--no-deploy", action="store_true", help="time BRICK as loaded")
+    be.add_argument("--cuda-graphs", action="store_true", help="on CUDA, replay BRICK's encoder from CUDA "
+                    "graphs captured per (batch, frames) bucket (speechkit.nn.device.CudaGraphed)")
 
     sc = add("score", "WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)", "json")
     sc.add_argument("hyps")

@@ -17,6 +17,7 @@ from ..compress.deploy import deploy
 from ..data.dataset import collate
 from ..data.manifest import load_manifest
 from ..metrics import score
+from ..nn.device import CudaGraphed
 from ..search.dispatch import search
 from .bricks import load_brick
 from .decode import brick_dataset
@@ -66,11 +67,12 @@ def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1, progress
 
 def bench(brick: str | Path, manifest: str | Path, against: str | Path | None = None, max_utts: int = 100,
           beam: int = 1, tolerance: float = 0.03, ptq: bool = False, deploy_kernels: bool = True,
-          progress: bool = True, device: torch.device | None = None) -> dict:
+          progress: bool = True, device: torch.device | None = None, cuda_graphs: bool = False) -> dict:
     """``speechkit bench``: deploy ``brick`` (per layer the fastest kernel within ``tolerance``,
     ``compress.deploy``; ``ptq``: int8 also where the weights were not trained for it) and time its decode
     against the fp32 brick ``against`` (default: ``brick`` as loaded), side by side on the first ``max_utts``
-    utterances, both on ``device`` (None: the CPU) → {threads, device, beam, results: {name: bench_decode
+    utterances, both on ``device`` (None: the CPU); ``cuda_graphs``: ``brick``'s encoder replayed from
+    CUDA graphs (``CudaGraphed``; on CUDA only) → {threads, device, beam, results: {name: bench_decode
     row}, speedup, encoder_speedup, choices, plan (the deployment table as text, or None)}."""
     device = torch.device(device or "cpu")
     b = load_brick(brick, device)
@@ -82,7 +84,11 @@ def bench(brick: str | Path, manifest: str | Path, against: str | Path | None = 
         sample = collate([ds[0]])  # batch 1, encoder and search: the shapes bench_decode uses
         x, n = sample["inputs"].to(device), sample["input_lens"].to(device)
         plan = deploy(b.module, lambda m: search(m, m(x, n), beam), tolerance, ptq=ptq)
-    models[f"{'deployed' if plan else 'as loaded'} {brick}"] = b.module
+    name = f"{'deployed' if plan else 'as loaded'} {brick}"
+    if cuda_graphs and device.type == "cuda":
+        b.module.encoder = CudaGraphed(b.module.encoder)
+        name += " + CUDA graphs"
+    models[name] = b.module
     res = bench_decode(models, ds, beam, progress=progress)
     (_, r0), (_, r1) = res.items()
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
