@@ -53,7 +53,8 @@ def _decode(a) -> None:
     if a.runtime != "torch":
         from .pipelines.onnx import decode_runtime_to_file
 
-        if a.lm or a.ilm_weight or a.length_reward or a.then or a.device not in ("auto", "cpu"):
+        fusion = a.lm or a.lm_weight or a.ilm_weight or a.length_reward
+        if fusion or a.then or a.device not in ("auto", "cpu"):
             raise SystemExit(f"error: --runtime {a.runtime} decodes one brick on the CPU without LM fusion")
         opts = DecodeOptions(beam=a.beam, nbest=a.nbest, max_symbols=a.max_symbols, skip_bad=a.skip_bad,
                              num_workers=a.workers, progress=not a.json)

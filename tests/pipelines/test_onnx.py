@@ -137,3 +137,15 @@ def test_decode_runtimes_give_the_torch_runtimes_hypotheses(tmp_path, tiny_corpu
     int8, _ = decode_runtime_to_file(tmp_path / "onnx", manifest, "onnx-int8", quiet, tmp_path / "int8.jsonl",
                                      max_utts=12)
     assert int8["utts"] == torch_run["utts"] == len(hyps(sherpa)) > 0
+
+
+def test_decode_runtime_on_a_folder_export_did_not_write_is_one_error_line(tmp_path):
+    from speechkit.cli import main
+
+    (tmp_path / "x").mkdir()
+    args = ["decode", str(tmp_path / "x"), str(tmp_path / "m.jsonl"), "--runtime", "onnx"]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert "speechkit.json" in str(e.value) and str(tmp_path / "x") in str(e.value)
+    with pytest.raises(SystemExit, match="without LM fusion"):
+        main([*args, "--lm-weight", "1"])
