@@ -336,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default=None, help="hypotheses JSONL of --manifest (default: beside the brick: "
                     "BRICK/../stream-MANIFEST-SETTINGS.jsonl, NAME- prefixed for a brick folder NAME other "
                     "than 'brick'; nothing is written inside a brick)")
+    st.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="onnx: BRICK is a "
+                    "folder written by `speechkit export BRICK --onnx DIR` from a streaming brick, run by "
+                    "onnxruntime (encoder_chunk.onnx: one chunk at a time with explicit caches) on the CPU")
     st.add_argument("--chunk", type=int, default=8, help="encoder frames per chunk (40 ms each with "
                     "FrameStack 4): the latency / accuracy trade-off")
     st.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")

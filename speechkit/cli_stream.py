@@ -23,7 +23,7 @@ def run(a) -> None:
     from .nn.device import resolve_device
 
     brick, opts, plan = streaming_brick(a.brick, opts, a.lm, a.lm_weight, a.ilm_weight, a.length_reward,
-                                        not a.no_lm_eos, a.int8, resolve_device(a.device))
+                                        not a.no_lm_eos, a.int8, resolve_device(a.device), a.runtime)
     if plan is not None and not a.json:
         print(plan.to_text(), file=sys.stderr)
     if a.manifest:

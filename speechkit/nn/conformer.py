@@ -91,9 +91,9 @@ class SelfAttention(nn.Module):
         keys = torch.cat([keys, rotary(k, offset)], 2)  # (B, H, L + C, Dh)
         values = torch.cat([values, v], 2)
         y = F.scaled_dot_product_attention(rotary(q, offset), keys, values)
-        if left is not None:
-            keys, values = keys[:, :, keys.shape[2] - min(left, keys.shape[2]):], \
-                values[:, :, values.shape[2] - min(left, values.shape[2]):]
+        if left is not None:  # the last `left` frames (all of them when fewer; an exported graph alike)
+            cut = slice(-left, None) if left else slice(0, 0)
+            keys, values = keys[:, :, cut], values[:, :, cut]
         return self._out(y), keys, values
 
 

@@ -64,6 +64,31 @@ class _Encoder(nn.Module):
         return self.proj(enc.hidden), enc.lengths
 
 
+class _StreamChunk(nn.Module):
+    """One streaming step: features (N, n, F) (n a multiple of the front end's stack), the per-layer caches
+    stacked (keys, values (layers, N, H, L, Dh), conv inputs (layers, N, D, K−1)) and the encoder frames
+    seen so far → (encoder_out (N, n / stack, J), the new caches): ``SpeechEncoder.forward_chunk``'s
+    arithmetic on one chunk, the joiner's encoder projection included."""
+
+    def __init__(self, model: Transducer):
+        super().__init__()
+        self.encoder, self.proj = model.encoder, model.joiner.enc_proj
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, conv: Tensor, offset: Tensor):
+        enc = self.encoder
+        h, _ = enc.frontend(enc.cmvn(x), x.new_zeros(x.shape[0], dtype=torch.long))
+        caches = []
+        for i, layer in enumerate(enc.body.layers):
+            h, cache = layer.forward_chunk(h, (keys[i], values[i], conv[i]), enc.body.left_context, offset)
+            caches.append(cache)
+        return (self.proj(h), *(torch.stack(c) for c in zip(*caches)))
+
+
+def _streams(model: Transducer) -> bool:
+    """A FrameStack front end and a causal Conformer body: what ``SpeechEncoder.forward_chunk`` streams."""
+    return hasattr(model.encoder.frontend, "forward_chunk") and getattr(model.encoder.body, "causal", False)
+
+
 class _Decoder(nn.Module):
     def __init__(self, model: Transducer):
         super().__init__()
@@ -164,6 +189,24 @@ def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = F
         _export(_Joiner(model), (enc_out[:, 0], dec_out), tmp / "joiner.onnx", ["encoder_out", "decoder_out"],
                 ["logit"], {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
                 {"joiner_dim": enc_out.shape[-1]})
+        stream = None
+        if _streams(model):  # a second encoder graph, chunk by chunk with explicit caches
+            body = model.encoder.body
+            stream = {"stack": model.encoder.frontend.stack, "chunk": body.chunk or 8,
+                      "layers": len(body.layers), "heads": body.heads, "head_dim": body.dim // body.heads,
+                      "dim": body.dim, "kernel": body.kernel_size, "left_context": body.left_context}
+            n, lay, hd = 3, stream["layers"], (2, body.heads, 3, stream["head_dim"])
+            args = (torch.randn(2, 4 * stream["stack"], model.encoder.input_dim), torch.zeros(lay, *hd),
+                    torch.zeros(lay, *hd), torch.zeros(lay, 2, body.dim, body.kernel_size - 1),
+                    torch.tensor(n))
+            cache = {1: "N", 3: "L"}
+            _export(_StreamChunk(model), args, tmp / "encoder_chunk.onnx",
+                    ["x", "keys", "values", "conv", "offset"],
+                    ["encoder_out", "new_keys", "new_values", "new_conv"],
+                    {"x": {0: "N", 1: "T"}, "keys": cache, "values": cache, "conv": {1: "N"},
+                     "encoder_out": {0: "N", 1: "C"}, "new_keys": {1: "N", 3: "L_out"},
+                     "new_values": {1: "N", 3: "L_out"}, "new_conv": {1: "N"}},
+                    {"model_author": "speechkit", **{k: str(v) for k, v in stream.items()}})
         pieces = tok.pieces(list(range(v)))
         (tmp / "tokens.txt").write_text("<blk> 0\n" + "".join(f"{p} {i + 1}\n" for i, p in enumerate(pieces)))
         if int8:
@@ -172,7 +215,7 @@ def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = F
         (tmp / "interface.json").write_text(json.dumps(b.interface, indent=1) + "\n")
         info = {"brick": str(b.path), "layout": "sherpa-onnx offline transducer", "vocab_size": v + 1,
                 "context_size": ctx, "blank": 0, "features": {**b.interface["input"], **FEATURES},
-                "int8": int8}
+                "int8": int8, "stream": stream}
         (tmp / "speechkit.json").write_text(json.dumps(info, indent=1) + "\n")
         files = sorted(p.name for p in tmp.iterdir())
     return {"out": str(out), "files": files, "vocab_size": v + 1, "context_size": ctx}
@@ -242,6 +285,55 @@ class _OrtJoiner:
         return torch.cat([logit[:, 1:], logit[:, :1]], 1).view(*e.shape[:-1], -1)
 
 
+class _Namespace:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class _OrtStreamingEncoder:
+    """``SpeechEncoder``'s streaming interface (``stream_state``, ``forward_chunk``; ``frontend.stack``,
+    ``body.chunk``/``causal`` for ``set_chunk``) on encoder_chunk.onnx: features are buffered until a
+    whole chunk (``body.chunk`` encoder frames × ``stack``) is there, and each chunk runs the graph with
+    the caches of the stream; ``final`` runs the last partial chunk."""
+
+    def __init__(self, path: Path, stream: dict | None, opts):
+        self.info = stream
+        if stream is None:
+            return
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.frontend = _Namespace(stack=stream["stack"])
+        self.body = _Namespace(causal=True, chunk=stream["chunk"])
+
+    def stream_state(self, batch: int = 1, device=None) -> dict:
+        if self.info is None:
+            raise ValueError("this export has no streaming encoder (the brick's encoder does not stream: it "
+                             "needs a FrameStack front end and a causal Conformer)")
+        s = self.info
+        kv = torch.zeros(s["layers"], batch, s["heads"], 0, s["head_dim"])
+        return {"features": None, "keys": kv, "values": kv, "offset": 0,
+                "conv": torch.zeros(s["layers"], batch, s["dim"], s["kernel"] - 1)}
+
+    def forward_chunk(self, feats: Tensor, state: dict, final: bool = False) -> tuple[Encoded, dict]:
+        buf = feats if state["features"] is None else torch.cat([state["features"], feats], 1)
+        stack, step = self.frontend.stack, self.body.chunk * self.frontend.stack
+        state, outs = dict(state), []
+        while buf.shape[1] >= step or (final and buf.shape[1] >= stack):
+            n = step if buf.shape[1] >= step else buf.shape[1] // stack * stack
+            out, *caches = self.session.run(None, {
+                "x": buf[:, :n].contiguous().numpy(), "keys": state["keys"].numpy(),
+                "values": state["values"].numpy(), "conv": state["conv"].numpy(),
+                "offset": torch.tensor(state["offset"]).numpy()})
+            state.update(zip(("keys", "values", "conv"), (torch.from_numpy(c) for c in caches)))
+            state["offset"] += out.shape[1]
+            outs.append(torch.from_numpy(out))
+            buf = buf[:, n:]
+        state["features"] = buf[:, :0] if final else buf
+        h = torch.cat(outs, 1) if outs else feats.new_zeros(feats.shape[0], 0, 1)
+        return Encoded(h, torch.full((h.shape[0],), h.shape[1], dtype=torch.long)), state
+
+
 class OnnxTransducer(nn.Module):
     """An ``export_onnx`` folder run by onnxruntime behind the ``Transducer`` interface the searches use:
     ``forward(x (B, T, F), lengths) → Encoded`` (hidden = the joiner-projected encoder output),
@@ -264,6 +356,7 @@ class OnnxTransducer(nn.Module):
         self.vocab_size = self.blank = info["vocab_size"] - 1
         self.predictor = _OrtPredictor(self.sessions["decoder"], info["context_size"], self.blank)
         self.joiner = _OrtJoiner(self.sessions["joiner"])
+        self.encoder = _OrtStreamingEncoder(d / "encoder_chunk.onnx", info.get("stream"), opts)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Encoded:
         out, out_lens = self.sessions["encoder"].run(None, {"x": x.contiguous().numpy(),

@@ -194,14 +194,26 @@ def save_calibration(brick: str | Path, opts: StreamOptions, entry: dict,
 
 def streaming_brick(brick: str | Path, opts: StreamOptions, lm: str | Path | None = None,
                     lm_weight: float = 0.0, ilm_weight: float = 0.0, length_reward: float = 0.0,
-                    lm_eos: bool = True, int8: bool = False,
-                    device: torch.device | None = None) -> tuple[LoadedBrick, StreamOptions, object]:
+                    lm_eos: bool = True, int8: bool = False, device: torch.device | None = None,
+                    runtime: str = "torch") -> tuple[LoadedBrick, StreamOptions, object]:
     """Load ``brick`` onto ``device`` to stream with ``opts`` → (the brick with its encoder chunk set,
     ``opts`` with the fusion of the LM arguments, the int8 deployment plan or None). ``CannotStream`` names
-    a brick that cannot stream; int8 (fbgemm) deployment is for the CPU."""
+    a brick that cannot stream; int8 (fbgemm) deployment is for the CPU. ``runtime`` "onnx": ``brick`` is a
+    folder of ``speechkit export --onnx`` run by onnxruntime (its encoder_chunk.onnx), on the CPU."""
     if int8 and device is not None and torch.device(device).type != "cpu":
         raise ValueError(f"--int8 deploys fbgemm CPU kernels; it does not apply to --device {device}")
-    b = load_brick(brick, device)
+    if runtime == "onnx":
+        from .onnx import load_onnx
+
+        if int8 or lm or lm_weight or ilm_weight or length_reward:
+            raise ValueError("--runtime onnx streams without --int8 and LM fusion")
+        b = load_onnx(brick, threads=torch.get_num_threads())
+        if b.module.encoder.info is None:
+            raise CannotStream(f"{brick} cannot stream: exported from a brick whose encoder does not stream "
+                               "(no encoder_chunk.onnx; streaming needs a FrameStack front end and a causal "
+                               "Conformer)")
+    else:
+        b = load_brick(brick, device)
     try:
         set_chunk(b.module, opts.chunk)
     except CannotStream as e:

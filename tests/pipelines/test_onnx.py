@@ -149,3 +149,35 @@ def test_decode_runtime_on_a_folder_export_did_not_write_is_one_error_line(tmp_p
     assert "speechkit.json" in str(e.value) and str(tmp_path / "x") in str(e.value)
     with pytest.raises(SystemExit, match="without LM fusion"):
         main([*args, "--lm-weight", "1"])
+
+
+def test_a_streaming_brick_streams_through_onnxruntime_with_the_torch_events(tmp_path, tiny_corpus, capsys):
+    """encoder_chunk.onnx (one chunk, explicit key/value/conv caches and frame offset) behind the same
+    Recognizer: partials and finals equal torch's at two chunk sizes; `stream --runtime onnx` runs it."""
+    from builders import streaming_transducer
+
+    from speechkit.cli import main
+    from speechkit.pipelines.onnx import load_onnx
+    from speechkit.search.stream import Recognizer, StreamOptions
+
+    m = streaming_transducer(vocab=24)
+    with torch.no_grad():
+        m.joiner.out.weight.mul_(6.0)
+        m.joiner.out.bias[-1] += BLANK_BIAS
+    path = save_brick(m, tmp_path / "stream", INTERFACE, {"target": TOKENIZER})
+    res = export_onnx(path, tmp_path / "onnx")
+    assert "encoder_chunk.onnx" in res["files"]
+    torch_b, onnx_b = load_brick(path), load_onnx(tmp_path / "onnx")
+    for wave in _waves(tiny_corpus, 3):
+        for chunk in (2, 5):
+            events = [[(e.kind, e.text) for e in Recognizer(b.module, b.tokenizer, b.fbank(),
+                                                              StreamOptions(chunk=chunk)).run(wave)]
+                      for b in (torch_b, onnx_b)]
+            assert events[0] == events[1] and events[0][-1][0] == "final"
+    wav = load_manifest(tiny_corpus / "asr" / "train.jsonl")[0].audio
+    main(["stream", str(tmp_path / "onnx"), wav, "--runtime", "onnx", "--json"])
+    assert "final" in capsys.readouterr().out
+    offline = export_onnx(_brick(tmp_path, _waves(tiny_corpus, 1)), tmp_path / "offline")
+    assert "encoder_chunk.onnx" not in offline["files"]
+    with pytest.raises(SystemExit, match="offline cannot stream: .*does not stream"):
+        main(["stream", str(tmp_path / "offline"), wav, "--runtime", "onnx"])
