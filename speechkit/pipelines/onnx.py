@@ -224,7 +224,8 @@ def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = F
 def sherpa_recognizer(folder: str | Path, num_threads: int = 1, int8: bool = False,
                       decoding_method: str = "greedy_search"):
     """sherpa-onnx's ``OfflineRecognizer`` for an ``export_onnx`` folder, its fbank set to speechkit's
-    (``FEATURES``); ``int8``: the ``*.int8.onnx`` models."""
+    (``FEATURES``); ``int8``: the ``*.int8.onnx`` models. Its ``speechkit_ids(wave)`` decodes a waveform
+    to speechkit's token ids."""
     import sherpa_onnx
 
     d = Path(folder)
@@ -239,6 +240,17 @@ def sherpa_recognizer(folder: str | Path, num_threads: int = 1, int8: bool = Fal
         sampling_rate=feats["sample_rate"], feature_dim=feats["num_mel_bins"],
         **{k: feats[k] for k in FEATURES})
     rec.recognizer = type(rec.recognizer)(rec.config)  # rebuilt with the features above
+    pieces = {line.rsplit(" ", 1)[0].replace("▁", " "): int(line.rsplit(" ", 1)[1]) - 1
+              for line in (d / "tokens.txt").read_text().splitlines()[1:]}
+
+    def speechkit_ids(wave: Tensor) -> list[int]:
+        """A waveform (N,) at the brick's rate → the hypothesis as speechkit's token ids."""
+        stream = rec.create_stream()
+        stream.accept_waveform(feats["sample_rate"], wave.numpy())
+        rec.decode_stream(stream)
+        return [pieces[t] for t in stream.result.tokens]  # sherpa's symbols (▁ as a space) → ids
+
+    rec.speechkit_ids = speechkit_ids
     return rec
 
 
@@ -391,15 +403,11 @@ def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, 
 
     brick = load_onnx(folder)  # the tokenizer and the references, as the other runtimes read them
     ds = brick_manifest(brick, manifest, max_utts, target_lang=None)
-    ids = {line.rsplit(" ", 1)[0].replace("▁", " "): int(line.rsplit(" ", 1)[1]) - 1
-           for line in (Path(folder) / "tokens.txt").read_text().splitlines()[1:]}
     rec = sherpa_recognizer(folder, threads, int8)
     results, t0 = [], time.time()
     for n, (u, ref) in enumerate(zip(ds.utts, ds.refs), 1):
-        stream = rec.create_stream()
-        stream.accept_waveform(16000, read_audio(u.audio, u.offset, u.duration).numpy())
-        rec.decode_stream(stream)
-        results.append({"id": u.id, "ref": ref, "hyp": ds.tok.decode([ids[t] for t in stream.result.tokens])})
+        ids = rec.speechkit_ids(read_audio(u.audio, u.offset, u.duration))
+        results.append({"id": u.id, "ref": ref, "hyp": ds.tok.decode(ids)})
         if progress and (n % 100 == 0 or n == len(ds.utts)):
             print(f"\r  decoded {n}/{len(ds.utts)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
     if progress:
