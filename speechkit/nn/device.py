@@ -47,6 +47,11 @@ def may_any(mask: Tensor) -> bool:
     return mask.device.type != "cpu" or bool(mask.any())
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are; the CPU for a model with none (an onnxruntime-backed one)."""
+    return next(model.parameters(), torch.zeros(0)).device
+
+
 class CudaGraphed(nn.Module):
     """``module(x (B, T, F), lengths (B,))`` replayed from CUDA graphs, one per (batch, frames) bucket.
 

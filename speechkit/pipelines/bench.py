@@ -17,7 +17,7 @@ from ..compress.deploy import deploy
 from ..data.dataset import collate
 from ..data.manifest import load_manifest
 from ..metrics import score
-from ..nn.device import CudaGraphed
+from ..nn.device import CudaGraphed, model_device
 from ..search.dispatch import search
 from .bricks import load_brick
 from .decode import brick_dataset
@@ -36,7 +36,7 @@ def bench_decode(models: dict[str, torch.nn.Module], ds, beam: int = 1, progress
         audio += ds.utts[i].duration or batch["input_lens"].item() * 0.01
         for name, model in models.items():
             model.eval()
-            device = next(model.parameters(), torch.zeros(0)).device  # no parameters (onnxruntime): CPU
+            device = model_device(model)
             x, n = batch["inputs"].to(device), batch["input_lens"].to(device)
             sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
             sync()

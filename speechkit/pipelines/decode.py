@@ -24,6 +24,7 @@ from ..lego.interface import Encoded
 from ..metrics import Scores, normalize_text, score
 from ..models.base import TokenLM
 from ..nn.brick import BrickError
+from ..nn.device import model_device
 from ..search.dispatch import search
 from ..search.fusion import Fusion
 from .bricks import LoadedBrick, load_brick, read_interface
@@ -95,9 +96,7 @@ def encode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions,
     with ``opts.skip_bad``, is left out and recorded in ``skipped`` (dataset index → reason).
     """
     model.eval()
-    # batches go where the model is (pinned, copied ahead); a model with no parameters (onnxruntime's) reads
-    # CPU tensors
-    device = next(model.parameters(), torch.zeros(0)).device
+    device = model_device(model)  # batches go where the model is (pinned, copied ahead)
     sampler = BucketBatchSampler(ds.lengths(), opts.max_frames, shuffle=False)
     loader = DataLoader(_Readable(ds), batch_sampler=sampler, collate_fn=_collate_readable,
                         num_workers=opts.num_workers, pin_memory=device.type == "cuda")

@@ -379,15 +379,16 @@ class OnnxTransducer(nn.Module):
         return enc
 
 
-def load_onnx(folder: str | Path, int8: bool = False, threads: int = 1) -> LoadedBrick:
+def load_onnx(folder: str | Path, int8: bool = False, threads: int = 1, sessions: bool = True) -> LoadedBrick:
     """An ``export_onnx`` folder as a ``LoadedBrick`` whose module is an ``OnnxTransducer`` (what ``decode
-    --runtime onnx`` / ``onnx-int8`` reads)."""
+    --runtime onnx`` / ``onnx-int8`` reads); ``sessions=False``: its interface and tokenizer only (an empty
+    module, no onnxruntime sessions built)."""
     d = Path(folder)
     if not (d / "speechkit.json").is_file():
         raise OnnxExportError(f"{d}: not a folder written by `speechkit export BRICK --onnx DIR` (no "
                               "speechkit.json)")
-    return LoadedBrick(d, OnnxTransducer(d, int8, threads).eval(), read_interface(d),
-                       {"target": Tokenizer(d / TOKENIZER_FILES["target"])})
+    module = OnnxTransducer(d, int8, threads).eval() if sessions else nn.Module()
+    return LoadedBrick(d, module, read_interface(d), {"target": Tokenizer(d / TOKENIZER_FILES["target"])})
 
 
 def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, int8: bool = False,
@@ -401,7 +402,7 @@ def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, 
     from ..audio import read_audio
     from .decode import brick_manifest, score_results
 
-    brick = load_onnx(folder)  # the tokenizer and the references, as the other runtimes read them
+    brick = load_onnx(folder, sessions=False)  # the tokenizer and references, as the other runtimes read them
     ds = brick_manifest(brick, manifest, max_utts, target_lang=None)
     rec = sherpa_recognizer(folder, threads, int8)
     results, t0 = [], time.time()

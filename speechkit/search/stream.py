@@ -29,6 +29,7 @@ import torchaudio.functional as AF
 from ..errors import SpeechkitError
 from ..features import FbankConfig, fbank
 from ..lego.interface import Encoded
+from ..nn.device import model_device
 from .fusion import Fusion
 from .transducer import BeamSearch, GreedySearch, Hypothesis
 
@@ -109,8 +110,7 @@ class Recognizer:
         if opts.timestamps not in ("transducer", "ctc"):
             raise ValueError(f"timestamps must be 'transducer' or 'ctc', got {opts.timestamps!r}")
         self.model, self.tok, self.cfg, self.opts = model, tokenizer, fbank_cfg, opts
-        # features go where the model is (no parameters, onnxruntime's: the CPU); events come back to the host
-        self.device = next(model.parameters(), torch.zeros(0)).device
+        self.device = model_device(model)  # features go there; events come back to the host
         set_chunk(model, opts.chunk)
         self.enc_state = model.encoder.stream_state(1, self.device)
         self.win = int(fbank_cfg.sample_rate * fbank_cfg.frame_length_ms / 1000)
