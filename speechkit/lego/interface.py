@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..nn.brick import Brick
 from ..nn.masks import padding_mask
-from ..nn.transformer import TransformerStack, sinusoids
+from ..nn.transformer import TransformerStack, multihead_attention, sinusoids
 
 
 @dataclass
@@ -178,11 +178,12 @@ class LengthController(Brick):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         out_lengths = self.output_lengths(lengths)
-        k_max = int(out_lengths.max()) if out_lengths.numel() else 1
+        k_max = out_lengths.max() if out_lengths.numel() else 1  # a tensor: ONNX export keeps it symbolic
         pos = torch.arange(k_max, device=x.device) / self.alpha
         q = self.query(sinusoids(pos, self.dim))[None].expand(x.shape[0], -1, -1)  # (B, K, D)
         kv = self.norm_in(x) + sinusoids(torch.arange(x.shape[1], device=x.device), self.dim)
-        y, _ = self.attn(q, kv, kv, key_padding_mask=padding_mask(lengths, x.shape[1]), need_weights=False)
+        drop = self.attn.dropout if self.training else 0.0
+        y = multihead_attention(self.attn, q, kv, padding_mask(lengths, x.shape[1])[:, None], drop)
         y = self.norm_out(q + y).masked_fill(padding_mask(out_lengths, k_max)[..., None], 0.0)
         return y, out_lengths
 
@@ -219,18 +220,18 @@ class Shrink(Brick):
         """hidden (B, T, D), CTC logits (B, T, V+1), lengths (B,) → (B, S, D), lengths (B,) ≥ 1."""
         seg, counts = self.segments(logits.detach(), lengths)
         b, t, d = hidden.shape
+        # no branch on the data (ONNX export keeps the shapes symbolic): rows without a segment fall back to
+        # mean pooling, every valid frame joining segment 0
         empty = counts == 0
-        if empty.any():  # fall back to mean pooling: every valid frame joins segment 0
-            valid = ~padding_mask(lengths, t)
-            seg = torch.where(empty[:, None] & valid, torch.zeros_like(seg), seg)
-            counts = counts.masked_fill(empty, 1)
+        seg = torch.where(empty[:, None] & ~padding_mask(lengths, t), torch.zeros_like(seg), seg)
+        counts = counts.masked_fill(empty, 1)
         w = (seg >= 0).to(hidden.dtype)
         if self.weighting == "posterior":
             w = w * logits.float().softmax(-1).amax(-1).to(hidden.dtype)
-        s = int(counts.max()) if b else 1
+        s = counts.max() if b else 1  # S ≤ T segments: sums over T places, the first S kept
         index = seg.clamp(min=0)  # dropped frames add 0 to segment 0
-        total = hidden.new_zeros(b, s, d).scatter_add(1, index[..., None].expand(-1, -1, d),
-                                                      hidden * w[..., None])
-        weight = hidden.new_zeros(b, s).scatter_add(1, index, w)
+        total = torch.zeros_like(hidden).scatter_add(1, index[..., None].expand(-1, -1, d),
+                                                     hidden * w[..., None])[:, :s]
+        weight = torch.zeros_like(w).scatter_add(1, index, w)[:, :s]
         out = total / weight.clamp(min=torch.finfo(hidden.dtype).tiny)[..., None]
         return out.masked_fill(padding_mask(counts, s)[..., None], 0.0), counts

@@ -50,6 +50,30 @@ def _project(att: nn.MultiheadAttention, x: Tensor, part: slice) -> Tensor:
     return F.linear(x, att.in_proj_weight[part], att.in_proj_bias[part])
 
 
+def _forbidden(pad: Tensor | None, causal: Tensor | None) -> Tensor | None:
+    """Key padding (B, K) and a causal mask (L, K), True where forbidden → (B or 1, L or 1, K), or None."""
+    if pad is None:
+        return None if causal is None else causal[None]
+    return pad[:, None] if causal is None else pad[:, None] | causal[None]
+
+
+def multihead_attention(att: nn.MultiheadAttention, x: Tensor, memory: Tensor | None,
+                        forbidden: Tensor | None, dropout: float) -> Tensor:
+    """x (B, L, D) attending to memory (B, K, D) (None: to itself) through ``att``'s projections and heads,
+    forbidden (B or 1, L or 1, K) True where a key may not be seen, dropout on the weights → (B, L, D).
+    ``nn.MultiheadAttention``'s arithmetic, written with shapes the ONNX exporter keeps symbolic."""
+    b, length, d = x.shape
+    h = att.num_heads
+    if memory is None:
+        q, k, v = _project(att, x, slice(None)).chunk(3, -1)
+    else:
+        q, (k, v) = _project(att, x, slice(0, d)), _project(att, memory, slice(d, None)).chunk(2, -1)
+    heads = lambda t: t.reshape(b, t.shape[1], h, d // h).transpose(1, 2)  # noqa: E731 (B, H, ·, D/H)
+    y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), dropout_p=dropout,
+                                       attn_mask=None if forbidden is None else ~forbidden[:, None])
+    return F.linear(y.transpose(1, 2).reshape(b, length, d), att.out_proj.weight, att.out_proj.bias)
+
+
 class TransformerLayer(nn.Module):
     """x (B, L, D) → x + SelfAttn(norm1 x) [→ + CrossAttn(norm2 x, memory)] → + FF(norm x) (B, L, D).
 
@@ -80,13 +104,12 @@ class TransformerLayer(nn.Module):
         """x (B, L, D), pad (B, L) True at padded positions, causal (L, L) True where attention is
         forbidden, memory (B, K, D) with memory_pad (B, K) → (B, L, D). Without ``memory`` the
         cross-attention term is left out (a decoder's internal LM)."""
-        h = self.norm1(x)
-        x = x + self.dropout(self.self_attn(h, h, h, attn_mask=causal, key_padding_mask=pad,
-                                            need_weights=False)[0])
+        p = self.dropout.p if self.training else 0.0
+        x = x + self.dropout(multihead_attention(self.self_attn, self.norm1(x), None, _forbidden(pad, causal),
+                                                 p))
         if memory is not None:
-            h = self.norm2(x)
-            x = x + self.dropout(self.multihead_attn(h, memory, memory, key_padding_mask=memory_pad,
-                                                     need_weights=False)[0])
+            x = x + self.dropout(multihead_attention(self.multihead_attn, self.norm2(x), memory,
+                                            _forbidden(memory_pad, None), p))
         return x + self._ff(x)
 
     def step(self, x: Tensor, kv: tuple[Tensor, Tensor], pos: Tensor, visible: Tensor,
@@ -165,9 +188,13 @@ class TransformerLayers(nn.ModuleList):
         if s and n % s:
             raise ValueError(f"{n} sequences cannot share {s} memories in equal beams")
         rows = torch.arange(s, device=device).repeat_interleave(n // max(s, 1))  # (N,) memory of each row
-        kv = [_project(layer.multihead_attn, memory, slice(d, None)).split(d, -1) for layer in self]
+        kv = [kv.split(d, -1) for kv in self.memory_kv(memory)]
         return replace(state, memory_kv=kv, memory_pad=padding_mask(memory_lengths, memory.shape[1]),
                        memory_rows=rows)
+
+    def memory_kv(self, memory: Tensor) -> list[Tensor]:
+        """Each layer's cross-attention keys and values of memory (S, K, D), concatenated: (S, K, 2D)."""
+        return [_project(layer.multihead_attn, memory, slice(memory.shape[-1], None)) for layer in self]
 
     def step(self, x: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
         """x (N, D): the input at each row's next position ``state.lengths`` → (N, D), the new state."""

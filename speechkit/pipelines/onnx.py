@@ -11,6 +11,19 @@
 - ``tokens.txt``: ``symbol id`` per line; ``speechkit.json``: what the export holds and its features;
   the brick's ``interface.json`` and ``tokenizer.model``, so ``load_onnx`` reads the folder as a brick.
 
+Attention models (AED / MT / STAST) and language models export for onnxruntime (``export_onnx`` picks the
+layout from the brick):
+
+- attention: ``encoder.onnx`` ``x`` (N, T, F) features or (N, T) int64 source ids, ``x_lens`` →
+  ``memory_kv`` (N, K, 2·layers·D): the decoder's memory already projected to every layer's
+  cross-attention keys and values, ``memory_lens`` (N,), and, for an encoder with a marginal head, the
+  CTC interface ``logits`` (N, T', V+1) (blank last) with ``logits_lens``; ``decoder.onnx``: one
+  incremental step, ``tokens`` (N,), ``lengths`` (N,) positions fed so far, self-attention ``keys`` and
+  ``values`` (layers, N, C, D) with C > every length, ``memory_kv``, ``memory_visible`` (S, K) bool and
+  ``rows`` (N,) the memory of each row → ``logits`` (N, V+1), the caches with the new position written;
+- language model: ``lm.onnx`` ``tokens`` (N, L) → ``logprobs`` (N, L+1, V+1) after each prefix [start,
+  y1, …, yL] (``OnnxLM`` steps it on whole prefixes: any body, LSTM, Transformer or stateless).
+
 ``load_onnx(folder)`` runs the exported graphs through onnxruntime behind speechkit's own model
 interface (``OnnxTransducer``: encoder, predictor steps, joiner), so ``speechkit decode FOLDER
 MANIFEST --runtime onnx`` runs the same searches (greedy, beam, the same batching) as the torch
@@ -41,7 +54,12 @@ from ..errors import SpeechkitError
 from ..files import atomic_dir
 from ..lego.interface import Encoded
 from ..lego.transducer import StatelessPredictor
+from ..models.aed import AttentionModel
+from ..models.base import TokenLM
+from ..models.lm import LanguageModel
+from ..models.stast import STAST
 from ..models.transducer import Transducer
+from ..nn.masks import padding_mask
 from ..tokenizer import Tokenizer
 from .bricks import TOKENIZER_FILES, LoadedBrick, load_brick, read_interface
 
@@ -112,9 +130,6 @@ class _Joiner(nn.Module):
 
 def _check(brick: LoadedBrick) -> Transducer:
     model, where = brick.module, brick.path
-    if not isinstance(model, Transducer):
-        raise OnnxExportError(f"{where}: only transducer bricks export to sherpa-onnx's layout, this one is "
-                              f"a {type(model).__name__}")
     if model.ingestor is not None:
         raise OnnxExportError(f"{where}: a LegoNN transducer (joiner on the ingested marginals) has no "
                               "sherpa-onnx layout")
@@ -145,9 +160,10 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     onnx.save(graph, str(path))
 
 
-def _quantize(folder: Path) -> None:
-    """``*.int8.onnx`` beside each model: onnxruntime's dynamic int8 quantisation of the weights (its
-    advice to pre-process the graphs and its notes on tensors it leaves in float are not shown)."""
+def _quantize(folder: Path, parts: list[str]) -> None:
+    """``PART.int8.onnx`` beside each ``PART.onnx`` of ``parts``: onnxruntime's dynamic int8 quantisation of
+    the weights (its advice to pre-process the graphs and its notes on tensors it leaves in float are not
+    shown)."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -156,69 +172,180 @@ def _quantize(folder: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        for part in ("encoder", "decoder", "joiner"):
+        for part in parts:
             quantize_dynamic(str(folder / f"{part}.onnx"), str(folder / f"{part}.int8.onnx"),
                              weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
 
 
-def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = False) -> dict:
-    """Export a transducer brick to ``out`` in sherpa-onnx's offline transducer layout (module docstring);
-    ``int8``: also ``*.int8.onnx``, onnxruntime's dynamic int8 quantisation of the weights. Written whole
-    or not at all. → {'out', 'files', 'vocab_size', 'context_size'}."""
-    b = brick if isinstance(brick, LoadedBrick) else load_brick(brick)
-    model = _check(b).eval()
-    tok = b.tokenizers["target"]
+def _transducer_graphs(b: LoadedBrick, tmp: Path) -> dict:
+    """encoder/decoder/joiner.onnx (+ encoder_chunk.onnx for a streaming brick) and tokens.txt → the
+    layout's facts for speechkit.json."""
+    model = _check(b)
     v, ctx = model.vocab_size, model.predictor.context
     n_frames = 200
     x = torch.randn(2, n_frames, model.encoder.input_dim)
     x_lens = torch.tensor([n_frames, n_frames * 3 // 4])
     enc_out, _ = _Encoder(model)(x, x_lens)
     dec_out = _Decoder(model)(torch.zeros(2, ctx, dtype=torch.long))
+    _export(_Encoder(model), (x, x_lens), tmp / "encoder.onnx", ["x", "x_lens"],
+            ["encoder_out", "encoder_out_lens"],
+            {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T_out"},
+             "encoder_out_lens": {0: "N"}},
+            {"model_type": "conformer", "model_author": "speechkit", "feature_dim": model.encoder.input_dim})
+    _export(_Decoder(model), (torch.zeros(2, ctx, dtype=torch.long),), tmp / "decoder.onnx", ["y"],
+            ["decoder_out"], {"y": {0: "N"}, "decoder_out": {0: "N"}},
+            {"vocab_size": v + 1, "context_size": ctx})
+    _export(_Joiner(model), (enc_out[:, 0], dec_out), tmp / "joiner.onnx", ["encoder_out", "decoder_out"],
+            ["logit"], {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
+            {"joiner_dim": enc_out.shape[-1]})
+    stream = None
+    if _streams(model):  # a second encoder graph, chunk by chunk with explicit caches
+        body = model.encoder.body
+        stream = {"stack": model.encoder.frontend.stack, "chunk": body.chunk or 8,
+                  "layers": len(body.layers), "heads": body.heads, "head_dim": body.dim // body.heads,
+                  "dim": body.dim, "kernel": body.kernel_size, "left_context": body.left_context}
+        n, lay, hd = 3, stream["layers"], (2, body.heads, 3, stream["head_dim"])
+        args = (torch.randn(2, 4 * stream["stack"], model.encoder.input_dim), torch.zeros(lay, *hd),
+                torch.zeros(lay, *hd), torch.zeros(lay, 2, body.dim, body.kernel_size - 1), torch.tensor(n))
+        cache = {1: "N", 3: "L"}
+        _export(_StreamChunk(model), args, tmp / "encoder_chunk.onnx",
+                ["x", "keys", "values", "conv", "offset"],
+                ["encoder_out", "new_keys", "new_values", "new_conv"],
+                {"x": {0: "N", 1: "T"}, "keys": cache, "values": cache, "conv": {1: "N"},
+                 "encoder_out": {0: "N", 1: "C"}, "new_keys": {1: "N", 3: "L_out"},
+                 "new_values": {1: "N", 3: "L_out"}, "new_conv": {1: "N"}},
+                {"model_author": "speechkit", **{k: str(v) for k, v in stream.items()}})
+    pieces = b.tokenizers["target"].pieces(list(range(v)))
+    (tmp / "tokens.txt").write_text("<blk> 0\n" + "".join(f"{p} {i + 1}\n" for i, p in enumerate(pieces)))
+    return {"layout": "sherpa-onnx offline transducer", "parts": ["encoder", "decoder", "joiner"],
+            "vocab_size": v + 1, "context_size": ctx, "blank": 0,
+            "features": {**b.interface["input"], **FEATURES}, "stream": stream}
+
+
+class _AttentionEncoder(nn.Module):
+    """inputs, lengths → the decoder's memory projected to every layer's cross-attention keys and values
+    (N, K, 2·layers·D), its lengths, and the CTC interface's logits and lengths when there is a head."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, x_lens: Tensor):
+        enc = self.model(x, x_lens)
+        dec = self.model.decoder
+        memory, lengths = dec.memory(enc)
+        out = (torch.cat(dec.layers.memory_kv(memory), -1), lengths)
+        return out if enc.logits is None else (*out, enc.logits, enc.lengths)
+
+
+class _AttentionStep(nn.Module):
+    """``AttentionDecoder.step`` with its state as explicit tensors (``decoder.onnx``, module docstring):
+    every row attends to the cache positions up to its own length; the new position is written in place."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, tokens: Tensor, lengths: Tensor, keys: Tensor, values: Tensor, memory_kv: Tensor,
+                memory_visible: Tensor, rows: Tensor):
+        dec, d = self.decoder, self.decoder.dim
+        x = dec._embed(tokens, lengths)
+        visible = torch.arange(keys.shape[2])[None] <= lengths[:, None]  # (N, C)
+        mem = memory_kv[rows]  # (N, K, 2·layers·D): each row's memory
+        new_k, new_v = [], []
+        for i, layer in enumerate(dec.layers):
+            k, v = keys[i].clone(), values[i].clone()
+            cross = mem[..., 2 * i * d: (2 * i + 1) * d], mem[..., (2 * i + 1) * d: (2 * i + 2) * d]
+            x = layer.step(x, (k, v), lengths, visible, (*cross, memory_visible[rows]))
+            new_k.append(k)
+            new_v.append(v)
+        return dec.out(dec.norm(x)), torch.stack(new_k), torch.stack(new_v)
+
+
+def _attention_graphs(b: LoadedBrick, tmp: Path) -> dict:
+    """encoder.onnx and decoder.onnx of an attention model (module docstring) → the layout's facts."""
+    model, dec = b.module, b.module.decoder
+    if b.text_input:
+        x = torch.randint(0, b.source_tokenizer().vocab_size, (2, 12))
+        x_lens = torch.tensor([12, 9])
+    else:
+        x = torch.randn(2, 200, b.interface["input"]["num_mel_bins"])
+        x_lens = torch.tensor([200, 150])
+    outs = _AttentionEncoder(model)(x, x_lens)
+    names = ["memory_kv", "memory_lens", "logits", "logits_lens"][: len(outs)]
+    dyn = {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "memory_kv": {0: "N", 1: "K"}, "memory_lens": {0: "N"},
+           "logits": {0: "N", 1: "T_out"}, "logits_lens": {0: "N"}}
+    _export(_AttentionEncoder(model), (x, x_lens), tmp / "encoder.onnx", ["x", "x_lens"], names,
+            {k: v for k, v in dyn.items() if k in names or k.startswith("x")}, {"model_author": "speechkit"})
+    layers, n, cap = len(dec.layers), 4, 3
+    kv = torch.zeros(layers, n, cap, dec.dim)
+    args = (torch.full((n,), dec.eos), torch.tensor([0, 1, 2, 0]), kv, kv.clone(), outs[0],
+            ~padding_mask(outs[1], outs[0].shape[1]), torch.tensor([0, 0, 1, 1]))
+    cache = {1: "N", 2: "C"}
+    _export(_AttentionStep(dec), args, tmp / "decoder.onnx",
+            ["tokens", "lengths", "keys", "values", "memory_kv", "memory_visible", "rows"],
+            ["logits", "new_keys", "new_values"],
+            {"tokens": {0: "N"}, "lengths": {0: "N"}, "keys": cache, "values": cache,
+             "memory_kv": {0: "S", 1: "K"}, "memory_visible": {0: "S", 1: "K"}, "rows": {0: "N"},
+             "logits": {0: "N"}, "new_keys": cache, "new_values": cache}, {"model_author": "speechkit"})
+    return {"layout": "onnxruntime attention", "parts": ["encoder", "decoder"], "vocab_size": dec.vocab_size,
+            "layers": layers, "dim": dec.dim, "ctc": len(outs) == 4}
+
+
+def _lm_graphs(b: LoadedBrick, tmp: Path) -> dict:
+    """lm.onnx of a language model (module docstring) → the layout's facts."""
+    lm = b.module
+    _export(_Logprobs(lm), (torch.randint(0, lm.vocab_size, (2, 5)),), tmp / "lm.onnx", ["tokens"],
+            ["logprobs"], {"tokens": {0: "N", 1: "L"}, "logprobs": {0: "N", 1: "L1"}},
+            {"model_author": "speechkit"})
+    return {"layout": "onnxruntime language model", "parts": ["lm"], "vocab_size": lm.vocab_size}
+
+
+class _Logprobs(nn.Module):
+    def __init__(self, lm: LanguageModel):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.lm.logprobs(tokens)
+
+
+def _graphs(b: LoadedBrick):
+    """The writer of a brick's layout: transducers in sherpa-onnx's, attention models and LMs for
+    onnxruntime; anything else refused with one line."""
+    m = b.module
+    if isinstance(m, Transducer):
+        return _transducer_graphs
+    if isinstance(m, AttentionModel | STAST):
+        return _attention_graphs
+    if isinstance(m, LanguageModel):
+        return _lm_graphs
+    raise OnnxExportError(f"{b.path}: a {type(m).__name__} brick has no ONNX layout (transducers, attention "
+                          "models and language models export)")
+
+
+def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = False) -> dict:
+    """Export a brick to ``out``: a transducer in sherpa-onnx's offline transducer layout, an attention model
+    or a language model for onnxruntime (module docstring); ``int8``: also ``*.int8.onnx``, onnxruntime's
+    dynamic int8 quantisation of the weights. Written whole or not at all. → {'out', 'files', 'layout',
+    'vocab_size'[, 'context_size']}."""
+    b = brick if isinstance(brick, LoadedBrick) else load_brick(brick)
+    write = _graphs(b)
+    b.module.eval()
     with atomic_dir(out) as tmp:
-        _export(_Encoder(model), (x, x_lens), tmp / "encoder.onnx", ["x", "x_lens"],
-                ["encoder_out", "encoder_out_lens"],
-                {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}, "encoder_out": {0: "N", 1: "T_out"},
-                 "encoder_out_lens": {0: "N"}},
-                {"model_type": "conformer", "model_author": "speechkit",
-                 "feature_dim": model.encoder.input_dim})
-        _export(_Decoder(model), (torch.zeros(2, ctx, dtype=torch.long),), tmp / "decoder.onnx", ["y"],
-                ["decoder_out"], {"y": {0: "N"}, "decoder_out": {0: "N"}},
-                {"vocab_size": v + 1, "context_size": ctx})
-        _export(_Joiner(model), (enc_out[:, 0], dec_out), tmp / "joiner.onnx", ["encoder_out", "decoder_out"],
-                ["logit"], {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
-                {"joiner_dim": enc_out.shape[-1]})
-        stream = None
-        if _streams(model):  # a second encoder graph, chunk by chunk with explicit caches
-            body = model.encoder.body
-            stream = {"stack": model.encoder.frontend.stack, "chunk": body.chunk or 8,
-                      "layers": len(body.layers), "heads": body.heads, "head_dim": body.dim // body.heads,
-                      "dim": body.dim, "kernel": body.kernel_size, "left_context": body.left_context}
-            n, lay, hd = 3, stream["layers"], (2, body.heads, 3, stream["head_dim"])
-            args = (torch.randn(2, 4 * stream["stack"], model.encoder.input_dim), torch.zeros(lay, *hd),
-                    torch.zeros(lay, *hd), torch.zeros(lay, 2, body.dim, body.kernel_size - 1),
-                    torch.tensor(n))
-            cache = {1: "N", 3: "L"}
-            _export(_StreamChunk(model), args, tmp / "encoder_chunk.onnx",
-                    ["x", "keys", "values", "conv", "offset"],
-                    ["encoder_out", "new_keys", "new_values", "new_conv"],
-                    {"x": {0: "N", 1: "T"}, "keys": cache, "values": cache, "conv": {1: "N"},
-                     "encoder_out": {0: "N", 1: "C"}, "new_keys": {1: "N", 3: "L_out"},
-                     "new_values": {1: "N", 3: "L_out"}, "new_conv": {1: "N"}},
-                    {"model_author": "speechkit", **{k: str(v) for k, v in stream.items()}})
-        pieces = tok.pieces(list(range(v)))
-        (tmp / "tokens.txt").write_text("<blk> 0\n" + "".join(f"{p} {i + 1}\n" for i, p in enumerate(pieces)))
+        info = write(b, tmp)
         if int8:
-            _quantize(tmp)
-        shutil.copyfile(tok.path, tmp / TOKENIZER_FILES["target"])
+            _quantize(tmp, info["parts"])
+        for role, tok in b.tokenizers.items():
+            shutil.copyfile(tok.path, tmp / TOKENIZER_FILES[role])
         (tmp / "interface.json").write_text(json.dumps(b.interface, indent=1) + "\n")
-        info = {"brick": str(b.path), "layout": "sherpa-onnx offline transducer", "vocab_size": v + 1,
-                "context_size": ctx, "blank": 0, "features": {**b.interface["input"], **FEATURES},
-                "int8": int8, "stream": stream}
+        info = {"brick": str(b.path), "model": type(b.module).__name__, **info, "int8": int8}
         (tmp / "speechkit.json").write_text(json.dumps(info, indent=1) + "\n")
         files = sorted(p.name for p in tmp.iterdir())
-    return {"out": str(out), "files": files, "vocab_size": v + 1, "context_size": ctx}
+    return {"out": str(out), "files": files, **{k: info[k] for k in ("layout", "vocab_size", "context_size")
+                                               if k in info}}
 
 
 def sherpa_recognizer(folder: str | Path, num_threads: int = 1, int8: bool = False,
@@ -229,7 +356,10 @@ def sherpa_recognizer(folder: str | Path, num_threads: int = 1, int8: bool = Fal
     import sherpa_onnx
 
     d = Path(folder)
-    info = json.loads((d / "speechkit.json").read_text())
+    info = read_export(d, int8)
+    if info.get("model", "Transducer") != "Transducer":
+        raise OnnxExportError(f"{d}: sherpa-onnx runs transducer exports; this one is a {info['model']} "
+                              "(--runtime onnx runs it)")
     suffix = ".int8.onnx" if int8 else ".onnx"
     rec = sherpa_onnx.OfflineRecognizer.from_transducer(
         encoder=str(d / f"encoder{suffix}"), decoder=str(d / f"decoder{suffix}"),
@@ -308,13 +438,11 @@ class _OrtStreamingEncoder:
     whole chunk (``body.chunk`` encoder frames × ``stack``) is there, and each chunk runs the graph with
     the caches of the stream; ``final`` runs the last partial chunk."""
 
-    def __init__(self, path: Path, stream: dict | None, opts):
+    def __init__(self, path: Path, stream: dict | None, threads: int):
         self.info = stream
         if stream is None:
             return
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = _sessions(path.parent, [path.stem], False, threads)[path.stem]
         self.frontend = _Namespace(stack=stream["stack"])
         self.body = _Namespace(causal=True, chunk=stream["chunk"])
 
@@ -353,22 +481,13 @@ class OnnxTransducer(nn.Module):
 
     def __init__(self, folder: str | Path, int8: bool = False, threads: int = 1):
         super().__init__()
-        import onnxruntime as ort
-
         d = Path(folder)
-        info = json.loads((d / "speechkit.json").read_text())
-        if int8 and not info.get("int8"):
-            raise OnnxExportError(f"{d}: exported without --int8 (no *.int8.onnx)")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
-        suffix = ".int8.onnx" if int8 else ".onnx"
-        self.sessions = {part: ort.InferenceSession(str(d / f"{part}{suffix}"), opts,
-                                                    providers=["CPUExecutionProvider"])
-                         for part in ("encoder", "decoder", "joiner")}
+        info = read_export(d, int8)
+        self.sessions = _sessions(d, ["encoder", "decoder", "joiner"], int8, threads)
         self.vocab_size = self.blank = info["vocab_size"] - 1
         self.predictor = _OrtPredictor(self.sessions["decoder"], info["context_size"], self.blank)
         self.joiner = _OrtJoiner(self.sessions["joiner"])
-        self.encoder = _OrtStreamingEncoder(d / "encoder_chunk.onnx", info.get("stream"), opts)
+        self.encoder = _OrtStreamingEncoder(d / "encoder_chunk.onnx", info.get("stream"), threads)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Encoded:
         out, out_lens = self.sessions["encoder"].run(None, {"x": x.contiguous().numpy(),
@@ -379,16 +498,141 @@ class OnnxTransducer(nn.Module):
         return enc
 
 
-def load_onnx(folder: str | Path, int8: bool = False, threads: int = 1, sessions: bool = True) -> LoadedBrick:
-    """An ``export_onnx`` folder as a ``LoadedBrick`` whose module is an ``OnnxTransducer`` (what ``decode
-    --runtime onnx`` / ``onnx-int8`` reads); ``sessions=False``: its interface and tokenizer only (an empty
-    module, no onnxruntime sessions built)."""
+class _OrtAttentionDecoder:
+    """``AttentionDecoder``'s search interface (``eos``, ``memory``, ``initial_state``, ``step``, ``select``,
+    ``where``) on decoder.onnx. The state: per row its length, the self-attention caches (layers, N, C, D)
+    grown 8 positions at a time, and the memory it reads (``rows`` into the encoder's ``memory_kv``)."""
+
+    def __init__(self, session, vocab_size: int, layers: int, dim: int):
+        self.session, self.vocab_size, self.layers, self.dim = session, vocab_size, layers, dim
+        self.eos = vocab_size
+
+    def memory(self, enc: Encoded) -> tuple[Tensor, Tensor]:
+        return enc.hidden, enc.lengths  # OnnxAttentionModel's hidden: the projected memory
+
+    def initial_state(self, n: int, device=None, memory: Tensor | None = None,
+                      memory_lengths: Tensor | None = None) -> dict:
+        if memory is None:
+            raise OnnxExportError("an exported attention decoder steps with its encoder's memory only (its "
+                                  "internal LM is not exported)")
+        s = memory.shape[0]
+        if s and n % s:
+            raise ValueError(f"{n} sequences cannot share {s} memories in equal beams")
+        kv = torch.zeros(self.layers, n, 0, self.dim)
+        return {"lengths": torch.zeros(n, dtype=torch.long), "keys": kv, "values": kv,
+                "rows": torch.arange(s).repeat_interleave(n // max(s, 1)), "memory_kv": memory,
+                "memory_visible": ~padding_mask(memory_lengths, memory.shape[1])}
+
+    def step(self, tokens: Tensor, state: dict) -> tuple[Tensor, dict]:
+        keys, values, lengths = state["keys"], state["values"], state["lengths"]
+        need = int(lengths.max()) + 1 if lengths.numel() else 1
+        if keys.shape[2] < need:  # grow the capacity by a chunk
+            pad = keys.new_zeros(*keys.shape[:2], need + 7 - keys.shape[2], keys.shape[3])
+            keys, values = torch.cat([keys, pad], 2), torch.cat([values, pad], 2)
+        logits, keys, values = self.session.run(None, {
+            "tokens": tokens.numpy(), "lengths": lengths.numpy(), "keys": keys.numpy(),
+            "values": values.numpy(), "memory_kv": state["memory_kv"].numpy(),
+            "memory_visible": state["memory_visible"].numpy(), "rows": state["rows"].numpy()})
+        return torch.from_numpy(logits), {**state, "lengths": lengths + 1, "keys": torch.from_numpy(keys),
+                                          "values": torch.from_numpy(values)}
+
+    def select(self, state: dict, index: Tensor) -> dict:
+        return {**state, "lengths": state["lengths"][index], "rows": state["rows"][index],
+                "keys": state["keys"][:, index], "values": state["values"][:, index]}
+
+    def where(self, mask: Tensor, new: dict, old: dict) -> dict:
+        return {**new, "lengths": torch.where(mask, new["lengths"], old["lengths"])}
+
+
+class OnnxAttentionModel(nn.Module):
+    """An attention model's export run by onnxruntime behind the interface ``attention_beam_search`` uses:
+    ``forward(x, lengths) → Encoded`` (hidden = the projected memory ``memory_kv``, logits = the CTC
+    interface's when exported) and ``decoder`` (``_OrtAttentionDecoder``). CPU tensors; no gradients."""
+
+    def __init__(self, sessions: dict, info: dict):
+        super().__init__()
+        self.sessions, v = sessions, info["vocab_size"]
+        self.vocab_size = self.blank = v
+        self.decoder = _OrtAttentionDecoder(sessions["decoder"], v, info["layers"], info["dim"])
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Encoded:
+        memory, lengths, *ctc = (torch.from_numpy(o) for o in self.sessions["encoder"].run(
+            None, {"x": x.contiguous().numpy(), "x_lens": lengths.long().numpy()}))
+        return Encoded(memory, lengths, ctc[0] if ctc and torch.equal(ctc[1], lengths) else None)
+
+
+class OnnxLM(nn.Module, TokenLM):
+    """A language model's lm.onnx as a ``TokenLM`` (fusion, rescoring). ``logprobs`` runs the graph once;
+    ``step`` runs it on each history's whole prefix (the state: the ids fed, start first, and their
+    counts), so any body exports, at a cost growing with the prefix."""
+
+    def __init__(self, session, vocab_size: int):
+        super().__init__()
+        self.session, self.vocab_size = session, vocab_size
+
+    def logprobs(self, targets: Tensor) -> Tensor:
+        (out,) = self.session.run(None, {"tokens": targets.long().contiguous().numpy()})
+        return torch.from_numpy(out)
+
+    def initial_state(self, n: int, device=None) -> tuple[Tensor, Tensor]:
+        return torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+
+    def step(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        fed, count = state
+        width = int(count.max()) + 1 if count.numel() else 1
+        rows = torch.arange(fed.shape[0])
+        fed = torch.cat([fed, fed.new_zeros(fed.shape[0], max(width - fed.shape[1], 0))], 1)
+        fed = fed.index_put((rows, count), tokens)  # positions past a row's count are scratch
+        logp = self.logprobs(fed[:, 1:width])  # (N, width, V+1): the start is lm.onnx's own
+        return logp[rows, count], (fed, count + 1)
+
+    def select(self, state, index: Tensor):
+        return state[0][index], state[1][index]
+
+    def where(self, mask: Tensor, new, old):
+        return new[0], torch.where(mask, new[1], old[1])
+
+
+def _sessions(d: Path, parts: list[str], int8: bool, threads: int) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+    suffix = ".int8.onnx" if int8 else ".onnx"
+    return {part: ort.InferenceSession(str(d / f"{part}{suffix}"), opts, providers=["CPUExecutionProvider"])
+            for part in parts}
+
+
+def read_export(folder: str | Path, int8: bool = False) -> dict:
+    """An ``export_onnx`` folder's speechkit.json (a folder without one, or ``int8`` of an export without
+    ``*.int8.onnx``, refused with one line)."""
     d = Path(folder)
     if not (d / "speechkit.json").is_file():
         raise OnnxExportError(f"{d}: not a folder written by `speechkit export BRICK --onnx DIR` (no "
                               "speechkit.json)")
-    module = OnnxTransducer(d, int8, threads).eval() if sessions else nn.Module()
-    return LoadedBrick(d, module, read_interface(d), {"target": Tokenizer(d / TOKENIZER_FILES["target"])})
+    info = json.loads((d / "speechkit.json").read_text())
+    if int8 and not info.get("int8"):
+        raise OnnxExportError(f"{d}: exported without --int8 (no *.int8.onnx)")
+    return info
+
+
+def load_onnx(folder: str | Path, int8: bool = False, threads: int = 1, sessions: bool = True) -> LoadedBrick:
+    """An ``export_onnx`` folder as a ``LoadedBrick`` whose module runs its graphs by onnxruntime (what
+    ``decode --runtime onnx`` / ``onnx-int8`` reads): ``OnnxTransducer``, ``OnnxAttentionModel`` or
+    ``OnnxLM``; ``sessions=False``: its interface and tokenizers only (an empty module, no sessions)."""
+    d = Path(folder)
+    info = read_export(d, int8)
+    module = nn.Module()
+    if sessions:
+        model = info.get("model", "Transducer")
+        if model == "Transducer":
+            module = OnnxTransducer(d, int8, threads)
+        elif model == "LanguageModel":
+            module = OnnxLM(_sessions(d, ["lm"], int8, threads)["lm"], info["vocab_size"])
+        else:
+            module = OnnxAttentionModel(_sessions(d, info["parts"], int8, threads), info)
+    toks = {role: Tokenizer(d / f) for role, f in TOKENIZER_FILES.items() if (d / f).is_file()}
+    return LoadedBrick(d, module.eval(), read_interface(d), toks)
 
 
 def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, int8: bool = False,
@@ -437,6 +681,8 @@ def decode_runtime_to_file(folder: str | Path, manifest: str | Path, runtime: st
         res, sc = sherpa_manifest(folder, manifest, threads, int8, max_utts, opts.progress)
         out = out or default_output(folder, f"{runtime}-decode-{Path(manifest).stem}.jsonl")
         return write_results(res, sc, manifest, out), sc
+    if read_export(folder, int8).get("model") == "LanguageModel":
+        raise OnnxExportError(f"{folder}: a language model's export is not decoded on its own (it fuses: "
+                              "--lm)")
     torch.set_num_threads(threads)
-    return decode_to_file(load_onnx(folder, int8, threads), manifest, opts, out, max_utts=max_utts,
-                          target_lang=None)
+    return decode_to_file(load_onnx(folder, int8, threads), manifest, opts, out, max_utts=max_utts)

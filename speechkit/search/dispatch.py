@@ -16,7 +16,7 @@ def search(model, enc, beam: int = 1, nbest: int = 1, fusion: Fusion | None = No
     runs beam search (beam 1 is then a one-slot beam). ``max_symbols``: a transducer's labels per frame
     (None: 3 for greedy, 1 for beam search, modified beam search proper).
     """
-    if hasattr(model, "decoder") and hasattr(model.decoder, "teacher_forcing"):
+    if hasattr(getattr(model, "decoder", None), "memory"):  # an attention decoder (torch or onnxruntime)
         return attention_beam_search(model, enc, max(beam, 1), max(nbest, 1), fusion=fusion)
     if beam <= 1 and fusion is None:
         return [[Hypothesis(tuple(h), None)] for h in greedy_search(model, enc, max_symbols or 3)]

@@ -1,6 +1,8 @@
-"""Transducer bricks exported to ONNX (sherpa-onnx's offline layout) decode like speechkit."""
+"""Bricks exported to ONNX decode like speechkit: transducers in sherpa-onnx's offline layout (sherpa-onnx and
+onnxruntime), attention models and language models through onnxruntime."""
 
 import json
+import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -147,8 +149,8 @@ def test_decode_runtime_on_a_folder_export_did_not_write_is_one_error_line(tmp_p
     with pytest.raises(SystemExit) as e:
         main(args)
     assert "speechkit.json" in str(e.value) and str(tmp_path / "x") in str(e.value)
-    with pytest.raises(SystemExit, match="without LM fusion"):
-        main([*args, "--lm-weight", "1"])
+    with pytest.raises(SystemExit, match="internal LM, --ilm-weight, is not exported"):
+        main([*args, "--ilm-weight", "1"])
 
 
 def test_a_streaming_brick_streams_through_onnxruntime_with_the_torch_events(tmp_path, tiny_corpus, capsys):
@@ -181,3 +183,108 @@ def test_a_streaming_brick_streams_through_onnxruntime_with_the_torch_events(tmp
     assert "encoder_chunk.onnx" not in offline["files"]
     with pytest.raises(SystemExit, match="offline cannot stream: .*does not stream"):
         main(["stream", str(tmp_path / "offline"), wav, "--runtime", "onnx"])
+
+
+FIXTURES = "tests/fixtures/bricks_v1"
+
+
+def _hyps(summary) -> list[str]:
+    return [json.loads(line)["hyp"] for line in open(summary["hyps"])]
+
+
+@pytest.mark.parametrize("kind", ["aed", "mt"])
+def test_attention_bricks_decode_through_onnxruntime_to_the_torch_hypotheses(tmp_path, kind):
+    """A speech AED brick (LegoNN: BeamConv ingestor) and a text MT brick (length controller): encoder.onnx
+    (memory projected for cross-attention, CTC logits) and decoder.onnx (one step, explicit caches) give
+    torch's hypotheses, greedy and beam 3, and the CTC interface's greedy path; int8 decodes too."""
+    from speechkit.pipelines.decode import DecodeOptions, brick_manifest, decode_to_file
+    from speechkit.pipelines.onnx import decode_runtime_to_file, load_onnx
+    from speechkit.search.transducer import ctc_greedy
+
+    brick, manifest = f"{FIXTURES}/{kind}", f"{FIXTURES}/manifest.jsonl"
+    res = export_onnx(brick, tmp_path / "onnx", int8=True)
+    assert res["layout"] == "onnxruntime attention" and "decoder.int8.onnx" in res["files"]
+    for opts in (DecodeOptions(progress=False), DecodeOptions(beam=3, nbest=2, progress=False)):
+        ref, sc = decode_to_file(brick, manifest, opts, tmp_path / "torch.jsonl")
+        got, sc_onnx = decode_runtime_to_file(tmp_path / "onnx", manifest, "onnx", opts,
+                                              tmp_path / "onnx.jsonl")
+        assert _hyps(got) == _hyps(ref) and sc_onnx.to_dict() == sc.to_dict()
+    assert len(set(_hyps(ref))) > 1  # different utterances, different hypotheses: not a constant
+    int8, _ = decode_runtime_to_file(tmp_path / "onnx", manifest, "onnx-int8", DecodeOptions(progress=False),
+                                     tmp_path / "int8.jsonl")
+    assert int8["utts"] == ref["utts"]
+    torch_b, onnx_b = load_brick(brick), load_onnx(tmp_path / "onnx")
+    ds = brick_manifest(torch_b, manifest)
+    from speechkit.data.dataset import collate
+
+    batch = collate([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        want = torch_b.module(batch["inputs"], batch["input_lens"])
+    got = onnx_b.module(batch["inputs"], batch["input_lens"])
+    assert got.logits is not None and ctc_greedy(got) == ctc_greedy(want)
+
+
+def test_language_models_export_and_fuse_through_onnxruntime(tmp_path, tiny_corpus):
+    """lm.onnx equals the torch LM (Transformer and LSTM bodies) on whole sequences and step by step with
+    beam reordering; `decode --runtime onnx --lm LM_EXPORT` equals the torch runtime with the torch LM."""
+    from speechkit.lego.transducer import LSTMPredictor
+    from speechkit.models.lm import LanguageModel
+    from speechkit.pipelines.decode import DecodeOptions, decode_to_file, make_fusion
+    from speechkit.pipelines.onnx import decode_runtime_to_file, load_onnx
+
+    lstm = LanguageModel(LSTMPredictor(24, 32, layers=2), 32).eval()
+    lm_iface = json.loads(open(f"{FIXTURES}/lm/interface.json").read())
+    lstm_path = save_brick(lstm, tmp_path / "lstm_lm", lm_iface, {"target": TOKENIZER})
+    g = torch.Generator().manual_seed(0)
+    y, n = torch.randint(0, 24, (3, 6), generator=g), torch.tensor([6, 2, 0])
+    for path in (f"{FIXTURES}/lm", lstm_path):
+        assert export_onnx(path, tmp_path / "x")["layout"] == "onnxruntime language model"
+        ref, got = load_brick(path).module, load_onnx(tmp_path / "x").module
+        with torch.no_grad():
+            torch.testing.assert_close(got.logprobs(y), ref.logprobs(y), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got.score(y, n), ref.score(y, n), rtol=1e-4, atol=1e-4)
+            (_, sr), (_, so) = ref.start(3, "cpu"), got.start(3, "cpu")
+            for t in range(4):  # beam reordering, and rows that do not advance (where)
+                order, mask = torch.tensor([t % 3, 0, 2]), torch.tensor([True, t % 2 == 0, True])
+                sr, so = ref.select(sr, order), got.select(so, order)
+                nr, sr2 = ref.step(y[:, t], sr)
+                no, so2 = got.step(y[:, t], so)
+                torch.testing.assert_close(no, nr, rtol=1e-4, atol=1e-4)
+                sr, so = ref.where(mask, sr2, sr), got.where(mask, so2, so)
+        shutil.rmtree(tmp_path / "x")
+    manifest = tiny_corpus / "asr" / "train.jsonl"
+    asr = _brick(tmp_path, _waves(tiny_corpus))
+    export_onnx(asr, tmp_path / "asr_onnx")
+    export_onnx(lstm_path, tmp_path / "lm_onnx")
+    opts = DecodeOptions(beam=3, progress=False, fusion=make_fusion(asr, lstm_path, 0.5, 0.0, 0.5))
+    ref, _ = decode_to_file(asr, manifest, opts, tmp_path / "torch.jsonl", max_utts=8)
+    opts = DecodeOptions(beam=3, progress=False, fusion=make_fusion(asr, tmp_path / "lm_onnx", 0.5, 0.0, 0.5))
+    got, _ = decode_runtime_to_file(tmp_path / "asr_onnx", manifest, "onnx", opts, tmp_path / "o.jsonl",
+                                    max_utts=8)
+    plain, _ = decode_to_file(asr, manifest, DecodeOptions(beam=3, progress=False), tmp_path / "p.jsonl",
+                              max_utts=8)
+    assert _hyps(got) == _hyps(ref) != _hyps(plain)  # the LM changed hypotheses, alike in both runtimes
+
+
+@pytest.mark.parametrize("shrink", [True, False])
+def test_stast_exports_with_its_data_dependent_shrink(tmp_path, shrink):
+    """STAST's CTC shrink gives a data-dependent number of segments: the exported encoder keeps it symbolic
+    (a batch of other lengths than the trace's), and beam search on the graphs equals torch's."""
+    from builders import stast
+
+    from speechkit.pipelines.onnx import load_onnx
+    from speechkit.search.attention import attention_beam_search
+
+    path = save_brick(stast(shrink=shrink).eval(), tmp_path / "stast", INTERFACE)
+    export_onnx(path, tmp_path / "onnx")
+    ref, got = load_brick(path).module, load_onnx(tmp_path / "onnx").module
+    g = torch.Generator().manual_seed(5)
+    x, n = torch.randn(3, 57, 80, generator=g), torch.tensor([57, 33, 20])
+    with torch.no_grad():
+        want = attention_beam_search(ref, ref(x, n), beam=3, nbest=3)
+    enc = got(x, n)
+    out = attention_beam_search(got, enc, beam=3, nbest=3)
+    assert [[h.tokens for h in nb] for nb in out] == [[h.tokens for h in nb] for nb in want]
+    scores = [h.score for nb in want for h in nb]
+    assert [h.score for nb in out for h in nb] == pytest.approx(scores, abs=1e-4)
+    assert enc.hidden.shape[1] == int(enc.lengths.max()) < (57 if shrink else 30)  # segments, not frames
