@@ -380,14 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--seed", type=int, default=0)
 
     ex = add("export", "one-shot N:M / int8 compression of a trained brick (no training; a brick trained "
-             "with a compress: section is exported folded by fit itself), or a transducer brick as ONNX "
-             "models that sherpa-onnx and onnxruntime load (--onnx)", "json")
+             "with a compress: section is exported folded by fit itself), or a brick as ONNX models (--onnx): "
+             "transducers in sherpa-onnx's layout, attention models (AED, MT, STAST) and LMs for "
+             "onnxruntime", "json")
     ex.add_argument("brick")
     ex.add_argument("--out", help="the compressed brick's directory")
-    ex.add_argument("--onnx", metavar="DIR", help="write encoder/decoder/joiner.onnx + tokens.txt here "
-                    "instead (sherpa-onnx's offline transducer layout)")
+    ex.add_argument("--onnx", metavar="DIR", help="write the ONNX models here instead: a transducer's "
+                    "encoder/decoder/joiner.onnx + tokens.txt (sherpa-onnx's offline layout), an attention "
+                    "model's encoder/decoder.onnx, an LM's lm.onnx")
     ex.add_argument("--int8", action="store_true", help="with --onnx: also *.int8.onnx (onnxruntime's "
-                    "dynamic int8 quantisation)")
+                    "dynamic int8 quantisation; a compressed brick's int8 weights keep their own codes)")
     ex.add_argument("--sparsity", default=None, metavar="N:M", help="e.g. 2:4 (magnitude, along K)")
     ex.add_argument("--bits", type=int, default=None, help="weight bits (8: int8 storage)")
     ex.add_argument("--per-tensor", action="store_true",

@@ -160,23 +160,67 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     onnx.save(graph, str(path))
 
 
-def _quantize(folder: Path, parts: list[str]) -> None:
-    """``PART.int8.onnx`` beside each ``PART.onnx`` of ``parts``: onnxruntime's dynamic int8 quantisation of
-    the weights (its advice to pre-process the graphs and its notes on tensors it leaves in float are not
-    shown)."""
+def _int8_coded(module: nn.Module) -> dict[int, tuple[Tensor, Tensor]]:
+    """The linear weights a compressed brick stores as 8-bit codes (QAT or one-shot): {hash of the weight
+    transposed as the exported MatMul reads it (K, N): (its codes (K, N) int8, per-output scales (N,))}."""
+    from ..compress.quant import integer_codes
+
+    out = {}
+    for m in module.modules():
+        fmt = getattr(m, "compressed", {}).get("weight", {})
+        if isinstance(m, nn.Linear) and fmt.get("bits") == 8:
+            w = m.weight.detach().float()
+            scale = fmt["scale"].float().expand(w.shape[0])
+            codes = integer_codes(w, scale[:, None], 8).to(torch.int8)
+            out[hash(w.t().contiguous().numpy().tobytes())] = codes.t().contiguous(), scale
+    return out
+
+
+def _quantize(folder: Path, parts: list[str], coded: dict[int, tuple[Tensor, Tensor]]) -> int:
+    """``PART.int8.onnx`` beside each ``PART.onnx`` of ``parts``: onnxruntime's dynamic int8 quantisation
+    (activations quantised per batch, MatMulInteger). With ``coded`` (``_int8_coded``: a compressed brick)
+    exactly the weights stored as 8-bit codes are quantised, per output channel, to those codes and steps
+    (found among the graph's initializers by value); otherwise every weight, by onnxruntime's max-abs
+    steps. Its advice to pre-process the graphs and its notes on tensors it leaves in float are not
+    shown. → the number of weights given their brick's codes."""
     import logging
 
+    import onnx
+    from onnx import numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
+    root, placed = logging.getLogger(), 0
     level = root.level
     root.setLevel(logging.ERROR)
     try:
         for part in parts:
-            quantize_dynamic(str(folder / f"{part}.onnx"), str(folder / f"{part}.int8.onnx"),
-                             weight_type=QuantType.QInt8)
+            src, dst = folder / f"{part}.onnx", folder / f"{part}.int8.onnx"
+            if not coded:
+                quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+                continue
+            graph = onnx.load(str(src)).graph
+            found = {}
+            for init in graph.initializer:
+                if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2:
+                    hit = coded.get(hash(numpy_helper.to_array(init).tobytes()))
+                    if hit is not None:
+                        found[init.name] = hit
+            nodes = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in found]
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_quantize=nodes)
+            model = onnx.load(str(dst))
+            for init in model.graph.initializer:
+                name, _, kind = init.name.rpartition("_")
+                if name in found and kind in ("quantized", "scale"):
+                    codes, scale = found[name]
+                    value = codes.numpy() if kind == "quantized" else scale.numpy()
+                    init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype),
+                                                          init.name))
+                    placed += kind == "quantized"
+            onnx.save(model, str(dst))
     finally:
         root.setLevel(level)
+    return placed
 
 
 def _transducer_graphs(b: LoadedBrick, tmp: Path) -> dict:
@@ -337,7 +381,7 @@ def export_onnx(brick: str | Path | LoadedBrick, out: str | Path, int8: bool = F
     with atomic_dir(out) as tmp:
         info = write(b, tmp)
         if int8:
-            _quantize(tmp, info["parts"])
+            info["int8_codes"] = _quantize(tmp, info["parts"], _int8_coded(b.module))
         for role, tok in b.tokenizers.items():
             shutil.copyfile(tok.path, tmp / TOKENIZER_FILES[role])
         (tmp / "interface.json").write_text(json.dumps(b.interface, indent=1) + "\n")

@@ -288,3 +288,41 @@ def test_stast_exports_with_its_data_dependent_shrink(tmp_path, shrink):
     scores = [h.score for nb in want for h in nb]
     assert [h.score for nb in out for h in nb] == pytest.approx(scores, abs=1e-4)
     assert enc.hidden.shape[1] == int(enc.lengths.max()) < (57 if shrink else 30)  # segments, not frames
+
+
+def test_int8_export_of_a_compressed_brick_carries_its_own_codes(tmp_path, tiny_corpus):
+    """A brick whose weights are stored as int8 codes (QAT or one-shot): its *.int8.onnx quantises exactly
+    those weights, per output channel, to the brick's codes and steps (not onnxruntime's max-abs ones),
+    and decodes close to the float graph."""
+    from onnx import numpy_helper
+
+    from speechkit.compress.apply import CompressConfig, QuantConfig
+    from speechkit.compress.quant import integer_codes
+    from speechkit.pipelines.bricks import export_brick
+
+    waves = _waves(tiny_corpus, 3)
+    dense = _brick(tmp_path, waves)
+    export_brick(dense, tmp_path / "int8", CompressConfig(quant=QuantConfig(8, None)))
+    brick = load_brick(tmp_path / "int8")
+    info = export_onnx(brick, tmp_path / "onnx", int8=True)
+    enc = brick.module.encoder
+    coded = [m for part in (enc.frontend, enc.body) for m in part.modules() if isinstance(m, torch.nn.Linear)]
+    meta = json.loads((tmp_path / "onnx" / "speechkit.json").read_text())
+    # the encoder graph's matmuls (+ the joiner's encoder projection inside it) carry the brick's codes;
+    # onnxruntime's dynamic quantisation leaves Gemm (the decoder's and joiner's 2-D layers) in float
+    assert meta["int8_codes"] == len(coded) + 1 > 10
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "onnx" / "encoder.int8.onnx")).graph
+    inits = [numpy_helper.to_array(i) for i in graph.initializer]
+    for layer in (coded[0], coded[-1], brick.module.joiner.enc_proj):  # codes transposed as MatMul reads them
+        w = layer.weight.detach()
+        want = integer_codes(w, layer.compressed["weight"]["scale"].expand(w.shape[0])[:, None], 8).t()
+        assert any(v.dtype == np.int8 and v.shape == tuple(want.shape) and np.array_equal(v, want.numpy())
+                   for v in inits)
+    x = torch.stack([fbank(waves[0])[:150]])
+    lens = torch.tensor([150])
+    f32, i8 = (ort.InferenceSession(str(tmp_path / "onnx" / f"encoder{s}.onnx")) for s in ("", ".int8"))
+    a = f32.run(None, {"x": x.numpy(), "x_lens": lens.numpy()})[0]
+    b = i8.run(None, {"x": x.numpy(), "x_lens": lens.numpy()})[0]
+    assert 0 < np.linalg.norm(a - b) < 0.3 * np.linalg.norm(a)  # int8 activations of a random toy: ~0.17
