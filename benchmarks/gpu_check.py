@@ -23,14 +23,18 @@ recorded as such and the next one runs):
 3. ``decode``: the trained brick on the test set on ``--device``, greedy and beam 4: RTFx (audio
    seconds / seconds) model-only (features ready on the device; encoder + search) and end to end
    (``decode_dataset``: audio, features, encoder, search, text), WER; then the first ``--cpu-utts``
-   utterances on the CPU: WER and how many hypotheses are identical to the device's.
+   utterances on the CPU: WER and how many hypotheses are identical to the device's; on CUDA also
+   ``speechkit bench --device cuda --cuda-graphs --ptq`` on 100 utterances (``deployed``: the per-layer
+   kernel plan with every candidate's time and error, and the speed-up over the brick as loaded).
 4. ``throughput``: ``benchmarks/training_throughput.py`` on the same configs for ``--throughput-steps``
    steps: speechkit's Lightning loop vs a plain torch loop of the same model and batches (ratio).
 5. ``tests``: ``pytest -m gpu`` (the CUDA halves of the device-parametrised tests).
 6. ``loss``: ``benchmarks/transducer_loss.py --device DEVICE --json --kinds LOSS_KINDS``: torchaudio's
    RNN-T loss against the pruned loss (PyTorch and Triton recursions) and the fused exact loss, fp32
    and bf16 joiners, at the benchmark's GPU shapes.
-7. ``compression``: ``benchmarks/compression.py --device DEVICE --json``.
+7. ``compression``: ``benchmarks/compression.py --device DEVICE --json`` (on CUDA: the d = 512 × 12
+   encoder at batch 8 × 600 frames, bf16 eager against CUDA graphs and deployed + CUDA graphs, with its
+   per-layer plan).
 
 Writes ``OUT/gpu_check.json`` after every stage (a killed run keeps what it had), ``OUT/train.log``
 and ``OUT/tests.log`` (their output), and prints one table at the end. Without CUDA it runs on the CPU
@@ -220,6 +224,12 @@ def stage_decode(a, budget: float) -> dict:
                      "rtfx_e2e": round(audio / e2e), "e2e_same_hyps": same,
                      "wer": round(100 * score(ds.refs, hyps[name]).wer, 2)}
     out["beam4_over_greedy"] = round(out["beam4"]["model_s"] / out["greedy"]["model_s"], 2)
+    if device.type == "cuda":  # `speechkit bench --device cuda --cuda-graphs --ptq`: the per-layer plan
+        from speechkit.pipelines.bench import bench
+
+        r = bench(brick, manifest, max_utts=100, ptq=True, progress=False, device=device, cuda_graphs=True)
+        out["deployed"] = {"speedup": r["speedup"], "encoder_speedup": r["encoder_speedup"],
+                           "results": r["results"], "plan": r["plan"].splitlines()}
     if device.type != "cpu" and a.cpu_utts:
         cpu = load_brick(brick, "cpu")
         sub = brick_manifest(cpu, manifest, a.cpu_utts)

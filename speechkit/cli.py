@@ -380,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--seed", type=int, default=0)
 
     ex = add("export", "one-shot N:M / int8 compression of a trained brick (no training; a brick trained "
-             "with a compress: section is exported folded by fit itself), or a brick as ONNX models (--onnx): "
-             "transducers in sherpa-onnx's layout, attention models (AED, MT, STAST) and LMs for "
+             "with a compress: section is exported folded by fit itself), or a brick as ONNX models "
+             "(--onnx): transducers in sherpa-onnx's layout, attention models (AED, MT, STAST) and LMs for "
              "onnxruntime", "json")
     ex.add_argument("brick")
     ex.add_argument("--out", help="the compressed brick's directory")

@@ -14,12 +14,15 @@ switched off: in inference they only cost time. Candidates:
 - ``int8`` (CPU): fbgemm's dynamic int8 GEMM (``quantized::linear_dynamic``) with the weight's own
   int8 codes and per-channel scales from quantization-aware training (or, with ``ptq=True``,
   per-channel max-abs scales of a float weight); activations quantized per batch;
-- CUDA (``gpu_kernels``): ``dense-bf16`` (the baseline a GPU user would pick), ``2:4-bf16``
-  (``torch.sparse.to_sparse_semi_structured``: cuSPARSELt, or CUTLASS on sm80; only for weights with a
-  2:4 mask along K, shapes checked by the kernel; the weight compressed once, at deploy time),
-  ``int8`` (``torch._int_mm``, activations quantized per row), ``fp8`` (``torch._scaled_mm`` on
-  float8 e4m3 with row-wise scales for the activations and the weight's output channels; only where
-  the device has fp8 tensor cores, compute capability ≥ 8.9). The CUDA timings were not taken in this
+- CUDA (``gpu_kernels``): ``dense-bf16`` (the baseline a GPU user would pick); for weights with a 2:4
+  mask along K ``2:4-cusparselt`` (the weight compressed once, ``torch._cslt_compress``, and cuSPARSELt's
+  algorithm searched once, at deploy time, on the layer's real input: ``torch._cslt_sparse_mm_search``;
+  torch still initialises a matmul plan on the host at every call, a cost a CUDA graph's replay does not
+  pay) and, on sm8x where CUTLASS's 2:4 kernels run, ``2:4-cutlass``; ``int8`` (``torch._int_mm``,
+  activations quantized per row), ``fp8`` (``torch._scaled_mm`` on float8 e4m3 with row-wise scales
+  for the activations and the weight's output channels; only where the device has fp8 tensor cores,
+  compute capability ≥ 8.9). ``deploy(graphs=True)`` times each candidate as a CUDA graph's replay (a
+  model run in CUDA graphs, ``bench --cuda-graphs``). The CUDA timings were not taken in this
   repository's sessions (no GPU was lent); the correctness check rejects any kernel that misbehaves,
   and ``bench`` prints every candidate's time and error.
 
@@ -116,11 +119,7 @@ def gpu_kernels(layer: nn.Linear, ptq: bool,
     out["dense-bf16"] = lambda x: F.linear(x.bfloat16(), w, b)
     fmt = getattr(layer, "compressed", {}).get("weight", {})
     if (fmt.get("n"), fmt.get("m")) == (2, 4) and w.is_cuda:
-        try:
-            ws = torch.sparse.to_sparse_semi_structured(w)
-            out["2:4-bf16"] = lambda x: F.linear(x.bfloat16(), ws, b)
-        except (RuntimeError, ValueError):  # shape, dtype or device the kernel does not take
-            pass
+        out.update(sparse_kernels(w, b))
     if fp8 if fp8 is not None else fp8_available(w.device):
         out["fp8"] = fp8_kernel(layer)
     q = _int8_weight(layer, ptq)
@@ -133,6 +132,31 @@ def gpu_kernels(layer: nn.Linear, ptq: bool,
             y = torch._int_mm(xq, codes_t).float() * sx * scale  # (M, N)
             return y if b is None else y + b.float()
         out["int8"] = int8
+    return out
+
+
+def sparse_kernels(w: Tensor, b: Tensor | None) -> dict[str, Callable[[Tensor], Tensor]]:
+    """The 2:4 candidates of a bf16 CUDA weight (N, K) with a 2:4 mask along K: ``2:4-cusparselt`` (compressed
+    once; cuSPARSELt's fastest algorithm searched on the first call's input, then reused) and, on sm8x,
+    ``2:4-cutlass``. A kernel that refuses the weight (shape, dtype, device) is left out."""
+    out = {}
+    try:
+        packed, alg = torch._cslt_compress(w), []
+
+        def cusparselt(x: Tensor) -> Tensor:  # x (M, K) → (M, N): (W xᵀ)ᵀ with the result transposed
+            xt = x.bfloat16().t()
+            if not alg:  # at deploy time: the algorithm for this layer's shapes, once
+                alg.append(torch._cslt_sparse_mm_search(packed, xt, b, transpose_result=True))
+            return torch._cslt_sparse_mm(packed, xt, b, transpose_result=True, alg_id=alg[0])
+        out["2:4-cusparselt"] = cusparselt
+    except (RuntimeError, ValueError):  # no cuSPARSELt, or a shape it does not take
+        pass
+    if torch.cuda.get_device_capability(w.device)[0] == 8:
+        try:
+            ws = torch.sparse.SparseSemiStructuredTensorCUTLASS.from_dense(w)
+            out["2:4-cutlass"] = lambda x: F.linear(x.bfloat16(), ws, b)
+        except (RuntimeError, ValueError):
+            pass
     return out
 
 
@@ -159,9 +183,25 @@ class Plan:
         return "\n".join(lines)
 
 
-def _time(fn: Callable, x, repeats: int) -> float:
-    """Median wall time of fn(x) in µs (CUDA synchronised)."""
+def _graphed(fn: Callable, x: Tensor) -> Callable:
+    """fn(x) captured in a CUDA graph: a call replays it (the kernels without their host-side launch and
+    set-up costs, as inside a ``CudaGraphed`` encoder)."""
+    side = torch.cuda.Stream(x.device)
+    side.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(side):  # warm-up: lazy set-up (e.g. a 2:4 algorithm search) outside the capture
+        fn(x)
+    torch.cuda.current_stream(x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(x)
+    return lambda _: graph.replay()
+
+
+def _time(fn: Callable, x, repeats: int, graphs: bool = False) -> float:
+    """Median wall time of fn(x) in µs (CUDA synchronised); ``graphs``: of its CUDA-graph replay."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    if graphs and isinstance(x, Tensor) and x.is_cuda:
+        fn = _graphed(fn, x)
     fn(x)
     sync()
     times = []
@@ -175,7 +215,8 @@ def _time(fn: Callable, x, repeats: int) -> float:
 
 @torch.no_grad()
 def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: float = 0.03,
-           repeats: int = 20, ptq: bool = False, kernels: tuple[str, ...] | None = None) -> Plan:
+           repeats: int = 20, ptq: bool = False, kernels: tuple[str, ...] | None = None,
+           graphs: bool = False) -> Plan:
     """Replace each ``nn.Linear`` of ``model`` by its fastest correct kernel at the shapes ``run`` uses.
 
     Args:
@@ -185,6 +226,9 @@ def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: floa
             always accepted).
         ptq: allow int8 for weights that were not quantization-aware trained (max-abs scales).
         kernels: restrict the candidates to these names (``reference`` always stays one).
+        graphs: on CUDA, time each candidate as a CUDA graph's replay (for a model that will run in
+            CUDA graphs, ``CudaGraphed``: its kernels' own cost, without launch and host set-up); a
+            candidate that cannot be captured is timed eagerly.
     """
     device = next(model.parameters()).device
     inputs: dict[str, Tensor] = {}
@@ -207,7 +251,11 @@ def deploy(model: nn.Module, run: Callable[[nn.Module], object], tolerance: floa
             except RuntimeError:  # the kernel refuses this shape
                 continue
             err = float((y - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
-            results[k] = (_time(fn, x if k == "reference" else x2, repeats), err)
+            arg = x if k == "reference" else x2
+            try:
+                results[k] = (_time(fn, arg, repeats, graphs), err)
+            except RuntimeError:  # not capturable: its eager time
+                results[k] = (_time(fn, arg, repeats), err)
         ok = {k: v for k, v in results.items() if v[1] <= tolerance or k == "reference"}
         choice = min(ok, key=lambda k: ok[k][0])
         if choice != "reference":

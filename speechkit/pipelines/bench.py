@@ -83,7 +83,8 @@ def bench(brick: str | Path, manifest: str | Path, against: str | Path | None = 
     if deploy_kernels:
         sample = collate([ds[0]])  # batch 1, encoder and search: the shapes bench_decode uses
         x, n = sample["inputs"].to(device), sample["input_lens"].to(device)
-        plan = deploy(b.module, lambda m: search(m, m(x, n), beam), tolerance, ptq=ptq)
+        plan = deploy(b.module, lambda m: search(m, m(x, n), beam), tolerance, ptq=ptq,
+                      graphs=cuda_graphs and device.type == "cuda")
     name = f"{'deployed' if plan else 'as loaded'} {brick}"
     if cuda_graphs and device.type == "cuda":
         b.module.encoder = CudaGraphed(b.module.encoder)

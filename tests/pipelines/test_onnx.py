@@ -304,7 +304,8 @@ def test_int8_export_of_a_compressed_brick_carries_its_own_codes(tmp_path, tiny_
     dense = _brick(tmp_path, waves)
     export_brick(dense, tmp_path / "int8", CompressConfig(quant=QuantConfig(8, None)))
     brick = load_brick(tmp_path / "int8")
-    info = export_onnx(brick, tmp_path / "onnx", int8=True)
+    files = export_onnx(brick, tmp_path / "onnx", int8=True)["files"]
+    assert {"encoder.int8.onnx", "joiner.int8.onnx"} <= set(files)
     enc = brick.module.encoder
     coded = [m for part in (enc.frontend, enc.body) for m in part.modules() if isinstance(m, torch.nn.Linear)]
     meta = json.loads((tmp_path / "onnx" / "speechkit.json").read_text())
