@@ -51,14 +51,14 @@ def _decode(a) -> None:
     device = _device(a)
     target = "brick" if a.target_lang is None else (None if a.target_lang == "text" else a.target_lang)
     if a.runtime != "torch":
-        from .pipelines.onnx import decode_runtime_to_file
+        from .pipelines.onnx import decode_runtime_to_file, runtime_fusion
 
         fusion = a.lm or a.lm_weight or a.ilm_weight or a.length_reward
         if a.ilm_weight or a.then or a.device not in ("auto", "cpu") or (fusion and "sherpa" in a.runtime):
             raise SystemExit(f"error: --runtime {a.runtime} decodes one brick on the CPU, fused with an "
                              "external LM (--lm) only by --runtime onnx (the internal LM, --ilm-weight, is "
                              "not exported)")
-        fusion = make_fusion(a.brick, a.lm, a.lm_weight, 0.0, a.length_reward, not a.no_lm_eos)
+        fusion = runtime_fusion(a.brick, a.lm, a.lm_weight, a.length_reward, not a.no_lm_eos)
         opts = DecodeOptions(beam=a.beam, nbest=a.nbest, max_symbols=a.max_symbols, skip_bad=a.skip_bad,
                              num_workers=a.workers, progress=not a.json, fusion=fusion)
         _print_decoded(a, *decode_runtime_to_file(a.brick, a.manifest, a.runtime, opts, a.out, a.max_utts,

@@ -281,16 +281,11 @@ def make_fusion(brick: str | Path | LoadedBrick, lm_brick: str | Path | None, lm
 
 def load_lm(lm_brick: str | Path, model: str | Path | LoadedBrick | dict, where: str | Path | None = None,
             device: torch.device | None = None):
-    """Load an external LM brick (onto ``device``), or its ``export --onnx`` folder (run by onnxruntime on the
-    CPU) → its module (a ``TokenLM``), checked (``LoadedBrick.check_speaks``: the tokenizer fingerprint) to
-    speak the interface vocabulary of ``model``: a brick, its directory, or an interface (interface.json's
-    content, at least ``{"tokenizer": Tokenizer.info()}``) named by ``where``."""
-    if (Path(lm_brick) / "speechkit.json").is_file():
-        from .onnx import load_onnx
-
-        lm = load_onnx(lm_brick)
-    else:
-        lm = load_brick(lm_brick, device)
+    """Load an external LM brick (onto ``device``) → its module (a ``TokenLM``), checked
+    (``LoadedBrick.check_speaks``: the tokenizer fingerprint) to speak the interface vocabulary of ``model``:
+    a brick, its directory, or an interface (interface.json's content, at least
+    ``{"tokenizer": Tokenizer.info()}``) named by ``where``."""
+    lm = load_brick(lm_brick, device)
     if not isinstance(lm.module, TokenLM):
         raise BrickError(f"{lm_brick} is a {lm.interface.get('kind')}, not a language model brick")
     if isinstance(model, LoadedBrick):

@@ -60,8 +60,18 @@ from ..models.lm import LanguageModel
 from ..models.stast import STAST
 from ..models.transducer import Transducer
 from ..nn.masks import padding_mask
+from ..search.fusion import Fusion
 from ..tokenizer import Tokenizer
 from .bricks import TOKENIZER_FILES, LoadedBrick, load_brick, read_interface
+from .decode import (
+    DecodeOptions,
+    brick_manifest,
+    decode_to_file,
+    default_output,
+    make_fusion,
+    score_results,
+    write_results,
+)
 
 # sherpa-onnx's FeatureExtractorConfig for speechkit's fbank (features.fbank: torchaudio's kaldi.fbank)
 FEATURES = {"low_freq": 20.0, "high_freq": 0.0, "snip_edges": True, "normalize_samples": False, "dither": 0.0}
@@ -688,7 +698,6 @@ def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, 
     import time
 
     from ..audio import read_audio
-    from .decode import brick_manifest, score_results
 
     brick = load_onnx(folder, sessions=False)  # the tokenizer and references, as the other runtimes read them
     ds = brick_manifest(brick, manifest, max_utts, target_lang=None)
@@ -707,6 +716,19 @@ def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, 
 RUNTIMES = ("onnx", "onnx-int8", "sherpa-onnx", "sherpa-onnx-int8")
 
 
+def runtime_fusion(folder: str | Path, lm: str | Path | None, lm_weight: float = 0.0,
+                   length_reward: float = 0.0, lm_eos: bool = True) -> Fusion | None:
+    """The ``Fusion`` of ``decode FOLDER --runtime onnx``: an external LM, a torch LM brick or an LM's export
+    (run by onnxruntime), checked to speak the export's vocabulary (the internal LM is not exported)."""
+    if lm is None or not (Path(lm) / "speechkit.json").is_file():
+        return make_fusion(folder, lm, lm_weight, 0.0, length_reward, lm_eos)
+    b = load_onnx(lm)
+    if not isinstance(b.module, OnnxLM):
+        raise OnnxExportError(f"{lm}: the export of a {read_export(lm)['model']}, not of a language model")
+    b.check_speaks(read_interface(folder), folder)
+    return Fusion(b.module, lm_weight, 0.0, length_reward, lm_eos)
+
+
 def decode_runtime_to_file(folder: str | Path, manifest: str | Path, runtime: str, opts=None,
                            out: str | Path | None = None, max_utts: int | None = None,
                            threads: int = 1) -> tuple[dict, object]:
@@ -714,8 +736,6 @@ def decode_runtime_to_file(folder: str | Path, manifest: str | Path, runtime: st
     graphs by onnxruntime behind speechkit's searches (``opts``: ``DecodeOptions``), "sherpa-onnx"
     through sherpa-onnx's recognizer (greedy); "-int8": the ``*.int8.onnx`` graphs. Hypotheses go to
     ``out`` (default beside the folder) → (summary, scores) as ``decode_to_file``."""
-    from .decode import DecodeOptions, decode_to_file, default_output, write_results
-
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     opts, int8 = opts or DecodeOptions(), runtime.endswith("-int8")

@@ -230,7 +230,7 @@ def test_language_models_export_and_fuse_through_onnxruntime(tmp_path, tiny_corp
     from speechkit.lego.transducer import LSTMPredictor
     from speechkit.models.lm import LanguageModel
     from speechkit.pipelines.decode import DecodeOptions, decode_to_file, make_fusion
-    from speechkit.pipelines.onnx import decode_runtime_to_file, load_onnx
+    from speechkit.pipelines.onnx import decode_runtime_to_file, load_onnx, runtime_fusion
 
     lstm = LanguageModel(LSTMPredictor(24, 32, layers=2), 32).eval()
     lm_iface = json.loads(open(f"{FIXTURES}/lm/interface.json").read())
@@ -258,7 +258,8 @@ def test_language_models_export_and_fuse_through_onnxruntime(tmp_path, tiny_corp
     export_onnx(lstm_path, tmp_path / "lm_onnx")
     opts = DecodeOptions(beam=3, progress=False, fusion=make_fusion(asr, lstm_path, 0.5, 0.0, 0.5))
     ref, _ = decode_to_file(asr, manifest, opts, tmp_path / "torch.jsonl", max_utts=8)
-    opts = DecodeOptions(beam=3, progress=False, fusion=make_fusion(asr, tmp_path / "lm_onnx", 0.5, 0.0, 0.5))
+    fusion = runtime_fusion(tmp_path / "asr_onnx", tmp_path / "lm_onnx", 0.5, 0.5)
+    opts = DecodeOptions(beam=3, progress=False, fusion=fusion)
     got, _ = decode_runtime_to_file(tmp_path / "asr_onnx", manifest, "onnx", opts, tmp_path / "o.jsonl",
                                     max_utts=8)
     plain, _ = decode_to_file(asr, manifest, DecodeOptions(beam=3, progress=False), tmp_path / "p.jsonl",
