@@ -55,9 +55,11 @@ class SpeechkitCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        if self.adaptive and self.trainer is not None:
-            from .callbacks import AdaptiveThreads
+        from .callbacks import AdaptiveThreads, format_progress_bar
 
+        if self.trainer is not None:
+            format_progress_bar(self.trainer)
+        if self.adaptive and self.trainer is not None:
             self.trainer.callbacks.append(AdaptiveThreads(self.threads))
 
     def add_arguments_to_parser(self, parser) -> None:

@@ -28,6 +28,7 @@ from ..data.datamodule import LMDataModule
 from ..models.base import ilm_loss
 from ..nn.brick import BrickError
 from ..pipelines.bricks import load_brick, save_brick
+from .callbacks import format_progress_bar
 from .cli import quiet_lightning
 
 
@@ -105,6 +106,7 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
                         logger=logger, num_sanity_val_steps=0,
                         val_check_interval=min(100, steps), check_val_every_n_epoch=None,
                         log_every_n_steps=10, enable_model_summary=False)
+    format_progress_bar(trainer)
     before = trainer.validate(task, datamodule=dm, verbose=False)[0]
     with warnings.catch_warnings():  # eval mode throughout is intended (ILMATask)
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")

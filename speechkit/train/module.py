@@ -311,11 +311,14 @@ class SpeechTask(L.LightningModule):
         refs, hyps, ctc_hyps = self._val
         # every rank evaluates the whole split (``ManifestDataModule`` shards training batches only), so
         # these are equal on all ranks and their mean (sync_dist) is each rank's value
-        if refs:
+        if refs:  # the progress bar shows BLEU/chrF for translation (MT, ST), WER/CER otherwise
             sc = score(refs, hyps)
-            self.log_dict({f"{stage}/wer": sc.wer * 100, f"{stage}/cer": sc.cer * 100}, prog_bar=True,
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            translation = getattr(dm, "target_lang", None) is not None
+            self.log_dict({f"{stage}/wer": sc.wer * 100, f"{stage}/cer": sc.cer * 100},
+                          prog_bar=not translation, sync_dist=True)
+            self.log_dict({f"{stage}/bleu": sc.bleu, f"{stage}/chrf": sc.chrf}, prog_bar=translation,
                           sync_dist=True)
-            self.log_dict({f"{stage}/bleu": sc.bleu, f"{stage}/chrf": sc.chrf}, sync_dist=True)
         if ctc_hyps:
             self.log(f"{stage}/ctc_wer", error_rates(refs, ctc_hyps).wer * 100, sync_dist=True)
         self._val = ([], [], [])

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import lightning as L
 
-from speechkit.cli import main
+from speechkit.train.callbacks import format_progress_bar
+from speechkit.train.cli import run_lightning
 
 ROOT = Path(__file__).parents[2]
 CONF = ROOT / "tests" / "configs"
 DEMO = ROOT / "recipes" / "locale" / "conf" / "demo.yaml"
 
 
-def fit(corpus: Path, root: Path, *extra) -> None:
+def fit(corpus: Path, root: Path, *extra):
+    """A tiny demo fit in this process, as ``speechkit fit`` runs it → the ``SpeechkitCLI``."""
     asr, d = corpus / "asr", "--data.init_args."
-    main(["fit", "-c", str(DEMO), "-c", str(CONF / "tiny_locale_demo.yaml"),
+    return run_lightning(["fit", "-c", str(DEMO), "-c", str(CONF / "tiny_locale_demo.yaml"),
           f"--trainer.default_root_dir={root}",
           f"{d}train={asr / 'train.jsonl'}", f"{d}valid={asr / 'dev.jsonl'}", f"{d}test={asr / 'test.jsonl'}",
           f"{d}tokenizer={root.parent / 'tok.model'}", "--trainer.enable_progress_bar=false", *extra])
@@ -29,12 +31,40 @@ def test_a_tiny_fit_prints_no_notes(tiny_corpus, tmp_path, capfd):
         for hidden in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
             warnings.filterwarnings("ignore", category=hidden)
         # 25 > the 5 batches of the tiny corpus: Lightning's log-interval note would come
-        fit(tiny_corpus, tmp_path / "a", "--trainer.max_steps=2", "--trainer.log_every_n_steps=25")
+        cli = fit(tiny_corpus, tmp_path / "a", "--trainer.max_steps=2", "--trainer.log_every_n_steps=25",
+                  "--trainer.limit_train_batches=2")  # validation after 2 steps
     assert sys.argv == argv
     out, err = capfd.readouterr()
     assert [(w.category.__name__, str(w.message)[:300]) for w in seen] == []
     for noise in ("args parameter", "tensorboardX", "Tip:", "LeafSpec", "logging interval"):
         assert noise not in out + err, noise
+    assert {"val/wer", "val/cer"} <= set(cli.trainer.progress_bar_metrics)  # ASR: error rates
+    assert not {"val/bleu", "val/chrf"} & set(cli.trainer.progress_bar_metrics)
+
+
+def test_translation_shows_bleu_in_the_progress_bar(tiny_corpus, tmp_path):
+    mt, d = tiny_corpus / "mt" / "de-en", "--data.init_args."
+    conf = ROOT / "recipes" / "locale" / "conf" / "lego" / "mt_de_en.yaml"
+    cli = run_lightning(["fit", "-c", str(conf), "-c", str(CONF / "tiny_locale_lego_mt_de_en.yaml"),
+                         f"--trainer.default_root_dir={tmp_path}", f"{d}train={mt / 'train.jsonl'}",
+                         f"{d}valid={mt / 'dev.jsonl'}", f"{d}tokenizer={tmp_path / 'en.model'}",
+                         f"{d}source_tokenizer={tmp_path / 'de.model'}",
+                         "--trainer.enable_progress_bar=false", "--trainer.max_steps=2",
+                         "--trainer.limit_train_batches=2"])
+    shown = set(cli.trainer.progress_bar_metrics)
+    assert {"val/bleu", "val/chrf"} <= shown and not {"val/wer", "val/cer"} & shown, shown
+
+
+def test_progress_bar_metrics_are_rounded_text():
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False)
+    bar = trainer.progress_bar_callback
+    bar.get_metrics = lambda *a: {"v_num": 3, "train/loss": 140.62812, "val/wer": 1432.1234,
+                                  "val/ctc_wer": 35.271, "val/bleu": 12.3456, "train/kl": 0.000123,
+                                  "val/ppl": 123456.7, "note": "x"}
+    format_progress_bar(trainer)
+    assert bar.get_metrics(trainer, None) == {
+        "train/loss": "140.628", "val/wer": "1432.12%", "val/ctc_wer": "35.27%", "val/bleu": "12.35",
+        "train/kl": "0.000", "val/ppl": "123,457", "note": "x"}
 
 
 def test_init_from_says_what_it_loaded_and_compression_prints_one_line_per_rule(tmp_path, capsys):
