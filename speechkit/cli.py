@@ -1,5 +1,5 @@
 """The ``speechkit`` command: prepare, fit/validate/test, decode, stream, tune-fusion, adapt-ilm, export,
-bench, score, compose, tokenizer, run, demo.
+bench, score, compose, tokenizer, run, demo, presets.
 
 Argument parsing only: each verb hands its arguments to one library call (``speechkit.pipelines``,
 ``speechkit.corpora``, ``speechkit.train``, ``speechkit.recipe``) and prints what it returns. The
@@ -228,6 +228,16 @@ def _demo(a) -> None:
     from .demo import run_demo
 
     run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config, threads=a.threads)
+
+
+def _presets(a) -> None:
+    from .recipe import presets
+
+    found = presets()
+    width = max(len(p) for p, _ in found)
+    print("recipe configs (speechkit fit -c PATH [-c PATH …]) and brick presets (modules/):")
+    for path, description in found:
+        print(f"  {path:<{width}}  {description or '(no description: give it a leading # comment)'}")
 
 
 def _stream(a) -> None:
@@ -478,12 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--threads", default="auto", help="torch threads for training: a number, or auto (at "
                     "most the CPUs this process may use, re-chosen while training to what is fastest now)")
     dm.add_argument("--config", default=None, help="training config (default: recipes/locale/conf/demo.yaml)")
+    add("presets", "list the recipe configs and brick presets, each with its one-line description")
     return p
 
 
 VERBS = {"prepare": _prepare, "decode": _decode, "stream": _stream, "tune-fusion": _tune_fusion,
          "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench, "score": _score, "compose": _compose,
-         "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo}
+         "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo,
+         "presets": _presets}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "locale"
+from .recipe import REPO
+
+RECIPE = REPO / "recipes" / "locale"
 STAGES = RECIPE / "demo.yaml"
 DEFAULT_CONFIG = RECIPE / "conf" / "demo.yaml"
 
