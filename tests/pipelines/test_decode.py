@@ -115,6 +115,7 @@ def test_transcribe_gives_what_decode_gives(tiny_corpus, tmp_path):
     for beam in (1, 2):
         results, _ = decode_manifest(brick, test, DecodeOptions(beam=beam, progress=False), max_utts=3)
         assert [brick.transcribe(u.audio, beam=beam) for u in utts] == [r["hyp"] for r in results]
+    assert [r["written_ref"] for r in results] == [u.text for u in utts]  # as the manifest writes it
     assert any(r["hyp"] for r in results)  # an untrained model, but it says something
     wave = read_audio(utts[0].audio, rate=16000)
     assert brick.transcribe(wave) == brick.transcribe(utts[0].audio)
