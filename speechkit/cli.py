@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=None, help="processes synthesising / reading audio "
                     "(default: the corpus's own choice)")
 
-    de = add("decode", "decode a manifest with a brick; print WER/CER and BLEU/chrF",
+    de = add("decode", "decode a manifest with a brick; print WER/CER, BLEU/chrF (normalised and sacreBLEU)",
              "threads", "device", "workers", "max_utts", "json")
     de.add_argument("brick", help="brick directory (or an ONNX folder with --runtime onnx/sherpa-onnx)")
     de.add_argument("manifest", help="JSONL manifest (or Lhotse cuts) to decode; its references are scored")
