@@ -224,7 +224,8 @@ def cascade_manifest(asr_brick: str | Path | LoadedBrick, mt_brick: str | Path |
     said = [i for i, (r, t) in enumerate(zip(asr, transcripts)) if "error" not in r and normalize_text(t)]
     second = [replace(utts[i], text=transcripts[i]) for i in said]
     res = decode_dataset(mt.module, brick_dataset(mt, second, target_lang, str(manifest)), opts)
-    refs, written = (f(utts, target_lang, str(manifest)) for f in (target_texts, written_targets))
+    written = written_targets(utts, target_lang, str(manifest))
+    refs = target_texts(utts, target_lang, str(manifest), written)
     out = [{"id": u.id, "ref": ref, "hyp": "", "asr": t, "written_ref": w}
            for u, ref, t, w in zip(utts, refs, transcripts, written)]
     for i, r in zip(said, res):
