@@ -261,6 +261,13 @@ def _add_fusion_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--no-lm-eos", action="store_true", help="leave out the LM's end-of-sentence score")
 
 
+def _count_or_auto(value: str) -> int | str:
+    """``--threads`` of ``demo``: a positive number or "auto"."""
+    if value == "auto" or value.isdigit() and int(value) > 0:
+        return value if value == "auto" else int(value)
+    raise argparse.ArgumentTypeError(f"expected a number of threads or 'auto', got {value!r}")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default (``(default: 4)``), unless the help says its default itself
     or there is none (None, a flag's False)."""
@@ -485,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--minutes", type=float, default=None, help="training time budget (default: the config's "
                     "trainer.max_time, 10.5 min in demo.yaml)")
     dm.add_argument("--out", default="exp/demo", help="run directory (brick, checkpoints, decode-test.jsonl)")
-    dm.add_argument("--threads", default="auto", help="torch threads for training: a number, or auto (at "
-                    "most the CPUs this process may use, re-chosen while training to what is fastest now)")
+    dm.add_argument("--threads", default="auto", type=_count_or_auto,
+                    help="torch threads for training: a number, or auto (at most the CPUs this process may "
+                    "use, re-chosen while training to what is fastest now)")
     dm.add_argument("--config", default=None, help="training config (default: recipes/locale/conf/demo.yaml)")
     add("presets", "list the recipe configs and brick presets, each with its one-line description")
     return p

@@ -32,3 +32,11 @@ def test_help_shows_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--beam BEAM 1 = greedy, >1 = modified beam search (default: 1)" in text
     assert "(0: in this process) (default: 0)" in text and "brick directory" in text
+
+
+def test_demo_threads_is_a_count_or_auto(capsys):
+    parse = build_parser().parse_args
+    assert parse(["demo", "--threads", "3"]).threads == 3 and parse(["demo"]).threads == "auto"
+    with pytest.raises(SystemExit):
+        parse(["demo", "--threads", "many"])
+    assert "argument --threads: expected a number of threads or 'auto', got 'many'" in capsys.readouterr().err
