@@ -1,5 +1,5 @@
 """The ``speechkit`` command: prepare, fit/validate/test, decode, stream, tune-fusion, adapt-ilm, export,
-bench, score, compose, tokenizer, run, demo.
+bench, score, compose, tokenizer, run, demo, presets.
 
 Argument parsing only: each verb hands its arguments to one library call (``speechkit.pipelines``,
 ``speechkit.corpora``, ``speechkit.train``, ``speechkit.recipe``) and prints what it returns. The
@@ -230,7 +230,17 @@ def _run_recipe(a) -> None:
 def _demo(a) -> None:
     from .demo import run_demo
 
-    run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config)
+    run_demo(minutes=a.minutes, max_utts=a.max_utts, out=a.out, config=a.config, threads=a.threads)
+
+
+def _presets(a) -> None:
+    from .recipe import presets
+
+    found = presets()
+    width = max(len(p) for p, _ in found)
+    print("recipe configs (speechkit fit -c PATH [-c PATH …]) and brick presets (modules/):")
+    for path, description in found:
+        print(f"  {path:<{width}}  {description or '(no description: give it a leading # comment)'}")
 
 
 def _stream(a) -> None:
@@ -252,6 +262,25 @@ def _add_fusion_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
                        help="λ_ILM: weight of the internal LM, subtracted (ILME)")
         p.add_argument("--length-reward", type=float, default=0.0, help="β: added per emitted token")
     p.add_argument("--no-lm-eos", action="store_true", help="leave out the LM's end-of-sentence score")
+
+
+def _count_or_auto(value: str) -> int | str:
+    """``--threads`` of ``demo``: a positive number or "auto"."""
+    if value == "auto" or value.isdigit() and int(value) > 0:
+        return value if value == "auto" else int(value)
+    raise argparse.ArgumentTypeError(f"expected a number of threads or 'auto', got {value!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default (``(default: 4)``), unless the help says its default itself
+    or there is none (None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is d for d in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _options(*names: str, threads: int | None = None, max_utts: int | None = None) -> argparse.ArgumentParser:
@@ -277,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="speechkit", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True)
     add = lambda verb, help, *shared, **kw: sub.add_parser(  # noqa: E731
-        verb, help=help, parents=[_options(*shared, **kw)] if shared else [])
+        verb, help=help, description=help, formatter_class=HelpFormatter,
+        parents=[_options(*shared, **kw)] if shared else [])
     for verb in LIGHTNING_VERBS:
         sub.add_parser(verb, help=f"LightningCLI {verb} (speechkit {verb} -c CONFIG --help)", add_help=False)
 
@@ -293,12 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--langs", default=None, help="comma-separated languages or pairs: locale's targets "
                     "(de,fr,ro), Common Voice language, MuST-C targets, CoVoST 2 sources, Europarl-ST pairs")
     pr.add_argument("--heldout", default=None, help="comma-separated held-out catalog prefixes")
-    pr.add_argument("--workers", type=int, default=None)
+    pr.add_argument("--workers", type=int, default=None, help="processes synthesising / reading audio "
+                    "(default: the corpus's own choice)")
 
-    de = add("decode", "decode a manifest with a brick; print WER/CER and BLEU/chrF",
+    de = add("decode", "decode a manifest with a brick; print WER/CER, BLEU/chrF (normalised and sacreBLEU)",
              "threads", "device", "workers", "max_utts", "json")
-    de.add_argument("brick")
-    de.add_argument("manifest")
+    de.add_argument("brick", help="brick directory (or an ONNX folder with --runtime onnx/sherpa-onnx)")
+    de.add_argument("manifest", help="JSONL manifest (or Lhotse cuts) to decode; its references are scored")
     de.add_argument("--out", default=None, help="hypotheses JSONL, one line per decoded utterance (default: "
                     "beside the brick, never inside it: BRICK/../decode-MANIFEST.jsonl, or "
                     "BRICK/../NAME-decode-MANIFEST.jsonl for a brick folder NAME other than 'brick')")
@@ -307,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the scores, and listed under 'skipped' ({id, audio, error}) in the --json summary; "
                     "without it the first one stops the decode with an error naming it")
     de.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
-    de.add_argument("--nbest", type=int, default=1)
+    de.add_argument("--nbest", type=int, default=1, help="hypotheses kept per utterance in --out ('nbest')")
     de.add_argument("--max-symbols", type=int, default=None, help="transducer: most labels per frame "
                     "(default: 3 for greedy search, 1 for beam search, i.e. modified beam search; streaming "
                     "models want 3; sherpa-onnx's searches take 1)")
@@ -359,10 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tf = add("tune-fusion", "grid-search LM / ILM weights and length reward on a dev manifest",
              "threads", "device", "workers", "max_utts", "json")
-    tf.add_argument("brick")
-    tf.add_argument("manifest")
+    tf.add_argument("brick", help="the ASR brick whose fusion weights are tuned")
+    tf.add_argument("manifest", help="dev manifest the grid is scored on (encoded once)")
     _add_fusion_options(tf, grid=True)
-    tf.add_argument("--beam", type=int, default=4)
+    tf.add_argument("--beam", type=int, default=4, help="beam size of the fused search")
 
     ad = add("adapt-ilm", "ILMA: adapt a transducer's internal LM to target-domain text (trains the joiner's "
              "last layer only)", "threads", "device", "json")
@@ -374,16 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--valid", default=None, help="held-out text for the perplexity (default: TEXT)")
     ad.add_argument("--rho", type=float, default=0.5,
                     help="weight of the KL term to the unadapted internal LM")
-    ad.add_argument("--steps", type=int, default=500)
-    ad.add_argument("--lr", type=float, default=1e-3)
+    ad.add_argument("--steps", type=int, default=500, help="training steps")
+    ad.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     ad.add_argument("--max-tokens", type=int, default=2000, help="tokens per batch")
-    ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--seed", type=int, default=0, help="random seed (batch order)")
 
     ex = add("export", "one-shot N:M / int8 compression of a trained brick (no training; a brick trained "
              "with a compress: section is exported folded by fit itself), or a brick as ONNX models "
              "(--onnx): transducers in sherpa-onnx's layout, attention models (AED, MT, STAST) and LMs for "
              "onnxruntime", "json")
-    ex.add_argument("brick")
+    ex.add_argument("brick", help="the trained brick to compress or export (read only)")
     ex.add_argument("--out", help="the compressed brick's directory")
     ex.add_argument("--onnx", metavar="DIR", help="write the ONNX models here instead: a transducer's "
                     "encoder/decoder/joiner.onnx + tokens.txt (sherpa-onnx's offline layout), an attention "
@@ -398,9 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     be = add("bench", "deploy a brick (per-layer fastest correct kernel) and time its decode against the "
              "fp32 brick, side by side", "threads", "device", "max_utts", "json", threads=1, max_utts=100)
     be.add_argument("brick", help="the (compressed) brick to deploy")
-    be.add_argument("manifest")
+    be.add_argument("manifest", help="manifest decoded for the timing and WER")
     be.add_argument("--against", default=None, help="reference brick (default: BRICK itself, not deployed)")
-    be.add_argument("--beam", type=int, default=1)
+    be.add_argument("--beam", type=int, default=1, help="1 = greedy, >1 = modified beam search")
     be.add_argument("--tolerance", type=float, default=0.03, help="largest relative error per layer")
     be.add_argument("--ptq", action="store_true", help="allow int8 kernels on weights not trained for int8")
     be.add_argument("--no-deploy", action="store_true", help="time BRICK as loaded")
@@ -408,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "graphs captured per (batch, frames) bucket (speechkit.nn.device.CudaGraphed)")
 
     sc = add("score", "WER/CER and BLEU/chrF of a hypotheses JSONL (ref/hyp per line)", "json")
-    sc.add_argument("hyps")
+    sc.add_argument("hyps", help="hypotheses JSONL written by decode (ref and hyp per line)")
 
     co = add("compose", "join encoder brick(s) with the decoder of another brick", "json")
     co.add_argument("encoders", nargs="+", help="encoder bricks, first to last (DIR, or DIR#N: stage N "
@@ -425,13 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
              "translations)")
     tk.add_argument("manifest", help="JSONL manifest (or a plain text file, one sentence per line)")
     tk.add_argument("--out", required=True, help="the .model file to write")
-    tk.add_argument("--vocab-size", type=int, default=256)
+    tk.add_argument("--vocab-size", type=int, default=256, help="sentencepiece pieces")
     tk.add_argument("--target-lang", default=None, help="train on this translation instead of the transcript")
     tk.add_argument("--force", action="store_true", help="overwrite an existing model")
 
     sh = add("shard", "write a manifest's fbank features as shards that training reads with memory that does "
              "not grow with the corpus (any split of a speech data module may name the folder)")
-    sh.add_argument("manifest")
+    sh.add_argument("manifest", help="JSONL manifest whose audio is featurised")
     sh.add_argument("--out", required=True,
                     help="the shard folder (a rerun keeps the shards already written)")
     sh.add_argument("--shard-mb", type=float, default=128, help="features per shard, in MB")
@@ -463,15 +494,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "(no start-up per command: faster for short stages, e.g. tests)")
 
     dm = add("demo", "prepare locale, train a small transducer, decode, print WER", "max_utts")
-    dm.add_argument("--minutes", type=float, default=None, help="training time budget")
-    dm.add_argument("--out", default="exp/demo")
+    dm.add_argument("--minutes", type=float, default=None, help="training time budget (default: the config's "
+                    "trainer.max_time, 10.5 min in demo.yaml)")
+    dm.add_argument("--out", default="exp/demo", help="run directory (brick, checkpoints, decode-test.jsonl)")
+    dm.add_argument("--threads", default="auto", type=_count_or_auto,
+                    help="torch threads for training: a number, or auto (at most the CPUs this process may "
+                    "use, re-chosen while training to what is fastest now)")
     dm.add_argument("--config", default=None, help="training config (default: recipes/locale/conf/demo.yaml)")
+    add("presets", "list the recipe configs and brick presets, each with its one-line description")
     return p
 
 
 VERBS = {"prepare": _prepare, "decode": _decode, "stream": _stream, "tune-fusion": _tune_fusion,
          "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench, "score": _score, "compose": _compose,
-         "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo}
+         "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo,
+         "presets": _presets}
 
 
 def main(argv: list[str] | None = None) -> None:

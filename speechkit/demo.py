@@ -23,15 +23,18 @@ import sys
 import time
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "locale"
+from .recipe import REPO
+
+RECIPE = REPO / "recipes" / "locale"
 STAGES = RECIPE / "demo.yaml"
 DEFAULT_CONFIG = RECIPE / "conf" / "demo.yaml"
 
 
 def demo_sets(minutes: float | None = None, max_utts: int | None = None, out: str = "exp/demo",
-              config: str | None = None, data: str = "data/locale") -> dict[str, str]:
+              config: str | None = None, data: str = "data/locale",
+              threads: int | str = "auto") -> dict[str, str]:
     """The ``--set`` values of demo.yaml for the demo's options."""
-    sets = {"out": str(out), "data": str(data),
+    sets = {"out": str(out), "data": str(data), "threads": str(threads),
             "config": str(Path(config).resolve() if config else DEFAULT_CONFIG)}
     if max_utts:
         sets["prepare_args"] = f"--max-utts {int(max_utts)}"
@@ -42,17 +45,19 @@ def demo_sets(minutes: float | None = None, max_utts: int | None = None, out: st
 
 
 def run_demo(minutes: float | None = None, max_utts: int | None = None, out: str = "exp/demo",
-             config: str | None = None, data: str = "data/locale", call=None) -> dict:
+             config: str | None = None, data: str = "data/locale", call=None,
+             threads: int | str = "auto") -> dict:
     """Run the demo; returns {'wer', 'cer', 'seconds'}.
 
     ``data`` must be where the config's manifests live (demo.yaml: data/locale). ``call`` runs one
-    command (default: the runner's, a subprocess).
+    command (default: the runner's, a subprocess). ``threads``: training's ``--threads`` (a number, or
+    "auto": re-chosen while training).
     """
     from .metrics import score
     from .recipe import load_stages, run_command, run_stages
 
     t0 = time.time()
-    sets = demo_sets(minutes, max_utts, out, config, data)
+    sets = demo_sets(minutes, max_utts, out, config, data, threads)
     if not Path(sets["config"]).is_file():
         raise SystemExit(f"error: demo config not found: {sets['config']} (run from a clone of the speechkit "
                          "repo)")

@@ -63,20 +63,29 @@ def word_errors(refs: list[str], hyps: list[str]) -> list[int]:
     return out
 
 
-def bleu_chrf(refs: list[str], hyps: list[str]) -> tuple[float, float]:
-    """Corpus BLEU and chrF (sacrebleu defaults)."""
-    import sacrebleu
+def bleu_chrf(refs: list[str], hyps: list[str]) -> tuple[float, float, str]:
+    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenisation, cased) and sacreBLEU's signature of the
+    BLEU (what a paper quotes beside the number)."""
+    from sacrebleu.metrics import BLEU, CHRF
 
-    return (sacrebleu.corpus_bleu(hyps, [refs]).score, sacrebleu.corpus_chrf(hyps, [refs]).score)
+    bleu = BLEU()
+    score = bleu.corpus_score(hyps, [refs]).score
+    return score, CHRF().corpus_score(hyps, [refs]).score, str(bleu.get_signature())
 
 
 @dataclass
 class Scores:
-    """Every text metric of one hypothesis set: WER/CER (jiwer) and BLEU/chrF (sacrebleu)."""
+    """Every text metric of one hypothesis set: WER/CER (jiwer) and BLEU/chrF (sacrebleu), the latter twice:
+    ``bleu``/``chrf`` on normalised text (lower-cased, no punctuation: ``normalize_text``, what the models
+    write), and standard sacreBLEU ``sacrebleu``/``sacrechrf`` against the references as written (cased,
+    punctuated; None when they are not known) with its ``signature``."""
 
     errors: ErrorRates
     bleu: float
     chrf: float
+    sacrebleu: float | None = None
+    sacrechrf: float | None = None
+    signature: str | None = None
 
     @property
     def wer(self) -> float:
@@ -86,17 +95,28 @@ class Scores:
     def cer(self) -> float:
         return self.errors.cer
 
-    def to_dict(self) -> dict[str, float]:
-        return {"wer": round(100 * self.wer, 2), "cer": round(100 * self.cer, 2),
-                "bleu": round(self.bleu, 2), "chrf": round(self.chrf, 2)}
+    def to_dict(self) -> dict[str, float | str]:
+        out = {"wer": round(100 * self.wer, 2), "cer": round(100 * self.cer, 2),
+               "bleu": round(self.bleu, 2), "chrf": round(self.chrf, 2)}
+        if self.sacrebleu is not None:
+            out |= {"sacrebleu": round(self.sacrebleu, 2), "sacrechrf": round(self.sacrechrf, 2),
+                    "sacrebleu_signature": self.signature}
+        return out
 
     def __str__(self) -> str:
-        return f"{self.errors}  BLEU {self.bleu:.2f}  chrF {self.chrf:.2f}"
+        text = f"{self.errors}  BLEU {self.bleu:.2f}  chrF {self.chrf:.2f} (normalised text)"
+        if self.sacrebleu is not None:
+            text += (f"  sacreBLEU {self.sacrebleu:.2f}  chrF {self.sacrechrf:.2f} (references as written; "
+                     f"{self.signature})")
+        return text
 
 
-def score(refs: list[str], hyps: list[str]) -> Scores:
-    """WER/CER and BLEU/chrF of normalised references and hypotheses (``normalize_text``)."""
+def score(refs: list[str], hyps: list[str], written_refs: list[str] | None = None) -> Scores:
+    """WER/CER and BLEU/chrF of normalised references and hypotheses (``normalize_text``); with
+    ``written_refs`` (the references as the manifest writes them) also standard sacreBLEU and chrF of the
+    hypotheses as they are against those."""
     er = error_rates(refs, hyps)
-    bleu, chrf = bleu_chrf([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])
-    return Scores(er, bleu, chrf)
-
+    bleu, chrf, _ = bleu_chrf([normalize_text(r) for r in refs], [normalize_text(h) for h in hyps])
+    if written_refs is None:
+        return Scores(er, bleu, chrf)
+    return Scores(er, bleu, chrf, *bleu_chrf(written_refs, hyps))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import re
 import shlex
 import subprocess
 import sys
@@ -330,3 +331,27 @@ def parse_sets(items: list[str]) -> dict[str, str]:
             raise RecipeError(f"--set {item!r}: expected NAME=VALUE")
         out[key] = value
     return out
+
+
+REPO = Path(__file__).resolve().parent.parent  # a clone's root: recipes/ and modules/ beside speechkit/
+
+
+def presets(root: Path = REPO) -> list[tuple[str, str]]:
+    """The configs to start from, each with its one-line description (``describe``) → [(path relative to
+    ``root``, description)]: the recipe configs (``recipes/*/conf/**/*.yaml``, layered with ``speechkit fit
+    -c``) and the brick presets (``modules/**/*.yaml``)."""
+    files = sorted(root.glob("recipes/*/conf/**/*.yaml")) + sorted(root.glob("modules/**/*.yaml"))
+    return [(str(f.relative_to(root)), describe(f)) for f in files]
+
+
+def describe(path: Path, width: int = 90) -> str:
+    """A config's first sentence of its leading ``#`` comment, on one line (cut at ``width`` characters);
+    "" when it has none."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(" ".join(lines).split())
+    first = re.split(r"(?<!e\.g)\.(?:\s|$)", text, maxsplit=1)[0]
+    return first if len(first) <= width else first[:width - 1] + "…"

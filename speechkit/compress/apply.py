@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -126,10 +127,29 @@ class Coverage:
                 out["compressed"] += k
         return out
 
-    def to_text(self) -> str:
+    def header(self) -> str:
         c = self.counts()
-        lines = [f"compression coverage: {c['compressed']:,} of {c['total']:,} parameter elements "
-                 f"({100 * c['compressed'] / max(c['total'], 1):.1f}%) in {len(self.rows)} tensors"]
+        return (f"compression coverage: {c['compressed']:,} of {c['total']:,} parameter elements "
+                f"({100 * c['compressed'] / max(c['total'], 1):.1f}%) in {len(self.rows)} tensors")
+
+    def summary(self) -> str:
+        """The header, then one line per rule (what was applied, or why nothing was) with its tensors and
+        elements, and one line for the layer inputs left out of fake quantization."""
+        rules: dict[str, list[int]] = {}
+        for _, shape, applied, reason in self.rows:
+            n = rules.setdefault("; ".join(x for x in (applied, reason) if x), [0, 0])
+            n[0], n[1] = n[0] + 1, n[1] + int(torch.Size(shape).numel())
+        lines = [self.header()]
+        lines += [f"  {t:4d} tensors {e:>12,} elements  {rule}" for rule, (t, e) in rules.items()]
+        skipped = Counter(why for _, why in self.inputs if why)
+        if skipped:
+            lines.append(f"  {sum(skipped.values())} layer input(s) not fake-quantized: "
+                         + "; ".join(f"{why} ({n})" for why, n in skipped.items()))
+        return "\n".join(lines)
+
+    def to_text(self) -> str:
+        """The header, then every parameter: name, shape, what was applied, or the rule that left it out."""
+        lines = [self.header()]
         width = max((len(r[0]) for r in self.rows), default=10)
         for name, shape, applied, reason in self.rows:
             lines.append(f"  {name:<{width}}  {str(list(shape)):<16} {applied or '-':<14} {reason}")

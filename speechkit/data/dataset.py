@@ -111,14 +111,26 @@ class FeatureCache:
         return cache
 
 
-def target_texts(utts: list[Utterance], target_lang: str | None, source: str) -> list[str]:
-    """The normalised target of each utterance: its transcript (``target_lang`` None) or its
-    translation into ``target_lang``. Missing or empty targets raise a ValueError naming the utterance."""
+def written_targets(utts: list[Utterance], target_lang: str | None, source: str) -> list[str]:
+    """The target of each utterance as the manifest writes it (cased, punctuated): its transcript
+    (``target_lang`` None) or its translation into ``target_lang``; a missing one raises a ValueError naming
+    the utterance. What standard sacreBLEU scores against (``metrics.score``)."""
     out = []
     for u in utts:
         raw = u.text if target_lang is None else (u.translation or {}).get(target_lang)
         if raw is None:
             raise ValueError(f"{source}: utterance {u.id!r} has no {target_lang!r} translation")
+        out.append(raw)
+    return out
+
+
+def target_texts(utts: list[Utterance], target_lang: str | None, source: str,
+                 written: list[str] | None = None) -> list[str]:
+    """The normalised target of each utterance (its ``written_targets``, or ``written`` when the caller has
+    them, through ``normalize_text``): what the models are trained on. Missing or empty targets raise a
+    ValueError naming the utterance."""
+    out = []
+    for u, raw in zip(utts, written if written is not None else written_targets(utts, target_lang, source)):
         text = normalize_text(raw)
         if not text:
             what = "transcript" if target_lang is None else f"{target_lang!r} translation"
@@ -194,7 +206,8 @@ class SpeechDataset(Dataset):
                  cache: FeatureCache | None = None, source: str = "manifest", target_lang: str | None = None,
                  transcript_tokenizer: Tokenizer | None = None):
         self.utts, self.tok, self.cfg, self.cache = utts, tokenizer, cfg, cache
-        self.refs = target_texts(utts, target_lang, source)
+        self.written_refs = written_targets(utts, target_lang, source)  # standard sacreBLEU scores these
+        self.refs = target_texts(utts, target_lang, source, self.written_refs)
         ids = [u.id for u in utts]
         self.targets = tokenize(self.refs, tokenizer, source, ids)
         self.transcripts = None if transcript_tokenizer is None else tokenize(
@@ -231,7 +244,8 @@ class TextDataset(Dataset):
     def __init__(self, utts: list[Utterance], tokenizer: Tokenizer, source_tokenizer: Tokenizer | None,
                  target_lang: str | None, source: str = "manifest"):
         self.utts, self.tok = utts, tokenizer
-        self.refs = target_texts(utts, target_lang, source)
+        self.written_refs = written_targets(utts, target_lang, source)  # standard sacreBLEU scores these
+        self.refs = target_texts(utts, target_lang, source, self.written_refs)
         ids = [u.id for u in utts]
         self.targets = tokenize(self.refs, tokenizer, source, ids)
         self.sources = self.targets if source_tokenizer is None else tokenize(

@@ -25,11 +25,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..audio import read_audio
 from ..compress.export import load_folded
 from ..errors import yaml_problem
-from ..features import FbankConfig
+from ..features import FbankConfig, fbank
 from ..files import atomic_dir
 from ..nn.brick import Brick, BrickError, build
+from ..nn.device import model_device
+from ..search.dispatch import search
 from ..tokenizer import Tokenizer
 
 TOKENIZER_FILES = {"target": "tokenizer.model", "source": "source_tokenizer.model",
@@ -153,6 +156,23 @@ class LoadedBrick:
     def fbank(self) -> FbankConfig:
         """The features a speech-input brick reads (interface.json ``input``)."""
         return FbankConfig.from_dict(self.interface["input"])
+
+    @torch.no_grad()
+    def transcribe(self, audio: str | Path | torch.Tensor, beam: int = 1) -> str:
+        """Speech → text: an audio file (any format soundfile reads, any rate: resampled) or a waveform (N,)
+        in [-1, 1] at the brick's sample rate; greedy search by default (``beam`` > 1: beam search), with the
+        features and search ``speechkit decode`` uses."""
+        if self.text_input:
+            raise BrickError(f"{self.path}: reads text, not speech; transcribe needs a speech brick")
+        cfg = self.fbank()
+        wave = audio if torch.is_tensor(audio) else read_audio(audio, rate=cfg.sample_rate)
+        if wave.ndim != 1:
+            raise ValueError(f"transcribe: expected a waveform (N,), got shape {tuple(wave.shape)}")
+        feats = fbank(wave.float(), cfg)  # (T, F)
+        device = model_device(self.module)
+        enc = self.module(feats[None].to(device), torch.tensor([feats.shape[0]], device=device))
+        (best, *_), = search(self.module.eval(), enc, beam)
+        return self.tokenizer.decode(list(best.tokens))
 
     def check_speaks(self, interface: dict, where: str | Path = "the model",
                      role: str = "an external LM") -> None:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..audio import AudioError
-from ..data.dataset import SpeechDataset, TextDataset, collate, target_texts
+from ..data.dataset import SpeechDataset, TextDataset, collate, target_texts, written_targets
 from ..data.manifest import Utterance, load_manifest
 from ..data.sampler import BucketBatchSampler
 from ..errors import SpeechkitError
@@ -116,9 +116,10 @@ def encode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions,
 @torch.no_grad()
 def decode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions = DecodeOptions(),
                    encoded: list[tuple[list[int], Encoded]] | None = None) -> list[dict]:
-    """Decode a dataset → one dict per utterance (manifest order): id, ref, hyp, [nbest].
+    """Decode a dataset → one dict per utterance (manifest order): id, ref, hyp, written_ref, [nbest].
 
-    ``ref`` is the normalised target (transcript or translation) the model was trained on. With
+    ``ref`` is the normalised target (transcript or translation) the model was trained on, ``written_ref``
+    the same as the manifest writes it (cased, punctuated: standard sacreBLEU's reference). With
     ``opts.skip_bad``, an utterance whose audio cannot be read gets {id, audio, error} (no hyp; see
     ``decoded``). ``encoded``: the dataset already through ``encode_dataset`` (searched again, e.g. per
     fusion weight).
@@ -128,7 +129,8 @@ def decode_dataset(model, ds: SpeechDataset | TextDataset, opts: DecodeOptions =
     t0, done, skipped = time.time(), 0, {}
     for index, enc in encoded if encoded is not None else encode_dataset(model, ds, opts, skipped):
         for i, nb in zip(index, search(model, enc, opts.beam, opts.nbest, opts.fusion, opts.max_symbols)):
-            r = {"id": ds.utts[i].id, "ref": ds.refs[i], "hyp": ds.tok.decode(list(nb[0].tokens))}
+            r = {"id": ds.utts[i].id, "ref": ds.refs[i], "hyp": ds.tok.decode(list(nb[0].tokens)),
+                 "written_ref": ds.written_refs[i]}
             if opts.nbest > 1:
                 r["nbest"] = [{"hyp": ds.tok.decode(list(h.tokens)), "score": h.score} for h in nb]
             results[i] = r
@@ -154,7 +156,15 @@ def score_results(results: list[dict], source: str | Path = "manifest") -> Score
     if not done:
         raise AudioError(f"{source}: none of its {len(results)} utterances could be read (first: "
                          f"{results[0]['id']!r}: {results[0]['error']})")
-    return score([r["ref"] for r in done], [r["hyp"] for r in done])
+    return score_rows(done)
+
+
+def score_rows(rows: list[dict]) -> Scores:
+    """Scores of {ref, hyp[, written_ref]} rows: standard sacreBLEU too when every row has its
+    ``written_ref``."""
+    written = [r["written_ref"] for r in rows if "written_ref" in r]
+    return score([r["ref"] for r in rows], [r["hyp"] for r in rows],
+                 written if len(written) == len(rows) else None)
 
 
 def loaded(brick: str | Path | LoadedBrick, device: torch.device | None = None) -> LoadedBrick:
@@ -214,8 +224,10 @@ def cascade_manifest(asr_brick: str | Path | LoadedBrick, mt_brick: str | Path |
     said = [i for i, (r, t) in enumerate(zip(asr, transcripts)) if "error" not in r and normalize_text(t)]
     second = [replace(utts[i], text=transcripts[i]) for i in said]
     res = decode_dataset(mt.module, brick_dataset(mt, second, target_lang, str(manifest)), opts)
-    out = [{"id": u.id, "ref": ref, "hyp": "", "asr": t}
-           for u, ref, t in zip(utts, target_texts(utts, target_lang, str(manifest)), transcripts)]
+    written = written_targets(utts, target_lang, str(manifest))
+    refs = target_texts(utts, target_lang, str(manifest), written)
+    out = [{"id": u.id, "ref": ref, "hyp": "", "asr": t, "written_ref": w}
+           for u, ref, t, w in zip(utts, refs, transcripts, written)]
     for i, r in zip(said, res):
         out[i].update(r)
     out = [r if "error" in r else o for o, r in zip(out, asr)]  # unreadable: the ASR stage's row
@@ -251,18 +263,18 @@ def write_results(res: list[dict], sc: Scores, manifest: str | Path, out: str | 
 
 
 def score_file(hyps: str | Path) -> Scores:
-    """``speechkit score``: the scores of a hypotheses JSONL (one {ref, hyp} object per line, as ``decode``
-    writes); a line that is not one is named (``HypothesesError``: file:line)."""
+    """``speechkit score``: the scores of a hypotheses JSONL (one {ref, hyp[, written_ref]} object per line,
+    as ``decode`` writes); a line that is not one is named (``HypothesesError``: file:line)."""
     rows = []
     with open(hyps, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             try:
                 r = json.loads(line)
-                rows.append((r["ref"], r["hyp"]))
+                rows.append({k: r[k] for k in ("ref", "hyp")} | {k: r[k] for k in ("written_ref",) if k in r})
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise HypothesesError(f"{hyps}:{n}: expected a JSON object with 'ref' and 'hyp' "
                                       f"({e})") from None
-    return score([r for r, _ in rows], [h for _, h in rows])
+    return score_rows(rows)
 
 
 class HypothesesError(SpeechkitError, ValueError):

@@ -703,9 +703,9 @@ def sherpa_manifest(folder: str | Path, manifest: str | Path, threads: int = 1, 
     ds = brick_manifest(brick, manifest, max_utts, target_lang=None)
     rec = sherpa_recognizer(folder, threads, int8)
     results, t0 = [], time.time()
-    for n, (u, ref) in enumerate(zip(ds.utts, ds.refs), 1):
+    for n, (u, ref, written) in enumerate(zip(ds.utts, ds.refs, ds.written_refs), 1):
         ids = rec.speechkit_ids(read_audio(u.audio, u.offset, u.duration))
-        results.append({"id": u.id, "ref": ref, "hyp": ds.tok.decode(ids)})
+        results.append({"id": u.id, "ref": ref, "hyp": ds.tok.decode(ids), "written_ref": written})
         if progress and (n % 100 == 0 or n == len(ds.utts)):
             print(f"\r  decoded {n}/{len(ds.utts)} ({time.time() - t0:.0f}s)", end="", file=sys.stderr)
     if progress:

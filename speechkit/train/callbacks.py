@@ -64,6 +64,32 @@ def length_ratio(encoder, dataset) -> dict[str, float]:
             "mean": round(float(r.mean()), 3)}
 
 
+def progress_text(metrics: dict) -> dict:
+    """The progress bar's metrics as text: error rates as percentages with 2 decimals (``val/wer: 35.27%``),
+    BLEU/chrF with 2, other numbers with 3 (no exponents); Lightning's ``v_num`` left out."""
+    out = {}
+    for name, v in metrics.items():
+        if name == "v_num":
+            continue
+        if not isinstance(v, (int, float)):
+            out[name] = v
+        elif name.endswith(("wer", "cer")):
+            out[name] = f"{v:.2f}%"
+        elif name.endswith(("bleu", "chrf")):
+            out[name] = f"{v:.2f}"
+        else:
+            out[name] = f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return out
+
+
+def format_progress_bar(trainer: L.Trainer) -> None:
+    """Show the metrics of ``trainer``'s progress bar (whichever Lightning chose) as ``progress_text``."""
+    bar = trainer.progress_bar_callback
+    if bar is not None:
+        get = bar.get_metrics
+        bar.get_metrics = lambda *args, **kwargs: progress_text(get(*args, **kwargs))
+
+
 class CompressionSchedule(L.Callback):
     """The time line of a ``compress:`` section, and SAD logging (``SpeechTask`` adds it by itself).
 

@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import logging
 import os
-import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -55,9 +55,11 @@ class SpeechkitCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        if self.adaptive and self.trainer is not None:
-            from .callbacks import AdaptiveThreads
+        from .callbacks import AdaptiveThreads, format_progress_bar
 
+        if self.trainer is not None:
+            format_progress_bar(self.trainer)
+        if self.adaptive and self.trainer is not None:
             self.trainer.callbacks.append(AdaptiveThreads(self.threads))
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -135,28 +137,56 @@ def _launcher_process() -> bool:
 
 def run_lightning(args: list[str], run: bool = True) -> SpeechkitCLI:
     """Run a LightningCLI subcommand (fit/validate/test) with ``args``; ``run=False``: only build the
-    model, data module and trainer (``args`` without a subcommand)."""
+    model, data module and trainer (``args`` without a subcommand). LightningCLI reads ``args`` as its
+    command line (``sys.argv`` for the call): called from ``speechkit.cli.main``, in-process by the recipe
+    runner or a test, it sees one command line, not two."""
     check_config_files(args)
     quiet_lightning()
-    with contextlib.ExitStack() as resources:
+    with contextlib.ExitStack() as resources, _command_line(args):
         return SpeechkitCLI(
             L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True}, args=args, parser_kwargs={"exit_on_error": False},
+            save_config_kwargs={"overwrite": True}, args=None, parser_kwargs={"exit_on_error": False},
             trainer_defaults={"use_distributed_sampler": False}, run=run, resources=resources,
         )
 
 
+@contextlib.contextmanager
+def _command_line(args: list[str]):
+    """``sys.argv`` = this program and ``args`` for the block (restored after)."""
+    saved = sys.argv
+    sys.argv = [*saved[:1], *map(str, args)]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+# What Lightning and the packages below it print that is not the user's concern, silenced by its exact
+# message (warnings about the user's own setup, e.g. few data loader workers, stay):
+NOTES = (
+    # logger=True without TensorBoard installed: Lightning logs CSV, as README "Training" says
+    r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency",
+    # Lightning's own use of a torch API torch deprecated: nothing the user can change
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Lightning logs every log_every_n_steps steps counted over the whole run, not per epoch: a corpus of
+    # fewer batches than that still gets its logs
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+)
+
+
 def quiet_lightning() -> None:
-    """Silence what Lightning prints that is not the user's concern: the note on passing ``args``
-    (speechkit always does), the litmodels and litlogger tips, the TensorBoard-is-not-installed note,
-    deprecation notes of the packages below speechkit. Warnings about the user's own setup (e.g. few data
-    loader workers) stay."""
+    """Silence the ``NOTES`` and Lightning's tips (litlogger, litmodels: log records starting "💡 Tip:")."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda r: "💡 Tip:" not in r.getMessage())
-    for message in ("LightningCLI's args parameter", "Starting from v1.9.0, `tensorboardX`"):
-        warnings.filterwarnings("ignore", message=re.escape(message))
-    for category in (DeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(lightning|jsonargparse|torch)\b")
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+    for message in NOTES:
+        warnings.filterwarnings("ignore", message=message)
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip:")
 
 
 class ConfigError(SpeechkitError):

@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +28,7 @@ from ..data.datamodule import LMDataModule
 from ..models.base import ilm_loss
 from ..nn.brick import BrickError
 from ..pipelines.bricks import load_brick, save_brick
+from .callbacks import format_progress_bar
 from .cli import quiet_lightning
 
 
@@ -38,7 +40,8 @@ class ILMATask(L.LightningModule):
         rho: weight of the KL term to the frozen internal LM (0.1–0.9 in the paper).
         lr: Adam learning rate (no weight decay: the blank row must not move).
     Logs ``train/ce``, ``train/kl`` and, on validation text, ``val/ilm_ppl`` (token perplexity of
-    the internal LM) and ``val/kl``.
+    the internal LM) and ``val/kl``. Every module stays in eval mode (as the brick is loaded): no dropout,
+    so the adapted layer sees the internal LM that decoding uses; ``run_ilma`` tells Lightning so.
     """
 
     def __init__(self, model: torch.nn.Module, rho: float = 0.5, lr: float = 1e-3):
@@ -103,8 +106,11 @@ def run_ilma(brick: str | Path, text: str | Path, out: str | Path, valid: str | 
                         logger=logger, num_sanity_val_steps=0,
                         val_check_interval=min(100, steps), check_val_every_n_epoch=None,
                         log_every_n_steps=10, enable_model_summary=False)
+    format_progress_bar(trainer)
     before = trainer.validate(task, datamodule=dm, verbose=False)[0]
-    trainer.fit(task, datamodule=dm)
+    with warnings.catch_warnings():  # eval mode throughout is intended (ILMATask)
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
+        trainer.fit(task, datamodule=dm)
     after = trainer.validate(task, datamodule=dm, verbose=False)[0]
     summary = {"brick": str(brick), "text": str(text), "valid": str(valid or text), "rho": rho,
                "steps": steps, "lr": lr, "ilm_ppl_before": round(before["val/ilm_ppl"], 3),

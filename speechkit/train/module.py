@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -12,6 +13,7 @@ from lightning.pytorch.callbacks import Timer
 
 from ..compress.apply import CompressConfig, compress_model
 from ..errors import SpeechkitError
+from ..files import write_text
 from ..metrics import error_rates, score
 from ..nn.brick import BrickError
 from ..pipelines.bricks import load_brick
@@ -57,7 +59,8 @@ class SpeechTask(L.LightningModule):
         freeze: submodules of ``model`` whose parameters are not trained (e.g. ``["encoder"]``).
         compress: N:M sparsity and/or quantization-aware training of every weight (the config's
             top-level ``compress:`` section; README.md "Compression"), applied after ``init_from``;
-            its schedule and SAD logging run as a callback, its coverage report is printed.
+            its schedule and SAD logging run as a callback; ``fit`` prints its coverage one line per rule
+            and writes every parameter's row to ``compress_coverage.txt`` beside the run's config.yaml.
         nonfinite_skips: how many batches in a row with a non-finite (NaN/inf) training loss are skipped
             (no update) before the run stops with ``NonFiniteLoss`` naming the step and the loss term:
             the run then exits non-zero, exports no brick, and the last good checkpoint stays (a
@@ -90,7 +93,6 @@ class SpeechTask(L.LightningModule):
         self.compress = compress
         if compress is not None:
             self.coverage = compress_model(model, compress)
-            print(self.coverage.to_text())
         self.loss_start_steps = dict(loss_start_steps or {})
         self.loss_ramp_steps = dict(loss_ramp_steps or {})
         bad = {k: n for k, n in self.loss_ramp_steps.items() if not (isinstance(n, int) and n > 0)}
@@ -118,6 +120,15 @@ class SpeechTask(L.LightningModule):
             cmvn.set_stats(*dm.cmvn_stats())
         if stage == "fit":
             self._ddp_unused_parameters()
+            if self.compress is not None and self.trainer.is_global_zero:
+                self._report_coverage()
+
+    def _report_coverage(self) -> None:
+        """Print the compression coverage one line per rule; every parameter's row goes to a file beside the
+        run's config.yaml (the logger's folder)."""
+        path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "compress_coverage.txt"
+        write_text(path, self.coverage.to_text() + "\n")
+        print(f"{self.coverage.summary()}\n  every parameter: {path}")
 
     def left_out(self, batch: dict, step: int = 0) -> list[str]:
         """The trainable parameters of ``model`` that the training loss at schedule ``step`` leaves out on
@@ -300,11 +311,14 @@ class SpeechTask(L.LightningModule):
         refs, hyps, ctc_hyps = self._val
         # every rank evaluates the whole split (``ManifestDataModule`` shards training batches only), so
         # these are equal on all ranks and their mean (sync_dist) is each rank's value
-        if refs:
+        if refs:  # the progress bar shows BLEU/chrF for translation (MT, ST), WER/CER otherwise
             sc = score(refs, hyps)
-            self.log_dict({f"{stage}/wer": sc.wer * 100, f"{stage}/cer": sc.cer * 100}, prog_bar=True,
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            translation = getattr(dm, "target_lang", None) is not None
+            self.log_dict({f"{stage}/wer": sc.wer * 100, f"{stage}/cer": sc.cer * 100},
+                          prog_bar=not translation, sync_dist=True)
+            self.log_dict({f"{stage}/bleu": sc.bleu, f"{stage}/chrf": sc.chrf}, prog_bar=translation,
                           sync_dist=True)
-            self.log_dict({f"{stage}/bleu": sc.bleu, f"{stage}/chrf": sc.chrf}, sync_dist=True)
         if ctc_hyps:
             self.log(f"{stage}/ctc_wer", error_rates(refs, ctc_hyps).wer * 100, sync_dist=True)
         self._val = ([], [], [])
@@ -363,13 +377,20 @@ def _extras(batch: dict) -> dict:
     return {k: batch[k] for k in ("transcripts", "transcript_lens") if k in batch}
 
 
-def load_part(model: torch.nn.Module, name: str, src: str) -> None:
-    """Copy the weights of brick ``src`` (``DIR`` or ``DIR#attr.path``) into submodule ``name``."""
+def load_part(model: torch.nn.Module, name: str, src: str) -> str:
+    """Copy the weights of brick ``src`` (``DIR`` or ``DIR#attr.path``) into submodule ``name``; print and
+    return one line saying what was loaded from where."""
     directory, _, attr = src.partition("#")
     brick = load_brick(directory).module
     part = brick.get_submodule(attr) if attr else brick
     target = model.get_submodule(name)
+    state = part.state_dict()
     try:
-        target.load_state_dict(part.state_dict())
+        target.load_state_dict(state)
     except RuntimeError as e:
         raise BrickError(f"init_from {name or '<model>'!r} ← {src}: the parts do not match ({e})") from None
+    line = (f"init_from: {name or 'the whole model'} ({type(target).__name__}) ← {attr or 'the whole brick'} "
+            f"({type(part).__name__}) of {directory}: {len(state)} tensors, "
+            f"{sum(p.numel() for p in part.parameters()):,} parameters")
+    print(line)
+    return line

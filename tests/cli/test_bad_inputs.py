@@ -166,10 +166,13 @@ def test_lightning_notes_that_are_not_the_users_concern_are_silenced():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet_lightning()
-        rank_zero_warn("LightningCLI's args parameter is intended to run from within Python")
         rank_zero_warn("Starting from v1.9.0, `tensorboardX` has been removed as a dependency")
+        rank_zero_warn("The number of training batches (5) is smaller than the logging interval")
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use", FutureWarning, stacklevel=1)
+        rank_zero_warn("The number of training batches is small")  # not the exact note: kept
         rank_zero_warn("The dataloader does not have many workers")  # the user's concern: kept
-    assert [str(w.message) for w in seen] == ["The dataloader does not have many workers"]
+    assert [str(w.message) for w in seen] == ["The number of training batches is small",
+                                              "The dataloader does not have many workers"]
 
 
 def test_brick_files_are_readable_by_others(brick):

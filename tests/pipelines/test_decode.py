@@ -99,3 +99,28 @@ def test_adapt_ilm_refuses_to_write_into_its_input_brick(tiny_corpus, tmp_path):
             main(["export", str(brick), "--out", str(out), "--bits", "8"])
         with pytest.raises(SystemExit, match="read-only"):
             main(["compose", f"{brick}#0", "--decoder", str(tmp_path / "other"), "--out", str(out)])
+
+
+def test_transcribe_gives_what_decode_gives(tiny_corpus, tmp_path):
+    import torch
+
+    from speechkit.audio import read_audio
+    from speechkit.nn.brick import BrickError
+    from speechkit.pipelines.bricks import load_brick
+    from speechkit.pipelines.decode import DecodeOptions, decode_manifest
+
+    brick = load_brick(stream_brick(tmp_path, tiny_corpus))
+    test = tiny_corpus / "asr" / "test.jsonl"
+    utts = load_manifest(test)[:3]
+    for beam in (1, 2):
+        results, _ = decode_manifest(brick, test, DecodeOptions(beam=beam, progress=False), max_utts=3)
+        assert [brick.transcribe(u.audio, beam=beam) for u in utts] == [r["hyp"] for r in results]
+    assert [r["written_ref"] for r in results] == [u.text for u in utts]  # as the manifest writes it
+    assert any(r["hyp"] for r in results)  # an untrained model, but it says something
+    wave = read_audio(utts[0].audio, rate=16000)
+    assert brick.transcribe(wave) == brick.transcribe(utts[0].audio)
+    with pytest.raises(ValueError, match=r"expected a waveform \(N,\), got shape \(1, "):
+        brick.transcribe(wave[None])
+    brick.interface["input"] = {"kind": "text"}
+    with pytest.raises(BrickError, match="reads text, not speech"):
+        brick.transcribe(torch.zeros(16000))

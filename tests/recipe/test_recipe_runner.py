@@ -256,10 +256,10 @@ def test_demo_runs_the_locale_recipes_demo_stages(tmp_path, monkeypatch, capsys)
                 '{"ref": "open the file", "hyp": "open a file"}\n{"ref": "quit", "hyp": "quit"}\n')
         return 1 if verb in fail else 0
 
-    r = demo.run_demo(minutes=2.5, max_utts=300, out="exp/d", call=fake)
+    r = demo.run_demo(minutes=2.5, max_utts=300, out="exp/d", call=fake, threads=3)
     assert [c[0] for c in calls] == ["prepare", "--config=" + str(demo.DEFAULT_CONFIG), "decode", "score"]
     assert calls[0] == ["prepare", "locale", "--out", "data/locale", "--max-utts", "300"]
-    assert calls[1][1:] == ["--trainer.default_root_dir=exp/d", "--threads=auto",
+    assert calls[1][1:] == ["--trainer.default_root_dir=exp/d", "--threads=3",
                             "--model.init_args.time_schedule=true", "--trainer.max_time=00:00:02:30"]
     assert calls[2] == ["decode", "exp/d/brick", "data/locale/asr/test.jsonl", "--out",
                         "exp/d/decode-test.jsonl"]
@@ -275,6 +275,7 @@ def test_demo_runs_the_locale_recipes_demo_stages(tmp_path, monkeypatch, capsys)
     cfg.write_text("{}\n")
     demo.run_demo(out="exp/d", config="my.yaml", call=fake)  # a killed run resumes; --config: from here
     assert calls[1][0] == f"--config={cfg}" and calls[1][-1] == "--ckpt_path=last"
+    assert "--threads=auto" in calls[1]  # the default
     assert "resuming from exp/d/checkpoints/last.ckpt" in capsys.readouterr().out
     fail.add("decode")
     with pytest.raises(SystemExit, match=r"demo stage 3 \(decode\) failed with exit code 1; run `speechkit"):

@@ -12,7 +12,6 @@ parameter, and if the first leaves some out, the task says so."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -46,7 +45,6 @@ def fit_stages():
 @pytest.mark.parametrize("args", list(fit_stages()))
 def test_recipe_model_builds_at_full_size(args, monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["speechkit"])  # LightningCLI warns when pytest's argv is there too
     # warm starts (init_from) name bricks of earlier stages, which do not exist here; so does MWER's LM
     configs = [Path(a.split("=", 1)[1]) for a in args if a.startswith("--config=")]
     mwer = any("MWERTask" in c.read_text() for c in configs)
@@ -88,7 +86,6 @@ def random_batch(cli, b: int = 2) -> dict:
 @pytest.mark.parametrize("args", list(fit_stages()))
 def test_recipe_model_trains_under_plain_ddp(args, monkeypatch):
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", ["speechkit"])
     configs = [Path(a.split("=", 1)[1]) for a in args if a.startswith("--config=")]
     mwer = any("MWERTask" in c.read_text() for c in configs)
     cli = run_lightning([*args, "--model.init_args.init_from=null", "--trainer.logger=false",
