@@ -52,6 +52,8 @@ class SpeechkitCLI(LightningCLI):
         for cb in cfg.trainer.get("callbacks") or []:
             if cb.class_path.endswith("ModelCheckpoint") and not cb.init_args.get("dirpath"):
                 cb.init_args.dirpath = f"{root}/checkpoints"
+        if cfg.trainer.get("logger") in (None, True):
+            cfg.trainer.logger = default_loggers(root)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -75,6 +77,18 @@ class SpeechkitCLI(LightningCLI):
                             help="N:M sparsity / quantization-aware training of every weight "
                             "(README.md, 'Compression'); passed to the task's `compress` argument")
         parser.link_arguments("compress", "model.init_args.compress")
+
+
+def default_loggers(root: str) -> list[Namespace]:
+    """The loggers of a run whose config names none: CSV (``metrics.csv``, what ``speechkit plot`` reads)
+    and TensorBoard (``tensorboard --logdir ROOT``), both in ``ROOT/lightning_logs/version_N`` with the
+    same N (the next free one; each logger would otherwise pick its own)."""
+    logs = Path(root) / "lightning_logs"
+    taken = [int(p.name[8:]) for p in logs.glob("version_*") if p.name[8:].isdigit()]
+    version = max(taken, default=-1) + 1
+    return [Namespace(class_path=f"lightning.pytorch.loggers.{name}",
+                      init_args=Namespace(save_dir=str(root), name="lightning_logs", version=version))
+            for name in ("CSVLogger", "TensorBoardLogger")]
 
 
 def _source_side_args(class_path: str) -> tuple[str, ...]:
