@@ -1,5 +1,5 @@
 """The ``speechkit`` command: prepare, fit/validate/test, decode, stream, tune-fusion, adapt-ilm, export,
-bench, score, compose, tokenizer, run, demo.
+bench, score, compose, tokenizer, run, demo, plot / plot-stream / plot-align.
 
 Argument parsing only: each verb hands its arguments to one library call (``speechkit.pipelines``,
 ``speechkit.corpora``, ``speechkit.train``, ``speechkit.recipe``) and prints what it returns. The
@@ -96,6 +96,22 @@ def _tune_fusion(a) -> None:
     print(json.dumps({"best": best}) if a.json else
           f"best: --lm-weight {best['lm_weight']} --ilm-weight {best['ilm_weight']} "
           f"--length-reward {best['length_reward']}  (WER {best['wer']}%, CER {best['cer']}%)")
+    if a.plot:
+        from .pipelines.plots import plot_fusion
+
+        print(f"heatmap → {plot_fusion(rows, a.plot, os.path.basename(a.manifest))}", file=sys.stderr)
+
+
+def _plot(a) -> None:
+    from .pipelines import plots
+
+    if a.verb == "plot":
+        out = [plots.plot_curves(run, a.out if len(a.runs) == 1 else None) for run in a.runs]
+    elif a.verb == "plot-stream":
+        out = [plots.plot_stream(plots.read_stream_results(a.results), a.out)]
+    else:
+        out = [plots.alignment_from_files(a.hyps, a.manifest, a.id, a.out)]
+    print("\n".join(map(str, out)))
 
 
 def _adapt_ilm(a) -> None:
@@ -360,6 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("manifest")
     _add_fusion_options(tf, grid=True)
     tf.add_argument("--beam", type=int, default=4)
+    tf.add_argument("--plot", default=None, metavar="PNG", help="also draw WER over the (λ_LM, λ_ILM) grid "
+                    "(each cell: its best length reward) into this PNG")
+
+    pl = add("plot", "training and validation curves (loss, WER/CER or BLEU, learning rate) of fit runs → "
+             "RUN_DIR/curves.png")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a fit run's folder (its default_root_dir, "
+                    "holding lightning_logs/version_*/metrics.csv)")
+    pl.add_argument("--out", default=None, help="the PNG (one run only; default RUN_DIR/curves.png)")
+    ps = add("plot-stream", "WER and latency against the chunk size, from `speechkit stream --manifest` "
+             "summaries (its printed JSON lines, saved to files)")
+    ps.add_argument("results", nargs="+", help="files of stream --manifest summary lines (any chunk sizes)")
+    ps.add_argument("--out", default="stream-chunks.png", help="the PNG (default: %(default)s)")
+    pa = add("plot-align", "one utterance's spectrogram with reference and hypothesis word times")
+    pa.add_argument("hyps", help="hypotheses of `speechkit stream --manifest` (word times per utterance)")
+    pa.add_argument("manifest", help="the manifest streamed (the utterance's audio)")
+    pa.add_argument("--id", default=None, help="the utterance (default: the first of HYPS)")
+    pa.add_argument("--out", default=None, help="the PNG (default: beside HYPS, HYPS_STEM-ID.png)")
 
     ad = add("adapt-ilm", "ILMA: adapt a transducer's internal LM to target-domain text (trains the joiner's "
              "last layer only)", "threads", "device", "json")
@@ -466,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 VERBS = {"prepare": _prepare, "decode": _decode, "stream": _stream, "tune-fusion": _tune_fusion,
          "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench, "score": _score, "compose": _compose,
-         "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo}
+         "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo,
+         "plot": _plot, "plot-stream": _plot, "plot-align": _plot}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -229,7 +229,9 @@ def test_lm_fusion_ilma_and_mwer_through_the_cli(tiny_corpus, tmp_path):
                   "--length-reward", "0.5", "--beam", "2", "--json", "--out", tmp_path / "fused.jsonl"))
     assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == sum(1 for _ in open(test))
     p = _run(_cmd("tune-fusion", brick, asr / "dev.jsonl", "--lm", lm, "--lm-weights", "0,0.3",
-                  "--ilm-weights", "0,0.1", "--length-rewards", "0", "--beam", "2", "--json"))
+                  "--ilm-weights", "0,0.1", "--length-rewards", "0", "--beam", "2", "--json",
+                  "--plot", tmp_path / "fusion.png"))
+    assert (tmp_path / "fusion.png").read_bytes()[:4] == b"\x89PNG"
     rows = [json.loads(x) for x in p.stdout.strip().splitlines()]
     assert [(r["lm_weight"], r["ilm_weight"]) for r in rows[:-1]] == [(0, 0), (0, 0.1), (0.3, 0), (0.3, 0.1)]
     assert rows[-1]["best"]["wer"] == min(r["wer"] for r in rows[:-1])
