@@ -13,7 +13,10 @@ import os
 import shlex
 import sys
 
+from .files import ROOTS, rooted
+
 LIGHTNING_VERBS = ("fit", "validate", "test")
+ROOT_VARIABLES = {f"--{part}-root": variable for part, variable in ROOTS.items()}  # --data-root, --exp-root
 
 
 def _threads(n: int | None) -> None:
@@ -287,7 +290,10 @@ def _options(*names: str, threads: int | None = None, max_utts: int | None = Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="speechkit", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="speechkit", description=__doc__.split("\n\n")[0], epilog=(
+        "Every verb takes --data-root DIR and --exp-root DIR ($SPEECHKIT_DATA, $SPEECHKIT_EXP): relative "
+        "data/... and exp/... paths of the command line, configs and recipes lie there (default ./data, "
+        "./exp). --debug: tracebacks."))
     sub = p.add_subparsers(dest="verb", required=True)
     add = lambda verb, help, *shared, **kw: sub.add_parser(  # noqa: E731
         verb, help=help, parents=[_options(*shared, **kw)] if shared else [])
@@ -508,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     in one ``error: …`` line and exit status 1; ``--debug`` (or ``SPEECHKIT_DEBUG=1``) shows the traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("SPEECHKIT_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    argv = take_roots([a for a in argv if a != "--debug"])
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
             from .train.cli import run_lightning
@@ -516,6 +522,8 @@ def main(argv: list[str] | None = None) -> None:
             run_lightning(argv)
             return
         a = build_parser().parse_args(argv)
+        for key, value in vars(a).items():  # data/… and exp/… paths under the roots
+            setattr(a, key, [rooted(v) for v in value] if isinstance(value, list) else rooted(value))
         VERBS[a.verb](a)
     except BrokenPipeError:  # the reader went away (`speechkit stream … | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -525,6 +533,24 @@ def main(argv: list[str] | None = None) -> None:
         if message is None or debug:
             raise
         raise SystemExit(f"error: {message}") from None
+
+
+def take_roots(argv: list[str]) -> list[str]:
+    """``argv`` without ``--data-root DIR`` / ``--exp-root DIR`` (any verb, anywhere on the line), which
+    set ``$SPEECHKIT_DATA`` / ``$SPEECHKIT_EXP`` (absolute; the commands a recipe runs inherit them): where
+    relative ``data/…`` and ``exp/…`` paths of the command line, configs and recipes lie
+    (``files.rooted``)."""
+    rest, it = [], iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name in ("--data-root", "--exp-root"):
+            value = value if eq else next(it, None)
+            if not value or value.startswith("-"):
+                raise SystemExit(f"error: {name} needs a folder")
+            os.environ[ROOT_VARIABLES[name]] = os.path.abspath(os.path.expanduser(value))
+        else:
+            rest.append(arg)
+    return rest
 
 
 def user_error(e: BaseException) -> str | None:

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from ..compress.apply import CompressConfig
 from ..errors import SpeechkitError, yaml_problem
-from ..files import RunLock
+from ..files import RunLock, rooted
 
 
 class SpeechkitCLI(LightningCLI):
@@ -38,6 +38,7 @@ class SpeechkitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root_paths(cfg)
         root = cfg.trainer.get("default_root_dir") or "."
         if self.subcommand == "fit" and self.resources is not None and _launcher_process():
             self.resources.enter_context(RunLock(root))
@@ -77,6 +78,19 @@ class SpeechkitCLI(LightningCLI):
                             help="N:M sparsity / quantization-aware training of every weight "
                             "(README.md, 'Compression'); passed to the task's `compress` argument")
         parser.link_arguments("compress", "model.init_args.compress")
+
+
+def root_paths(node) -> None:
+    """Put every ``data/…`` and ``exp/…`` path of a config (data, tokenizers, ``default_root_dir``,
+    ``init_from``, …) under the data / experiment root (``files.rooted``), in place."""
+    items = vars(node).items() if isinstance(node, Namespace) else node.items() if isinstance(node, dict) \
+        else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        if isinstance(value, str):
+            if rooted(value) != value:
+                node[key] = rooted(value)
+        else:
+            root_paths(value)
 
 
 def default_loggers(root: str) -> list[Namespace]:

@@ -1,0 +1,63 @@
+"""README commands from any directory: relative ``data/…`` and ``exp/…`` paths of the command line,
+configs and recipes lie under ``--data-root`` / ``--exp-root`` ($SPEECHKIT_DATA / $SPEECHKIT_EXP;
+``files.rooted``)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from speechkit.cli import main
+from speechkit.files import rooted
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_rooted_moves_data_and_exp_paths_only(monkeypatch):
+    monkeypatch.delenv("SPEECHKIT_DATA", raising=False)
+    monkeypatch.delenv("SPEECHKIT_EXP", raising=False)
+    assert rooted("data/locale/asr/test.jsonl") == "data/locale/asr/test.jsonl"  # unset: ./data, as it is
+    monkeypatch.setenv("SPEECHKIT_DATA", "/corpora")
+    monkeypatch.setenv("SPEECHKIT_EXP", "/runs")
+    assert rooted("data/locale/asr/test.jsonl") == "/corpora/locale/asr/test.jsonl"
+    assert rooted("exp/lego/chain/brick#1") == "/runs/lego/chain/brick#1"
+    for other in ("/data/x", "recipes/locale", "database/x", "./data/x", "datafile", 3, None):
+        assert rooted(other) == other
+
+
+def test_a_recipe_runs_from_a_directory_outside_the_repository(tmp_path):
+    """`speechkit run RECIPE --list` / `--dry-run` from elsewhere: data and runs under the roots, the stages
+    that are done seen as done, the analysis scripts found in the repository."""
+    data, exp, cwd = tmp_path / "corpora", tmp_path / "runs", tmp_path / "elsewhere"
+    (data / "locale").mkdir(parents=True)
+    (data / "locale" / "prepare.json").write_text("{}")
+    cwd.mkdir()
+    run = [sys.executable, "-m", "speechkit", "run", ROOT / "recipes/locale", "--data-root", data,
+           "--exp-root", exp]
+    p = subprocess.run([*map(str, run), "--list"], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].split()[1:3] == ["prepare", "done"] and lines[1].split()[2] == "todo", p.stdout
+    assert f"--out {data}/locale/tokenizer/en128.model" in lines[1]
+    assert f"--trainer.default_root_dir={exp}/locale/run/demo" in p.stdout
+    p = subprocess.run([*map(str, run), "--dry-run", "--stage", "decode", "--stop-stage", "decode"], cwd=cwd,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and f"{exp}/locale/run/demo/brick {data}/locale/asr/test.jsonl" in p.stdout, p
+    p = subprocess.run([*map(str, run[:5]), "--list"], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "--out data/locale --workers" in p.stdout  # no roots: ./data, ./exp
+    assert not list(cwd.iterdir())
+    p = subprocess.run([*map(str, run[:5]), "--data-root", "--list"], cwd=cwd, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1 and p.stderr.strip() == "error: --data-root needs a folder"
+
+
+def test_plot_of_a_run_given_as_exp_path_reads_the_exp_root(tmp_path, monkeypatch, capsys):
+    """A verb's own path arguments go under the roots too (here: `speechkit plot exp/RUN`)."""
+    run = tmp_path / "runs" / "demo"
+    logs = run / "lightning_logs" / "version_0"
+    logs.mkdir(parents=True)
+    (logs / "metrics.csv").write_text("epoch,step,train/loss\n0,1,2.0\n0,2,1.5\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPEECHKIT_EXP", raising=False)
+    main(["plot", "exp/demo", "--exp-root", "runs"])
+    assert capsys.readouterr().out.strip() == str(run / "curves.png")
+    assert (run / "curves.png").is_file()
