@@ -61,3 +61,28 @@ def test_plot_of_a_run_given_as_exp_path_reads_the_exp_root(tmp_path, monkeypatc
     main(["plot", "exp/demo", "--exp-root", "runs"])
     assert capsys.readouterr().out.strip() == str(run / "curves.png")
     assert (run / "curves.png").is_file()
+
+
+def test_a_config_reads_and_writes_under_the_roots(tmp_path, monkeypatch):
+    """`speechkit fit -c recipes/locale/conf/demo.yaml` with roots: its manifests, tokenizer, run folder,
+    checkpoints and logs are under them; a warm start's brick (init_from) too."""
+    from jsonargparse import Namespace
+
+    from speechkit.train.cli import root_paths, run_lightning
+
+    monkeypatch.setattr(sys, "argv", ["speechkit"])
+    monkeypatch.setenv("SPEECHKIT_DATA", str(tmp_path / "corpora"))
+    monkeypatch.setenv("SPEECHKIT_EXP", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning(["-c", str(ROOT / "recipes/locale/conf/demo.yaml"),
+                         "-c", str(ROOT / "tests/configs/tiny_locale_demo.yaml")], run=False)
+    assert cli.datamodule.paths["train"] == f"{tmp_path}/corpora/locale/asr/train.jsonl"
+    assert cli.datamodule.tokenizer_path == tmp_path / "corpora/locale/tokenizer/en128.model"
+    assert cli.trainer.default_root_dir == f"{tmp_path}/runs/locale/demo"
+    assert cli.trainer.checkpoint_callback.dirpath == f"{tmp_path}/runs/locale/demo/checkpoints"
+    assert Path(cli.trainer.loggers[0].log_dir).parent.parent == tmp_path / "runs/locale/demo"
+    cfg = Namespace(model=Namespace(init_args=Namespace(init_from={"": "exp/locale/full/brick"},
+                                                        freeze=["encoder"])))
+    root_paths(cfg)
+    assert cfg.model.init_args.init_from == {"": f"{tmp_path}/runs/locale/full/brick"}
+    assert cfg.model.init_args.freeze == ["encoder"]
