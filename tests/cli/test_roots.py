@@ -2,6 +2,7 @@
 configs and recipes lie under ``--data-root`` / ``--exp-root`` ($SPEECHKIT_DATA / $SPEECHKIT_EXP;
 ``files.rooted``)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rooted_moves_data_and_exp_paths_only(monkeypatch):
-    monkeypatch.delenv("SPEECHKIT_DATA", raising=False)
-    monkeypatch.delenv("SPEECHKIT_EXP", raising=False)
+    monkeypatch.setenv("SPEECHKIT_DATA", "")
+    monkeypatch.setenv("SPEECHKIT_EXP", "")
     assert rooted("data/locale/asr/test.jsonl") == "data/locale/asr/test.jsonl"  # unset: ./data, as it is
     monkeypatch.setenv("SPEECHKIT_DATA", "/corpora")
     monkeypatch.setenv("SPEECHKIT_EXP", "/runs")
@@ -57,10 +58,11 @@ def test_plot_of_a_run_given_as_exp_path_reads_the_exp_root(tmp_path, monkeypatc
     logs.mkdir(parents=True)
     (logs / "metrics.csv").write_text("epoch,step,train/loss\n0,1,2.0\n0,2,1.5\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SPEECHKIT_EXP", raising=False)
+    monkeypatch.setenv("SPEECHKIT_EXP", "")  # unset after the test, whatever --exp-root sets
     main(["plot", "exp/demo", "--exp-root", "runs"])
     assert capsys.readouterr().out.strip() == str(run / "curves.png")
     assert (run / "curves.png").is_file()
+    assert os.environ["SPEECHKIT_EXP"] == str(tmp_path / "runs")  # absolute: what a recipe's commands inherit
 
 
 def test_a_config_reads_and_writes_under_the_roots(tmp_path, monkeypatch):
