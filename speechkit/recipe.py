@@ -33,7 +33,8 @@ file (if any) exists; a ``fit`` stage is done when ``ROOT/brick`` exists and oth
 
 Commands are argument lists (``shlex``), never a shell: no pipes or redirections; what a command
 prints goes to the console and, with ``stdout:``, to that file. A ``python`` command's relative script
-(``python benchmarks/…``) is the one in the recipe's repository (two folders up) when it is there.
+(``python benchmarks/…``) that the working directory lacks is the one in the recipe's repository (two
+folders up).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _stage(number: int, raw: dict, folder: Path, v: _Vars, fit_args: tuple[str, 
             elif argv[0] in ("python", "python3"):
                 argv = [sys.executable, *argv[1:]]
                 script = folder.resolve().parent.parent / argv[1] if len(argv) > 1 else None
-                if script is not None and not Path(argv[1]).is_absolute() and script.is_file():
+                if script is not None and not Path(argv[1]).is_file() and script.is_file():
                     argv[1] = str(script)  # benchmarks/…: the recipe's repository's, from any directory
             commands.append(tuple(argv))
     creates, stdout = raw.get("creates"), raw.get("stdout")

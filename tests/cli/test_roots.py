@@ -43,6 +43,9 @@ def test_a_recipe_runs_from_a_directory_outside_the_repository(tmp_path):
     p = subprocess.run([*map(str, run), "--dry-run", "--stage", "decode", "--stop-stage", "decode"], cwd=cwd,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and f"{exp}/locale/run/demo/brick {data}/locale/asr/test.jsonl" in p.stdout, p
+    p = subprocess.run([*map(str, run[:4]), ROOT / "recipes/locale/stream.yaml", "--list"], cwd=cwd,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and f"python {ROOT}/benchmarks/locale/stream_table.py" in p.stdout, p.stderr
     p = subprocess.run([*map(str, run[:5]), "--list"], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "--out data/locale --workers" in p.stdout  # no roots: ./data, ./exp
     assert not list(cwd.iterdir())

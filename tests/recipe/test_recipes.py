@@ -74,8 +74,8 @@ def test_the_recipe_is_configs_and_stages_only():
             for s in stages:
                 for argv in s.commands:
                     if argv[0] == sys.executable and argv[1] != "-m":
-                        assert Path(argv[1]).is_file(), argv  # the repository's, from any directory
-                        assert Path(argv[1]).is_relative_to(ROOT / "benchmarks/locale"), argv  # analysis
+                        assert (ROOT / argv[1]).is_file(), argv
+                        assert (ROOT / argv[1]).is_relative_to(ROOT / "benchmarks/locale"), argv  # analysis
 
 
 @pytest.mark.parametrize("name,args", MODELS, ids=[n for n, _ in MODELS])
