@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -95,14 +97,21 @@ def root_paths(node) -> None:
 
 def default_loggers(root: str) -> list[Namespace]:
     """The loggers of a run whose config names none: CSV (``metrics.csv``, what ``speechkit plot`` reads)
-    and TensorBoard (``tensorboard --logdir ROOT``), both in ``ROOT/lightning_logs/version_N`` with the
-    same N (the next free one; each logger would otherwise pick its own)."""
+    and TensorBoard (``tensorboard --logdir ROOT``; left out, with a note, where tensorboard is not
+    installed), both in ``ROOT/lightning_logs/version_N`` with the same N (the next free one; each logger
+    would otherwise pick its own)."""
     logs = Path(root) / "lightning_logs"
     taken = [int(p.name[8:]) for p in logs.glob("version_*") if p.name[8:].isdigit()]
     version = max(taken, default=-1) + 1
+    names = ["CSVLogger", "TensorBoardLogger"]
+    if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        names.pop()  # an install without it (`pip install --no-deps`): CSV only, as Lightning itself does
+        if _launcher_process():
+            print("note: tensorboard is not installed: logging to CSV only (pip install tensorboard)",
+                  file=sys.stderr)
     return [Namespace(class_path=f"lightning.pytorch.loggers.{name}",
                       init_args=Namespace(save_dir=str(root), name="lightning_logs", version=version))
-            for name in ("CSVLogger", "TensorBoardLogger")]
+            for name in names]
 
 
 def _source_side_args(class_path: str) -> tuple[str, ...]:

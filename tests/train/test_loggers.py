@@ -33,3 +33,14 @@ def test_a_run_logs_csv_and_tensorboard_into_the_same_version_folder(tmp_path, m
 def test_a_config_that_names_its_logger_keeps_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["speechkit"])
     assert _trainer(tmp_path, "--trainer.logger=false").loggers == []
+
+
+def test_without_tensorboard_a_run_logs_csv_and_says_so(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else find_spec(name, *a))
+    monkeypatch.setattr(sys, "argv", ["speechkit"])
+    assert [type(x) for x in _trainer(tmp_path).loggers] == [CSVLogger]
+    assert "tensorboard is not installed: logging to CSV only" in capsys.readouterr().err
