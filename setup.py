@@ -28,6 +28,8 @@ setup(
         "espeakng-loader",
         "pyyaml",
         "numpy",
+        "tensorboard",  # fit logs to TensorBoard beside the CSV metrics (speechkit/train/cli.py)
+        "matplotlib",  # speechkit plot: curves, fusion heatmaps, streaming trade-offs (speechkit/pipelines/plots.py)
     ],
     extras_require={"dev": ["pytest", "ruff", "import-linter"]},
     entry_points={"console_scripts": ["speechkit=speechkit.cli:main"]},

@@ -9,7 +9,7 @@ command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import speechkit, torch, torchaudio, lightning, lhotse, pytest, importlinter" 2>/dev/null; then
+if ! .venv/bin/python -c "import speechkit, torch, torchaudio, lightning, lhotse, pytest, importlinter, tensorboard, matplotlib" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
 fi

@@ -1,5 +1,5 @@
 """The ``speechkit`` command: prepare, fit/validate/test, decode, stream, tune-fusion, adapt-ilm, export,
-bench, score, compose, tokenizer, run, demo, presets.
+bench, score, compose, tokenizer, run, demo, presets, plot / plot-stream / plot-align.
 
 Argument parsing only: each verb hands its arguments to one library call (``speechkit.pipelines``,
 ``speechkit.corpora``, ``speechkit.train``, ``speechkit.recipe``) and prints what it returns. The
@@ -13,7 +13,10 @@ import os
 import shlex
 import sys
 
+from .files import ROOTS, rooted
+
 LIGHTNING_VERBS = ("fit", "validate", "test")
+ROOT_VARIABLES = {f"--{part}-root": variable for part, variable in ROOTS.items()}  # --data-root, --exp-root
 
 
 def _threads(n: int | None) -> None:
@@ -99,6 +102,22 @@ def _tune_fusion(a) -> None:
     print(json.dumps({"best": best}) if a.json else
           f"best: --lm-weight {best['lm_weight']} --ilm-weight {best['ilm_weight']} "
           f"--length-reward {best['length_reward']}  (WER {best['wer']}%, CER {best['cer']}%)")
+    if a.plot:
+        from .pipelines.plots import plot_fusion
+
+        print(f"heatmap → {plot_fusion(rows, a.plot, os.path.basename(a.manifest))}", file=sys.stderr)
+
+
+def _plot(a) -> None:
+    from .pipelines import plots
+
+    if a.verb == "plot":
+        out = [plots.plot_curves(run, a.out if len(a.runs) == 1 else None) for run in a.runs]
+    elif a.verb == "plot-stream":
+        out = [plots.plot_stream(plots.read_stream_results(a.results), a.out)]
+    else:
+        out = [plots.alignment_from_files(a.hyps, a.manifest, a.id, a.out)]
+    print("\n".join(map(str, out)))
 
 
 def _adapt_ilm(a) -> None:
@@ -303,7 +322,10 @@ def _options(*names: str, threads: int | None = None, max_utts: int | None = Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="speechkit", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="speechkit", description=__doc__.split("\n\n")[0], epilog=(
+        "Every verb takes --data-root DIR and --exp-root DIR ($SPEECHKIT_DATA, $SPEECHKIT_EXP): relative "
+        "data/... and exp/... paths of the command line, configs and recipes lie there (default ./data, "
+        "./exp). --debug: tracebacks."))
     sub = p.add_subparsers(dest="verb", required=True)
     add = lambda verb, help, *shared, **kw: sub.add_parser(  # noqa: E731
         verb, help=help, description=help, formatter_class=HelpFormatter,
@@ -394,6 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("manifest", help="dev manifest the grid is scored on (encoded once)")
     _add_fusion_options(tf, grid=True)
     tf.add_argument("--beam", type=int, default=4, help="beam size of the fused search")
+    tf.add_argument("--plot", default=None, metavar="PNG", help="also draw WER over the (λ_LM, λ_ILM) grid "
+                    "(each cell: its best length reward) into this PNG")
+
+    pl = add("plot", "training and validation curves (loss, WER/CER or BLEU, learning rate) of fit runs → "
+             "RUN_DIR/curves.png")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a fit run's folder (its default_root_dir, "
+                    "holding lightning_logs/version_*/metrics.csv)")
+    pl.add_argument("--out", default=None, help="the PNG (one run only; default RUN_DIR/curves.png)")
+    ps = add("plot-stream", "WER and latency against the chunk size, from `speechkit stream --manifest` "
+             "summaries (its printed JSON lines, saved to files)")
+    ps.add_argument("results", nargs="+", help="files of stream --manifest summary lines (any chunk sizes)")
+    ps.add_argument("--out", default="stream-chunks.png", help="the PNG (default: %(default)s)")
+    pa = add("plot-align", "one utterance's spectrogram with reference and hypothesis word times")
+    pa.add_argument("hyps", help="hypotheses of `speechkit stream --manifest` (word times per utterance)")
+    pa.add_argument("manifest", help="the manifest streamed (the utterance's audio)")
+    pa.add_argument("--id", default=None, help="the utterance (default: the first of HYPS)")
+    pa.add_argument("--out", default=None, help="the PNG (default: beside HYPS, HYPS_STEM-ID.png)")
 
     ad = add("adapt-ilm", "ILMA: adapt a transducer's internal LM to target-domain text (trains the joiner's "
              "last layer only)", "threads", "device", "json")
@@ -508,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
 VERBS = {"prepare": _prepare, "decode": _decode, "stream": _stream, "tune-fusion": _tune_fusion,
          "adapt-ilm": _adapt_ilm, "export": _export, "bench": _bench, "score": _score, "compose": _compose,
          "tokenizer": _tokenizer, "shard": _shard, "lhotse": _lhotse, "run": _run_recipe, "demo": _demo,
-         "presets": _presets}
+         "presets": _presets, "plot": _plot, "plot-stream": _plot, "plot-align": _plot}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -516,7 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     in one ``error: …`` line and exit status 1; ``--debug`` (or ``SPEECHKIT_DEBUG=1``) shows the traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("SPEECHKIT_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
+    argv = take_roots([a for a in argv if a != "--debug"])
     try:
         if argv and argv[0] in LIGHTNING_VERBS:
             from .train.cli import run_lightning
@@ -524,6 +563,8 @@ def main(argv: list[str] | None = None) -> None:
             run_lightning(argv)
             return
         a = build_parser().parse_args(argv)
+        for key, value in vars(a).items():  # data/… and exp/… paths under the roots
+            setattr(a, key, [rooted(v) for v in value] if isinstance(value, list) else rooted(value))
         VERBS[a.verb](a)
     except BrokenPipeError:  # the reader went away (`speechkit stream … | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -533,6 +574,24 @@ def main(argv: list[str] | None = None) -> None:
         if message is None or debug:
             raise
         raise SystemExit(f"error: {message}") from None
+
+
+def take_roots(argv: list[str]) -> list[str]:
+    """``argv`` without ``--data-root DIR`` / ``--exp-root DIR`` (any verb, anywhere on the line), which
+    set ``$SPEECHKIT_DATA`` / ``$SPEECHKIT_EXP`` (absolute; the commands a recipe runs inherit them): where
+    relative ``data/…`` and ``exp/…`` paths of the command line, configs and recipes lie
+    (``files.rooted``)."""
+    rest, it = [], iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name in ("--data-root", "--exp-root"):
+            value = value if eq else next(it, None)
+            if not value or value.startswith("-"):
+                raise SystemExit(f"error: {name} needs a folder")
+            os.environ[ROOT_VARIABLES[name]] = os.path.abspath(os.path.expanduser(value))
+        else:
+            rest.append(arg)
+    return rest
 
 
 def user_error(e: BaseException) -> str | None:

@@ -22,6 +22,21 @@ from pathlib import Path
 from .errors import SpeechkitError
 
 MODE = 0o644  # what a plain open() gives under the usual umask; mkstemp's 0600 would hide shared files
+ROOTS = {"data": "SPEECHKIT_DATA", "exp": "SPEECHKIT_EXP"}  # a relative path's first part → its root
+
+
+def rooted(path):
+    """``path`` as speechkit reads it: a relative path whose first part is ``data`` or ``exp``
+    (``data/locale``, ``exp/locale/demo/brick``) lies under the data / experiment root, ``$SPEECHKIT_DATA`` /
+    ``$SPEECHKIT_EXP`` (``speechkit --data-root DIR`` / ``--exp-root DIR`` set them); with a root unset,
+    ``./data`` / ``./exp``: the path as it is. Anything else (other paths, absolute paths, values that are
+    not strings) is returned unchanged. Command-line paths, config values and recipe variables all go
+    through it."""
+    if not isinstance(path, str):
+        return path
+    head, _, rest = path.partition("/")
+    root = os.environ.get(ROOTS.get(head, ""), "")
+    return os.path.join(root, rest) if root else path
 
 
 def _tmp_name(path: Path, suffix: str = "") -> Path:

@@ -5,7 +5,8 @@ A recipe folder holds ``stages.yaml``, and may hold more stages files beside it,
 (``speechkit run recipes/locale/lego.yaml``); each is read the same way, relative to its folder::
 
     vars:                        # defaults, overridden by --set NAME=VALUE; {recipe} is the folder;
-                                 # a variable may use others ({data}/tokenizer/unigram{vocab}.model)
+                                 # a variable may use others ({data}/tokenizer/unigram{vocab}.model);
+                                 # data/… and exp/… lie under the roots (files.rooted: --data-root)
       data: data/librispeech
       exp: exp/librispeech       # default: exp/FOLDER (stages.yaml), exp/FOLDER/STEM (STEM.yaml)
       corpus: null               # null: the user must --set it (the error says so)
@@ -31,7 +32,9 @@ file (if any) exists; a ``fit`` stage is done when ``ROOT/brick`` exists and oth
 (1-based) or name. A ``stdout`` file is written when its stage succeeds (whole, never a part).
 
 Commands are argument lists (``shlex``), never a shell: no pipes or redirections; what a command
-prints goes to the console and, with ``stdout:``, to that file.
+prints goes to the console and, with ``stdout:``, to that file. A ``python`` command's relative script
+(``python benchmarks/…``) that the working directory lacks is the one in the recipe's repository (two
+folders up).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from pathlib import Path
 import yaml
 
 from .errors import SpeechkitError
-from .files import atomic_write, write_text
+from .files import atomic_write, rooted, write_text
 
 SPEECHKIT = (sys.executable, "-m", "speechkit.cli")  # the CLI of this environment, whatever PATH says
 STAGE_KEYS = {"name", "run", "fit", "root", "args", "creates", "stdout", "foreach"}
@@ -143,6 +146,7 @@ def load_stages(recipe: str | Path, overrides: dict[str, str] | None = None,
     values.update(overrides or {})
     values.setdefault("exp", f"exp/{folder.name}" if path.name == "stages.yaml"
                       else f"exp/{folder.name}/{path.stem}")
+    values = {k: rooted(v) for k, v in values.items()}  # data/… and exp/… under the roots (--data-root)
     for _ in range(len(values)):  # variables may use other variables: {data}/tokenizer/unigram{vocab}.model
         known = _Vars(values, f"{path} vars")
         filled = {k: v.format_map(known) if isinstance(v, str) and "{" in v else v for k, v in values.items()}
@@ -223,6 +227,9 @@ def _stage(number: int, raw: dict, folder: Path, v: _Vars, fit_args: tuple[str, 
                 argv = [*SPEECHKIT, *argv[1:]]
             elif argv[0] in ("python", "python3"):
                 argv = [sys.executable, *argv[1:]]
+                script = folder.resolve().parent.parent / argv[1] if len(argv) > 1 else None
+                if script is not None and not Path(argv[1]).is_file() and script.is_file():
+                    argv[1] = str(script)  # benchmarks/…: the recipe's repository's, from any directory
             commands.append(tuple(argv))
     creates, stdout = raw.get("creates"), raw.get("stdout")
     return Stage(number, raw["name"], tuple(commands), Path(fill(creates)) if creates else marker,

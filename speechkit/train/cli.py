@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -24,7 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from ..compress.apply import CompressConfig
 from ..errors import SpeechkitError, yaml_problem
-from ..files import RunLock
+from ..files import RunLock, rooted
 
 
 class SpeechkitCLI(LightningCLI):
@@ -38,6 +39,7 @@ class SpeechkitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        root_paths(cfg)
         root = cfg.trainer.get("default_root_dir") or "."
         if self.subcommand == "fit" and self.resources is not None and _launcher_process():
             self.resources.enter_context(RunLock(root))
@@ -52,6 +54,8 @@ class SpeechkitCLI(LightningCLI):
         for cb in cfg.trainer.get("callbacks") or []:
             if cb.class_path.endswith("ModelCheckpoint") and not cb.init_args.get("dirpath"):
                 cb.init_args.dirpath = f"{root}/checkpoints"
+        if cfg.trainer.get("logger") in (None, True):
+            cfg.trainer.logger = default_loggers(root)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -77,6 +81,38 @@ class SpeechkitCLI(LightningCLI):
                             help="N:M sparsity / quantization-aware training of every weight "
                             "(README.md, 'Compression'); passed to the task's `compress` argument")
         parser.link_arguments("compress", "model.init_args.compress")
+
+
+def root_paths(node) -> None:
+    """Put every ``data/…`` and ``exp/…`` path of a config (data, tokenizers, ``default_root_dir``,
+    ``init_from``, …) under the data / experiment root (``files.rooted``), in place."""
+    items = vars(node).items() if isinstance(node, Namespace) else node.items() if isinstance(node, dict) \
+        else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        if isinstance(value, str):
+            if rooted(value) != value:
+                node[key] = rooted(value)
+        else:
+            root_paths(value)
+
+
+def default_loggers(root: str) -> list[Namespace]:
+    """The loggers of a run whose config names none: CSV (``metrics.csv``, what ``speechkit plot`` reads)
+    and TensorBoard (``tensorboard --logdir ROOT``; left out, with a note, where tensorboard is not
+    installed), both in ``ROOT/lightning_logs/version_N`` with the same N (the next free one; each logger
+    would otherwise pick its own)."""
+    logs = Path(root) / "lightning_logs"
+    taken = [int(p.name[8:]) for p in logs.glob("version_*") if p.name[8:].isdigit()]
+    version = max(taken, default=-1) + 1
+    names = ["CSVLogger", "TensorBoardLogger"]
+    if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        names.pop()  # an install without it (`pip install --no-deps`): CSV only, as Lightning itself does
+        if _launcher_process():
+            print("note: tensorboard is not installed: logging to CSV only (pip install tensorboard)",
+                  file=sys.stderr)
+    return [Namespace(class_path=f"lightning.pytorch.loggers.{name}",
+                      init_args=Namespace(save_dir=str(root), name="lightning_logs", version=version))
+            for name in names]
 
 
 def _source_side_args(class_path: str) -> tuple[str, ...]:

@@ -42,6 +42,24 @@ def _run(cmd, **kw):
     return p
 
 
+def test_readme_fit_and_decode_from_a_directory_outside_the_repository(tiny_corpus, tmp_path):
+    """The README's `speechkit fit -c recipes/locale/conf/demo.yaml` and `speechkit decode
+    exp/locale/demo/brick data/locale/asr/test.jsonl`, run elsewhere with --data-root / --exp-root."""
+    data, exp, cwd = tmp_path / "corpora", tmp_path / "runs", tmp_path / "elsewhere"
+    for part in ("asr", "audio"):
+        (data / "locale").mkdir(parents=True, exist_ok=True)
+        (data / "locale" / part).symlink_to(tiny_corpus / part)
+    cwd.mkdir()
+    roots = ("--data-root", data, "--exp-root", exp)
+    _run(_cmd("fit", *CONFS, *roots, "--trainer.max_steps=3", "--trainer.enable_progress_bar=false"), cwd=cwd)
+    assert (exp / "locale/demo/brick/weights.safetensors").is_file()
+    assert (data / "locale/tokenizer/en128.model").is_file()
+    p = _run(_cmd("decode", "exp/locale/demo/brick", "data/locale/asr/test.jsonl", *roots, "--max-utts", "2",
+                  "--json"), cwd=cwd)
+    assert json.loads(p.stdout.strip().splitlines()[-1])["hyps"] == str(exp / "locale/demo/decode-test.jsonl")
+    assert not list(cwd.iterdir())
+
+
 def test_fit_then_decode_through_the_cli(tiny_corpus, tmp_path):
     root = tmp_path / "exp"
     _run(_fit_args(tiny_corpus, root, "--trainer.max_steps=12"))
@@ -229,7 +247,9 @@ def test_lm_fusion_ilma_and_mwer_through_the_cli(tiny_corpus, tmp_path):
                   "--length-reward", "0.5", "--beam", "2", "--json", "--out", tmp_path / "fused.jsonl"))
     assert json.loads(p.stdout.strip().splitlines()[-1])["utts"] == sum(1 for _ in open(test))
     p = _run(_cmd("tune-fusion", brick, asr / "dev.jsonl", "--lm", lm, "--lm-weights", "0,0.3",
-                  "--ilm-weights", "0,0.1", "--length-rewards", "0", "--beam", "2", "--json"))
+                  "--ilm-weights", "0,0.1", "--length-rewards", "0", "--beam", "2", "--json",
+                  "--plot", tmp_path / "fusion.png"))
+    assert (tmp_path / "fusion.png").read_bytes()[:4] == b"\x89PNG"
     rows = [json.loads(x) for x in p.stdout.strip().splitlines()]
     assert [(r["lm_weight"], r["ilm_weight"]) for r in rows[:-1]] == [(0, 0), (0, 0.1), (0.3, 0), (0.3, 0.1)]
     assert rows[-1]["best"]["wer"] == min(r["wer"] for r in rows[:-1])
