@@ -47,7 +47,8 @@ def test_translation_shows_bleu_in_the_progress_bar(tiny_corpus, tmp_path):
     conf = ROOT / "recipes" / "locale" / "conf" / "lego" / "mt_de_en.yaml"
     cli = run_lightning(["fit", "-c", str(conf), "-c", str(CONF / "tiny_locale_lego_mt_de_en.yaml"),
                          f"--trainer.default_root_dir={tmp_path}", f"{d}train={mt / 'train.jsonl'}",
-                         f"{d}valid={mt / 'dev.jsonl'}", f"{d}tokenizer={tmp_path / 'en.model'}",
+                         f"{d}valid={mt / 'dev.jsonl'}", f"{d}test={mt / 'dev.jsonl'}",
+                         f"{d}tokenizer={tmp_path / 'en.model'}",
                          f"{d}source_tokenizer={tmp_path / 'de.model'}",
                          "--trainer.enable_progress_bar=false", "--trainer.max_steps=2",
                          "--trainer.limit_train_batches=2"])
