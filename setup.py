@@ -22,7 +22,7 @@ setup(
         "safetensors",
         "lhotse",  # Lhotse manifests and Shar in and out (speechkit/data/lhotse_io.py)
         "urllib3",  # lhotse imports it without declaring it
-        "onnx",  # ONNX export (speechkit/pipelines/onnx.py): metadata on the exported graphs
+        "onnx",  # ONNX export (speechkit/pipelines/onnx_export.py): metadata on the exported graphs
         "onnxruntime",  # running and int8-quantising exported graphs
         "sherpa-onnx",  # the deployment runtime the export is tested against
         "espeakng-loader",

@@ -32,7 +32,8 @@ from speechkit.metrics import score
 from speechkit.pipelines.bench import bench_decode
 from speechkit.pipelines.bricks import load_brick
 from speechkit.pipelines.decode import brick_manifest
-from speechkit.pipelines.onnx import OnnxTransducer, export_onnx, sherpa_recognizer
+from speechkit.pipelines.onnx import OnnxTransducer, sherpa_recognizer
+from speechkit.pipelines.onnx_export import export_onnx
 from speechkit.search.dispatch import search
 
 

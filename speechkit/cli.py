@@ -140,7 +140,7 @@ def _export(a) -> None:
     if (a.out is None) == (a.onnx is None):
         raise SystemExit("error: give --out DIR (compression) or --onnx DIR (ONNX models), one of them")
     if a.onnx:
-        from .pipelines.onnx import export_onnx
+        from .pipelines.onnx_export import export_onnx
 
         res = export_onnx(a.brick, a.onnx, int8=a.int8)
         print(json.dumps(res) if a.json else f"{a.brick} → {a.onnx}: {', '.join(res['files'])} (sherpa-onnx's"

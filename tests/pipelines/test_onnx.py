@@ -13,7 +13,8 @@ from speechkit.audio import read_audio
 from speechkit.data.manifest import load_manifest
 from speechkit.features import FbankConfig, fbank
 from speechkit.pipelines.bricks import load_brick, save_brick
-from speechkit.pipelines.onnx import OnnxExportError, export_onnx, sherpa_recognizer
+from speechkit.pipelines.onnx import sherpa_recognizer
+from speechkit.pipelines.onnx_export import OnnxExportError, export_onnx
 from speechkit.search.transducer import greedy_search
 
 TOKENIZER = "tests/fixtures/bricks_v1/transducer/tokenizer.model"  # 24 pieces
